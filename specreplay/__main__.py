@@ -1,0 +1,5 @@
+import sys
+
+from specreplay.cli import main
+
+sys.exit(main())
