@@ -167,6 +167,17 @@ class Policy:
         from policies.spec import format_component
         return format_component(self.name, self.kw, self.params)
 
+    def __eq__(self, other: object) -> bool:
+        """Components are equal when they are configured alike (same canonical spec);
+        their runtime state does not count."""
+        return type(other) is type(self) and other.spec() == self.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec())
+
+    def __repr__(self) -> str:
+        return self.spec()
+
     # -- lifecycle
     def reset(self, sample: int) -> None:
         """Start a new request; state does not carry across requests."""

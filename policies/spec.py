@@ -8,6 +8,11 @@ Grammar::
     value      := item ("|" item)*          # a list when it has several items
     item       := int | float | word
 
+A knob whose default is text (a string) takes its value verbatim, ``|`` and dots
+included, and the component reads it itself: ``tree(paths=0.0.0|1|0.1)`` passes the
+text ``0.0.0|1|0.1`` to ``tree``. Empty text means "unset" and is left out of canonical
+specs.
+
 Unknown names, unknown keys and values of the wrong type are errors that say what was
 wrong and what is accepted.
 """
@@ -120,6 +125,10 @@ def parse_component(text: str) -> Policy:
             parts = [p for p in val.split("|")]
             if any(not p.strip() for p in parts):
                 raise PolicyError(f"{name}: {key} has an empty value")
+            if isinstance(cls.params[key], str):
+                # text knobs are read by their component (e.g. tree paths "0.1|1")
+                kwargs[key] = val
+                continue
             parsed = tuple(_item(p) for p in parts) if len(parts) > 1 else _item(parts[0])
             kwargs[key] = _coerce(name, key, parsed, cls.params[key])
     try:
@@ -163,7 +172,7 @@ def format_value(v: Any) -> str:
 
 
 def format_component(name: str, kw: dict[str, Any], params: dict[str, Any]) -> str:
-    args = [f"{k}={format_value(kw[k])}" for k in params if kw.get(k) is not None]
+    args = [f"{k}={format_value(kw[k])}" for k in params if kw.get(k) not in (None, "")]
     return f"{name}({', '.join(args)})" if args else name
 
 
