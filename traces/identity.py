@@ -1,0 +1,53 @@
+"""What makes two recordings (or a recording and a profile) comparable.
+
+A resumed recording and the ranks of one sharded recording must agree on everything that
+changes the numbers they hold: models, hardware, dtype, sampling, the live policy, the
+oracle settings. A latency profile only needs the same hardware and models to describe a
+trace's timing.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# run.json keys that must agree for parts of one recording (resume, merge). The dataset
+# is compared without its indices: each rank of a sharded run holds other rows.
+RECORDING_KEYS = ("setup", "target", "draft", "sampling", "live_policy", "top_k_logits", "oracle")
+DATASET_KEYS = ("name", "split", "template")
+
+# The keys of run.json / profile.json that make a latency profile describe a trace.
+SETUP_KEYS = ("setup", "target", "draft")
+
+
+def _model_identity(model: Any) -> Any:
+    """A model's id and file hashes; the rest of its entry (block size ...) is setup
+    of the recording, not of the hardware."""
+    if not isinstance(model, dict):
+        return model
+    return {"id": model.get("id"), "files": model.get("files") or {}}
+
+
+def recording_identity(run: dict[str, Any]) -> dict[str, Any]:
+    """The part of run.json that two pieces of one recording must share."""
+    out = {k: run.get(k) for k in RECORDING_KEYS}
+    dataset = run.get("dataset") or {}
+    out["dataset"] = {k: dataset.get(k) for k in DATASET_KEYS} if isinstance(dataset, dict) else dataset
+    return out
+
+
+def setup_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The hardware and models a trace was recorded on, or a profile measured on."""
+    return {"setup": meta.get("setup"),
+            "target": _model_identity(meta.get("target")),
+            "draft": _model_identity(meta.get("draft"))}
+
+
+def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Human-readable ``key: A != B`` lines for every leaf where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if a != b:
+        return [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
+    return []

@@ -1,0 +1,340 @@
+"""Reading traces and latency profiles.
+
+    from traces.reader import Trace
+    trace = Trace.open("traces/samples/humaneval-fixed16")
+    trace.run["live_policy"]          # run.json as a dict
+    trace.cycles.to_pandas()          # any table as a pyarrow.Table
+    groups = trace.oracle_arrays()    # {(block_size, probe): OracleArrays} for replay
+
+Every way a trace can be unreadable (missing files, truncated Parquet, a missing or
+mistyped column, a schema version this specreplay does not read, no samples) raises a
+``TraceError`` that names the file, table, column or version and says what to do. Tables
+are read lazily, memory-mapped, and validated against ``traces.schema`` on first use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from traces.identity import differences, setup_identity
+from traces.io import TraceError, table_files
+from traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from traces.writer import read_json
+
+# The oldest trace schema this version still reads.
+OLDEST_SCHEMA_VERSION = 1
+# Tables every trace has; the others appear with the options that record them.
+REQUIRED_TABLES = ("samples", "cycles")
+# Present while `specreplay trace compact` swaps part directories for single files.
+COMPACT_MARKER = "compacting.json"
+
+_HINTS = {
+    "oracle": "run `specreplay oracle DIR` to add it",
+    "oracle_target": "run `specreplay oracle DIR` to add it",
+    "cycle_logits": "record with --top-k-logits K > 0 to keep it",
+}
+
+
+def check_version(meta: dict[str, Any], path: Path) -> int:
+    """Return the schema version of a run.json/profile.json, or raise a TraceError when
+    this specreplay cannot read it."""
+    from specreplay import __version__
+    version = meta.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise TraceError(f"{path} has no integer schema_version (found {version!r}): it was "
+                         "not written by specreplay")
+    writer = meta.get("tool_version", "unknown")
+    if version > SCHEMA_VERSION:
+        raise TraceError(f"{path} was written by specreplay {writer} with schema {version}; "
+                         f"this is specreplay {__version__} reading schema {SCHEMA_VERSION}: "
+                         "upgrade specreplay to read it")
+    if version < OLDEST_SCHEMA_VERSION:
+        raise TraceError(f"{path} was written by specreplay {writer} with schema {version}; "
+                         f"this is specreplay {__version__}, which reads schemas "
+                         f"{OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}: re-record it, or read it "
+                         f"with specreplay {writer}")
+    return version
+
+
+def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
+    """Read one Parquet file (memory-mapped) and check it has every column of ``schema``
+    with the right type; returns exactly those columns."""
+    try:
+        t = pq.read_table(path, memory_map=True)
+    except (pa.ArrowException, OSError) as e:
+        raise TraceError(f"{path} (table {table}) is truncated or not Parquet ({e}); "
+                         "re-record that sample, or delete the file and resume the "
+                         "recording") from None
+    for field in schema:
+        if field.name not in t.schema.names:
+            raise TraceError(f"{path} (table {table}) has no column {field.name!r} "
+                             f"({field.type}); the file does not follow trace schema "
+                             f"{SCHEMA_VERSION}")
+        found = t.schema.field(field.name).type
+        if found != field.type:
+            raise TraceError(f"{path} (table {table}): column {field.name!r} is {found}, "
+                             f"expected {field.type}")
+    return pa.Table.from_arrays([t.column(n) for n in schema.names], schema=schema)
+
+
+@dataclass(eq=False)
+class OracleArrays:
+    """One (block size, probe) group of the oracle as dense arrays, rows sorted by
+    (sample, start, prev_offset). ``true_rank[r, i-1]`` is the rank code at offset i;
+    ``draft_ids[r, i-1, j]`` / ``draft_logprobs[r, i-1, j]`` the draft's rank-j token."""
+    block_size: int
+    probe: str
+    k: int
+    sample: np.ndarray          # int32 [n]
+    start: np.ndarray           # int32 [n]
+    prev_offset: np.ndarray     # int16 [n]
+    true_rank: np.ndarray       # int8 [n, b-1]
+    draft_ids: np.ndarray       # int32 [n, b-1, k]
+    draft_logprobs: np.ndarray  # float32 [n, b-1, k]
+
+    def __len__(self) -> int:
+        return int(self.sample.shape[0])
+
+    @cached_property
+    def index(self) -> np.ndarray:
+        """Row lookup: ``index[sample, start, prev_offset]`` is the row number, or -1 where
+        the oracle has no row. Shape [max sample+1, max start+1, max prev_offset+1]."""
+        shape = (int(self.sample.max(initial=-1)) + 1, int(self.start.max(initial=-1)) + 1,
+                 int(self.prev_offset.max(initial=0)) + 1)
+        idx = np.full(shape, -1, dtype=np.int64)
+        idx[self.sample, self.start, self.prev_offset] = np.arange(len(self), dtype=np.int64)
+        return idx
+
+
+@dataclass(eq=False)
+class TargetArrays:
+    """The oracle_target table as dense arrays, rows sorted by (sample, position)."""
+    k: int
+    sample: np.ndarray          # int32 [n]
+    position: np.ndarray        # int32 [n]
+    target_ids: np.ndarray      # int32 [n, k]
+    target_logprobs: np.ndarray  # float32 [n, k]
+
+
+def _fixed_width(col: pa.ChunkedArray, width: int, what: str) -> np.ndarray:
+    """A list column whose rows all hold ``width`` values, as a [n, width] array."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(arr)
+    lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(lengths != width)
+    if bad.size:
+        raise TraceError(f"{what}: row {int(bad[0])} holds {int(lengths[bad[0]])} values, "
+                         f"expected {width} ({bad.size} rows wrong)")
+    values = pc.list_flatten(arr).to_numpy(zero_copy_only=False)
+    return values.reshape(n, width)
+
+
+class Trace:
+    """A trace directory opened for reading; see the module docstring."""
+
+    def __init__(self, path: Path, run: dict[str, Any]):
+        self.dir = Path(path)
+        self.run = run
+        self._tables: dict[str, pa.Table] = {}
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Trace":
+        """Open and minimally validate a trace: run.json readable and of a supported
+        schema version, the samples and cycles tables present, at least one sample."""
+        path = Path(path)
+        if not path.exists():
+            raise TraceError(f"trace directory {path} does not exist")
+        if not path.is_dir():
+            raise TraceError(f"{path} is a file; a trace is a directory holding run.json and "
+                             "table folders")
+        run = read_json(path / "run.json")
+        check_version(run, path / "run.json")
+        if (path / COMPACT_MARKER).exists():
+            raise TraceError(f"compaction of {path} was interrupted; run `specreplay trace "
+                             f"compact {path}` again to finish it")
+        trace = cls(path, run)
+        if not table_files(path, "samples"):
+            raise TraceError(f"trace {path} holds no samples: the recording finished none "
+                             "(continue it with `specreplay record ... --resume`)")
+        for name in REQUIRED_TABLES:
+            if not table_files(path, name):
+                raise TraceError(f"trace {path} is missing table {name} ({name}/part-*.parquet "
+                                 f"or {name}.parquet)")
+        if trace.samples.num_rows == 0:
+            raise TraceError(f"trace {path} holds no samples: its samples table is empty")
+        return trace
+
+    # -- tables
+    def has_table(self, name: str) -> bool:
+        return bool(table_files(self.dir, name))
+
+    def table(self, name: str) -> pa.Table:
+        """All parts of a table concatenated, validated against the schema."""
+        if name not in SCHEMAS:
+            raise TraceError(f"unknown trace table {name!r}; tables: {', '.join(TABLES)}")
+        if name not in self._tables:
+            files = table_files(self.dir, name)
+            if not files:
+                hint = _HINTS.get(name, "re-record the trace")
+                raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
+            parts = [read_parquet(f, SCHEMAS[name], name) for f in files]
+            self._tables[name] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        return self._tables[name]
+
+    @property
+    def samples(self) -> pa.Table:
+        return self.table("samples")
+
+    @property
+    def cycles(self) -> pa.Table:
+        return self.table("cycles")
+
+    @property
+    def cycle_logits(self) -> pa.Table:
+        return self.table("cycle_logits")
+
+    @property
+    def oracle(self) -> pa.Table:
+        return self.table("oracle")
+
+    @property
+    def oracle_target(self) -> pa.Table:
+        return self.table("oracle_target")
+
+    def outputs(self) -> dict[int, np.ndarray]:
+        """Output token ids S of every sample, by sample id."""
+        t = self.samples
+        return {int(s): np.asarray(o, dtype=np.int32)
+                for s, o in zip(t.column("sample").to_pylist(), t.column("output_ids").to_pylist())}
+
+    def bytes_on_disk(self) -> int:
+        """Size of every file in the trace directory."""
+        return sum(f.stat().st_size for f in self.dir.rglob("*") if f.is_file())
+
+    @property
+    def oracle_top_k(self) -> int | None:
+        oracle = self.run.get("oracle")
+        return int(oracle["top_k"]) if isinstance(oracle, dict) and oracle.get("top_k") else None
+
+    # -- fast columnar access for replay
+    def oracle_arrays(self) -> dict[tuple[int, str], OracleArrays]:
+        """The oracle as dense numpy arrays per (block size, probe) group, built with
+        vectorised Arrow/numpy operations (no per-row Python)."""
+        t = self.oracle
+        if t.num_rows == 0:
+            return {}
+        blocks = t.column("block_size").to_numpy()
+        probes = t.column("probe").combine_chunks().dictionary_encode()
+        codes = probes.indices.to_numpy(zero_copy_only=False)
+        names = probes.dictionary.to_pylist()
+        key = blocks.astype(np.int64) * len(names) + codes
+        out = {}
+        for k in np.unique(key):
+            b, code = divmod(int(k), len(names))
+            mask = key == k
+            out[(int(b), names[code])] = self._oracle_group(t.filter(pa.array(mask)), int(b),
+                                                           names[code])
+        return out
+
+    def _oracle_group(self, g: pa.Table, b: int, probe: str) -> OracleArrays:
+        what = f"{self.dir} table oracle (block size {b}, probe {probe!r})"
+        if b < 2:
+            raise TraceError(f"{what}: block size must be >= 2 (an oracle row needs a drafted offset)")
+        n = g.num_rows
+        first = g.column("draft_ids")[0]
+        k = self.oracle_top_k or (len(first) // (b - 1) if first.is_valid else 0)
+        if k < 1:
+            raise TraceError(f"{what}: cannot tell the oracle top-k; run.json oracle.top_k is missing")
+        rank = _fixed_width(g.column("true_rank"), b - 1, f"{what}, column true_rank")
+        ids = _fixed_width(g.column("draft_ids"), (b - 1) * k, f"{what}, column draft_ids")
+        lps = _fixed_width(g.column("draft_logprobs"), (b - 1) * k, f"{what}, column draft_logprobs")
+        sample = g.column("sample").to_numpy().astype(np.int32)
+        start = g.column("start").to_numpy().astype(np.int32)
+        prev = g.column("prev_offset").to_numpy().astype(np.int16)
+        sort_key = (sample.astype(np.int64) << 40) | (start.astype(np.int64) << 16) | prev
+        if (np.diff(sort_key) < 0).any():  # recorded order is usually sorted already
+            order = np.argsort(sort_key, kind="stable")
+            sample, start, prev, rank, ids, lps = (a[order] for a in (sample, start, prev, rank, ids, lps))
+        return OracleArrays(
+            block_size=b, probe=probe, k=k, sample=sample, start=start, prev_offset=prev,
+            true_rank=rank.astype(np.int8, copy=False),
+            draft_ids=ids.reshape(n, b - 1, k).astype(np.int32, copy=False),
+            draft_logprobs=lps.reshape(n, b - 1, k).astype(np.float32))
+
+    def target_arrays(self) -> TargetArrays:
+        """The oracle_target table as dense arrays (for Monte Carlo acceptance)."""
+        t = self.oracle_target
+        first = t.column("target_ids")[0] if t.num_rows else None
+        k = self.oracle_top_k or (len(first) if first is not None and first.is_valid else 1)
+        what = f"{self.dir} table oracle_target"
+        ids = _fixed_width(t.column("target_ids"), k, f"{what}, column target_ids")
+        lps = _fixed_width(t.column("target_logprobs"), k, f"{what}, column target_logprobs")
+        sample = t.column("sample").to_numpy()
+        pos = t.column("position").to_numpy()
+        order = np.lexsort((pos, sample))
+        return TargetArrays(k=k, sample=sample[order].astype(np.int32),
+                            position=pos[order].astype(np.int32),
+                            target_ids=ids[order].astype(np.int32),
+                            target_logprobs=lps[order].astype(np.float32))
+
+    # -- profile
+    def profile(self) -> "Profile | None":
+        """The latency profile recorded with this trace, if any."""
+        if (self.dir / "profile.parquet").exists() or (self.dir / "profile.json").exists():
+            return Profile.open(self.dir)
+        return None
+
+
+class Profile:
+    """A latency profile: ``profile.parquet`` (traces.schema.PROFILE_SCHEMA) and
+    ``profile.json`` (the setup it was measured on)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], table: pa.Table):
+        self.dir = Path(path)
+        self.meta = meta
+        self.table = table
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Profile":
+        path = Path(path)
+        if not path.is_dir():
+            raise TraceError(f"profile directory {path} does not exist")
+        meta = read_json(path / "profile.json", kind="profile")
+        check_version(meta, path / "profile.json")
+        pfile = path / "profile.parquet"
+        if not pfile.exists():
+            raise TraceError(f"{pfile} is missing: measure one with `specreplay profile`")
+        table = read_parquet(pfile, PROFILE_SCHEMA, "profile")
+        if table.num_rows == 0:
+            raise TraceError(f"{pfile} holds no measurements")
+        return cls(path, meta, table)
+
+    @property
+    def setup(self) -> dict[str, Any]:
+        """The hardware and models the profile was measured on."""
+        return setup_identity(self.meta)
+
+
+def check_profile_matches(trace: Trace, profile: Profile,
+                          allow_other_setup: bool = False) -> list[str]:
+    """Compare the setup a profile was measured on with the one a trace was recorded
+    on. Returns the differences (empty: same setup). Differences are an error unless the
+    caller pairs them explicitly with ``allow_other_setup``."""
+    diffs = differences(setup_identity(trace.run), profile.setup)
+    if diffs and not allow_other_setup:
+        raise TraceError(f"profile {profile.dir} was measured on another setup than trace "
+                         f"{trace.dir} ({'; '.join(diffs[:4])}); pass "
+                         "--profile-from-other-setup to pair them anyway (the prediction is "
+                         "then labelled with the profile's setup)")
+    return diffs
+
+
+__all__ = ["Trace", "Profile", "OracleArrays", "TargetArrays", "TraceError",
+           "check_profile_matches", "check_version", "OLDEST_SCHEMA_VERSION"]
