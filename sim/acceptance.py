@@ -1,0 +1,304 @@
+"""Acceptance by lookup in the oracle: what a cycle would accept, without a model.
+
+The oracle holds, for every output position p of every sample and every recorded block
+size b (and probe), the draft's top-k at offsets 1..b-1 and ``true_rank[i-1]``, the rank
+of S[p+i] among them. This module turns it into arrays:
+
+* an index (sample, start, block size, probe, previous offset) -> oracle row, kept as one
+  ``row_of`` array over global positions per (block size, probe, previous offset) group;
+* per group, the *chain accepted length* of every row (leading offsets of rank 0), the
+  fixed-block fast path;
+* greedy acceptance of any set of rank paths: the longest prefix of a path equal to
+  true_rank, maximised over the paths (a chain, a batch of candidates and a tree are all
+  sets of paths; a trie accepts exactly what its best root-to-node path accepts);
+* the ``DraftView`` a policy sees, built from the row (float16-rounded log-probabilities as
+  float32, ids), identical to what the live loop shows it;
+* for sampled traces (temperature > 0), Monte Carlo acceptance along S: at offset i the
+  draft's proposal x is drawn from its top-k q (a draw beyond the top-k is rejected) and
+  accepted with probability min(1, p(x)/q(x)), p the target's top-k at that position
+  from ``oracle_target``. Uniforms are keyed by output position (common random numbers),
+  so policies are compared on the same draws; results are labelled approximate.
+
+Data the trace lacks is never guessed: a missing probe, block size or row, or a rank
+beyond the oracle's top-k, raises ``NotReplayable`` with the sentence to show the user.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from policies.base import DraftView, VerifyPlan
+from sim.tracedata import TraceData
+from traces.io import TraceError
+from traces.schema import RANK_BEYOND_END
+
+NOT_REPLAYABLE = "not replayable from this trace: "
+
+
+_CHAINS = [(0,) * n for n in range(256)]  # the rank path of a chain of n drafted offsets
+
+
+class NotReplayable(Exception):
+    """The trace lacks what a policy needs; ``str(e)`` is the full user-facing reason."""
+
+    def __init__(self, what: str) -> None:
+        # SimPy re-raises a process's exception as type(e)(*e.args): keep that idempotent
+        super().__init__(what if what.startswith(NOT_REPLAYABLE) else NOT_REPLAYABLE + what)
+
+
+class ReplayView(DraftView):
+    """A DraftView whose ``rng`` is created on first use: most policies never draw, and a
+    Generator per cycle would cost more than the rest of the cycle. The stream is the
+    one the live loop uses: ``np.random.default_rng((seed, sample, start))`` with the
+    trace's sampling seed."""
+
+    @property
+    def rng(self) -> np.random.Generator:  # type: ignore[override]
+        gen = self.__dict__.get("_rng")
+        if gen is None:
+            gen = np.random.default_rng((self.__dict__["_seed"], self.sample, self.start))
+            self.__dict__["_rng"] = gen
+        return gen
+
+
+def make_view(sample: int, start: int, block_size: int, ids: np.ndarray,
+              logprobs: np.ndarray, seed: int) -> ReplayView:
+    """Build a view without the frozen-dataclass __init__ (it sets each field through
+    object.__setattr__, a measurable share of a replayed cycle)."""
+    v = object.__new__(ReplayView)
+    v.__dict__.update(sample=sample, start=start, block_size=block_size, ids=ids,
+                      logprobs=logprobs, _seed=seed)
+    return v
+
+
+@dataclass
+class OracleGroup:
+    """All oracle rows of one (block size, probe, previous offset)."""
+    block_size: int
+    probe: str
+    prev_offset: int
+    row_of: np.ndarray        # int32 [n_positions]: global position -> row, -1 when absent
+    position: np.ndarray      # int64 [rows]: global position of each row
+    ranks: np.ndarray         # int8  [rows, b-1]
+    ids: np.ndarray           # int32 [rows, b-1, k]
+    logprobs: np.ndarray      # float32 [rows, b-1, k]
+    chain_acc: np.ndarray     # int64 [rows]: accepted length of the full chain (greedy or MC)
+    l_gen: list[int] | None = None  # [rows]: drafted length up to a stop token (ADL)
+
+    @property
+    def row_list(self) -> list[int]:
+        """row_of as a Python list (read once per replayed cycle)."""
+        out = self.__dict__.get("_row_list")
+        if out is None:
+            out = self.__dict__["_row_list"] = self.row_of.tolist()
+        return out
+
+    @property
+    def chain_list(self) -> list[int]:
+        """chain_acc as a Python list: a scalar read per replayed cycle is cheaper."""
+        out = self.__dict__.get("_chain_list")
+        if out is None:
+            out = self.__dict__["_chain_list"] = self.chain_acc.tolist()
+        return out
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[2])
+
+
+def leading_true(mask: np.ndarray) -> np.ndarray:
+    """Per row, how many leading entries of a boolean [rows, m] array are True."""
+    if mask.shape[1] == 0:
+        return np.zeros(mask.shape[0], dtype=np.int64)
+    first_false = np.argmin(mask, axis=1)
+    return np.where(mask.all(axis=1), mask.shape[1], first_false).astype(np.int64)
+
+
+def tempered_probs(logprobs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities of the kept top-k at a temperature. At T = 1 they are the stored
+    values exactly; otherwise the top-k is renormalised at that temperature (the mass
+    outside the top-k is unknown): an approximation, as the fidelity label says."""
+    lp = logprobs.astype(np.float64)
+    if temperature == 1.0:
+        return np.exp(lp)
+    z = lp / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Acceptance:
+    """The oracle of one trace as lookup arrays. Acceptance is Monte Carlo when the
+    trace was sampled (run.json sampling.temperature > 0); ``seed`` drives those draws."""
+
+    def __init__(self, data: TraceData, seed: int = 0) -> None:
+        self.data = data
+        self.seed = int(seed)
+        # the views' rng stream is the live loop's: seeded by the trace's sampling seed
+        self.view_seed = data.sampling_seed
+        self._base = data.base.tolist()
+        self.temperature = data.temperature
+        self.sampling = self.temperature > 0
+        self.groups: dict[tuple[int, str, int], OracleGroup] = {}
+        self._target = None
+        self._uniforms = None
+        self._build_groups()
+        meta = data.oracle_meta
+        self.k = int(meta.get("top_k") or max((g.k for g in self.groups.values()), default=0))
+        k = max(self.k, 1)
+        self._empty = np.zeros((0, k), np.int32), np.zeros((0, k), np.float32)
+        self.block_sizes = sorted({b for b, _, _ in self.groups})
+        self.probes = sorted({p for _, p, _ in self.groups if p} | set(meta.get("probes") or []))
+
+    # -- building
+    def _build_groups(self) -> None:
+        data = self.data
+        for (b, probe), arr in data.trace.oracle_arrays().items():
+            if len(arr) == 0:
+                continue
+            if (arr.sample >= data.n_samples).any() or \
+                    (arr.start >= data.out_len[arr.sample]).any():
+                raise TraceError(f"{data.path} (table oracle): rows of block size {b} name "
+                                 "positions past the end of their sample's output")
+            gpos = data.base[arr.sample] + arr.start.astype(np.int64)
+            for d in np.unique(arr.prev_offset).tolist():
+                sel = arr.prev_offset == d
+                whole = bool(sel.all())
+                self.groups[(b, probe, int(d))] = self._group(
+                    arr, b, probe, int(d), gpos if whole else gpos[sel],
+                    slice(None) if whole else np.flatnonzero(sel))
+
+    def _group(self, arr, b: int, probe: str, d: int, gpos: np.ndarray, sel) -> OracleGroup:
+        ranks = arr.true_rank[sel]
+        row_of = np.full(self.data.n_positions, -1, dtype=np.int32)
+        row_of[gpos] = np.arange(len(gpos), dtype=np.int32)
+        g = OracleGroup(b, probe, d, row_of, gpos, ranks, arr.draft_ids[sel],
+                        arr.draft_logprobs[sel], leading_true(ranks == 0))
+        if self.sampling:
+            g.chain_acc = self._monte_carlo_chain(g)
+        return g
+
+    # -- sampling
+    def _target_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The target's top-k along S as [n_positions, kt] arrays (ids, probs, present)."""
+        if self._target is None:
+            data = self.data
+            if not data.trace.has_table("oracle_target"):
+                raise NotReplayable("record the oracle_target table (the target's top-k "
+                                    "along S) to replay a sampled trace")
+            t = data.trace.target_arrays()
+            gpos = data.base[t.sample] + t.position.astype(np.int64)
+            tid = np.full((data.n_positions, t.k), -1, dtype=np.int32)
+            tp = np.zeros((data.n_positions, t.k), dtype=np.float64)
+            present = np.zeros(data.n_positions, dtype=bool)
+            tid[gpos] = t.target_ids
+            tp[gpos] = tempered_probs(t.target_logprobs, self.temperature)
+            present[gpos] = True
+            self._target = (tid, tp, present)
+        return self._target
+
+    def _monte_carlo_chain(self, g: OracleGroup) -> np.ndarray:
+        """Accepted length of the full chain of each row under speculative sampling."""
+        tid, tp, present = self._target_arrays()
+        if self._uniforms is None:
+            rng = np.random.default_rng((self.seed, 0x5EED))
+            self._uniforms = rng.random((2, self.data.n_positions))
+        n, m, k = g.ids.shape
+        if n == 0 or m == 0:
+            return np.zeros(n, dtype=np.int64)
+        j = g.position[:, None] + np.arange(1, m + 1)[None, :]
+        inside = g.ranks != RANK_BEYOND_END
+        j = np.where(inside, j, 0)
+        q = tempered_probs(g.logprobs, self.temperature)
+        u1, u2 = self._uniforms[0][j], self._uniforms[1][j]
+        pick = (np.cumsum(q, axis=-1) <= u1[..., None]).sum(axis=-1)
+        in_topk = pick < k
+        pick = np.minimum(pick, k - 1)
+        tok = np.take_along_axis(g.ids, pick[..., None], axis=-1)[..., 0]
+        qx = np.take_along_axis(q, pick[..., None], axis=-1)[..., 0]
+        hit = tid[j] == tok[..., None]
+        px = np.where(hit, tp[j], 0.0).sum(axis=-1)
+        ratio = np.minimum(1.0, px / np.maximum(qx, 1e-300))
+        accept = inside & present[j] & in_topk & (u2 < ratio)
+        return leading_true(accept)
+
+    # -- lookup
+    def group(self, block_size: int, probe: str = "", prev_offset: int = 0) -> OracleGroup:
+        """The rows of one block size / probe, or NotReplayable naming what to record."""
+        g = self.groups.get((block_size, probe, prev_offset))
+        if g is not None:
+            return g
+        if probe and not any(p == probe for _, p, _ in self.groups):
+            raise NotReplayable(f"record probe {probe}")
+        if not any(b == block_size for b, _, _ in self.groups):
+            raise NotReplayable(f"record block size {block_size} (the oracle holds "
+                                f"{', '.join(map(str, self.block_sizes))})")
+        where = f" with prev_offset {prev_offset}" if probe else ""
+        raise NotReplayable(f"record probe {probe or '(plain draft)'} at block size "
+                            f"{block_size}{where}")
+
+    def l_gen(self, g: OracleGroup, stop_ids: tuple[int, ...]) -> list[int]:
+        """Per row, the drafted length up to the first stop token among the top-1
+        proposals (offset of that token + 1), else the block size: the seed scripts'
+        l_gen for adaptive draft length."""
+        if g.l_gen is None:
+            top1 = g.ids[:, :, 0]
+            hit = np.isin(top1, np.asarray(stop_ids, dtype=np.int32))
+            first = np.argmax(hit, axis=1) + 2 if top1.shape[1] else np.zeros(len(top1), np.int64)
+            g.l_gen = np.where(hit.any(axis=1), first, g.block_size).tolist() \
+                if top1.shape[1] else [g.block_size] * len(top1)
+        return g.l_gen
+
+    def row(self, g: OracleGroup, sample: int, start: int) -> int:
+        """The oracle row of (sample, start) in a group, or NotReplayable."""
+        r = g.row_list[self._base[sample] + start]
+        if r < 0:
+            what = f"probe {g.probe}" if g.probe else "the oracle"
+            raise NotReplayable(f"record {what} at block size {g.block_size} for sample "
+                                f"{sample}, start {start} (row missing)")
+        return r
+
+    def view(self, g: OracleGroup | None, r: int, sample: int, start: int) -> ReplayView:
+        """What the policy sees after drafting (b = 1: an empty view)."""
+        if g is None:
+            ids, lps = self._empty
+            return make_view(sample, start, 1, ids, lps, self.view_seed)
+        return make_view(sample, start, g.block_size, g.ids[r], g.logprobs[r], self.view_seed)
+
+    def check_policy(self, max_rank: int, probes: tuple[str, ...]) -> None:
+        """Refuse up front what a policy will certainly need and the trace lacks."""
+        for p in probes:
+            if p not in self.probes:
+                raise NotReplayable(f"record probe {p}")
+        if max_rank >= self.k:
+            raise NotReplayable(f"oracle top-k >= {max_rank + 1} (this trace kept "
+                                f"top-{self.k})")
+
+    def accepted(self, g: OracleGroup, r: int, plan: VerifyPlan) -> tuple[int, int]:
+        """(accepted drafted tokens, chosen path index) of a verify plan at row r,
+        before the cap at the end of S. Ties: the first path with the longest match."""
+        paths = plan.paths
+        if len(paths) == 1:
+            path = paths[0]
+            if len(path) < len(_CHAINS) and path == _CHAINS[len(path)]:  # the top-1 chain
+                return min(g.chain_list[r], len(path)), 0
+        if self.sampling:
+            raise NotReplayable(f"verify mode {plan.mode!r} over draft ranks under sampling "
+                                "(only chains are replayed by Monte Carlo)")
+        truth = g.ranks[r].tolist()
+        best, chosen = -1, 0
+        for i, path in enumerate(paths):
+            if len(path) > len(truth):
+                raise ValueError(f"verify path of length {len(path)} exceeds the "
+                                 f"{len(truth)} drafted offsets of block size {g.block_size}")
+            n = 0
+            for want, got in zip(path, truth):
+                if want >= self.k:
+                    raise NotReplayable(f"oracle top-k >= {want + 1} (this trace kept "
+                                        f"top-{self.k})")
+                if want != got:
+                    break
+                n += 1
+            if n > best:
+                best, chosen = n, i
+        return max(best, 0), chosen

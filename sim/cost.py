@@ -1,0 +1,321 @@
+"""The cost model: seconds of a draft pass, a verify pass and the per-cycle overhead.
+
+Built from a latency profile (traces/schema.py PROFILE_SCHEMA): rows of ``kind``
+target | tree_verify | draft | overhead, measured over query tokens ``q`` (block size for
+the draft), context length ``L`` and ``batch``.
+
+* Inside the measured grid of one batch size: bilinear interpolation, linear in q and
+  in L between the neighbouring measured points (profiles are log-spaced grids, so the
+  cells are wide; linear keeps every prediction between two measurements).
+  Between two measured batch sizes: linear in batch between the two grids.
+* Anywhere else (outside the grid, or a cell with an unmeasured corner): a structured
+  model fitted per kind by non-negative least squares,
+  ``t = fixed + per_token * (q*batch) + per_token_context * (q*batch*L)``,
+  and the query is flagged as extrapolated.
+* Tree verification: the chain cost at the same (q, L, batch) times the measured ratio
+  tree_verify / target at equal q (interpolated in q). Without tree rows the ratio is 1
+  and flagged.
+* Overhead: the median of the profile's overhead rows, else the median ``overhead_s`` of
+  the trace's live cycles, else 0 (flagged).
+
+Each query also returns a *source*: the id of the grid cell it interpolated in, or -1 for
+the fitted model; ``explain(source)`` names the profile rows behind it.
+
+Without a profile, a cost model can be fitted to the trace's own live cycles
+(``from_cycles``): their measured seconds become the rows; labelled as such.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from scipy.optimize import nnls
+
+FITTED = -1
+
+
+class MissingCost(ValueError):
+    """The cost model has no measurement of a kind of pass a replay needs."""
+KINDS = ("target", "tree_verify", "draft", "overhead")
+
+
+@dataclass
+class Grid:
+    """Measured medians of one (kind, batch) over the q x L grid (NaN = not measured)."""
+    q: np.ndarray          # sorted float64
+    L: np.ndarray          # sorted float64
+    t: np.ndarray          # [len(q), len(L)]
+    row: np.ndarray        # int64 [len(q), len(L)] profile row behind each point, -1 none
+    cell_base: int = 0     # cell id of (0, 0); cell (i, j) = base + i*len(L) + j
+
+
+@dataclass
+class Surface:
+    """One kind: a grid per measured batch size, and the fitted structured model."""
+    kind: str
+    grids: dict[int, Grid]
+    coef: np.ndarray                   # fixed, per token, per token x context
+    fit_rows: np.ndarray               # profile rows the fit used
+    batches: list[int] = field(default_factory=list)
+
+    def fitted(self, q, L, batch) -> np.ndarray:
+        tokens = np.asarray(q, dtype=np.float64) * batch
+        return self.coef[0] + self.coef[1] * tokens + self.coef[2] * tokens * np.asarray(L, np.float64)
+
+    def in_grid(self, g: Grid, q: float, L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bilinear values and cell ids at one q over many L; NaN / FITTED outside."""
+        out = np.full(L.shape, np.nan)
+        cell = np.full(L.shape, FITTED, dtype=np.int64)
+        if not (g.q[0] <= q <= g.q[-1]) or len(g.L) == 0:
+            return out, cell
+        i = min(max(bisect.bisect_right(g.q.tolist(), q) - 1, 0), max(len(g.q) - 2, 0))
+        i2 = min(i + 1, len(g.q) - 1)
+        wq = 0.0 if i2 == i else (q - g.q[i]) / (g.q[i2] - g.q[i])
+        inside = (L >= g.L[0]) & (L <= g.L[-1])
+        j = np.clip(np.searchsorted(g.L, L, side="right") - 1, 0, max(len(g.L) - 2, 0))
+        j2 = np.minimum(j + 1, len(g.L) - 1)
+        span = g.L[j2] - g.L[j]
+        wl = np.where(span > 0, (L - g.L[j]) / np.where(span > 0, span, 1.0), 0.0)
+        lo = g.t[i, j] * (1 - wl) + g.t[i, j2] * wl
+        hi = g.t[i2, j] * (1 - wl) + g.t[i2, j2] * wl
+        val = lo * (1 - wq) + hi * wq
+        ok = inside & np.isfinite(val)
+        out[ok] = val[ok]
+        cell[ok] = g.cell_base + i * len(g.L) + j[ok]
+        return out, cell
+
+    def predict(self, q: float, L: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seconds and sources for one (q, batch) over an array of context lengths."""
+        L = np.asarray(L, dtype=np.float64)
+        if batch in self.grids:
+            val, cell = self.in_grid(self.grids[batch], q, L)
+        else:
+            k = bisect.bisect_left(self.batches, batch)
+            if 0 < k < len(self.batches):
+                b0, b1 = self.batches[k - 1], self.batches[k]
+                v0, c0 = self.in_grid(self.grids[b0], q, L)
+                v1, _ = self.in_grid(self.grids[b1], q, L)
+                w = (batch - b0) / (b1 - b0)
+                val = v0 * (1 - w) + v1 * w
+                cell = np.where(np.isfinite(val), c0, FITTED)
+            else:
+                val, cell = np.full(L.shape, np.nan), np.full(L.shape, FITTED, dtype=np.int64)
+        miss = ~np.isfinite(val)
+        if miss.any():
+            val = np.where(miss, self.fitted(q, L, batch), val)
+            cell = np.where(miss, FITTED, cell)
+        return val, cell
+
+
+def _surface(kind: str, rows: dict[str, np.ndarray], cells: list[tuple[str, int, Grid]]) -> Surface | None:
+    sel = np.flatnonzero(rows["kind"] == kind)
+    if sel.size == 0:
+        return None
+    grids: dict[int, Grid] = {}
+    for batch in sorted(set(rows["batch"][sel].tolist())):
+        idx = sel[rows["batch"][sel] == batch]
+        qs = np.unique(rows["q"][idx]).astype(np.float64)
+        Ls = np.unique(rows["context_len"][idx]).astype(np.float64)
+        t = np.full((len(qs), len(Ls)), np.nan)
+        rid = np.full((len(qs), len(Ls)), -1, dtype=np.int64)
+        qi = np.searchsorted(qs, rows["q"][idx])
+        li = np.searchsorted(Ls, rows["context_len"][idx])
+        t[qi, li] = rows["median_s"][idx]
+        rid[qi, li] = idx
+        base = sum(g.t.size for _, _, g in cells)
+        g = Grid(qs, Ls, t, rid, base)
+        cells.append((kind, int(batch), g))
+        grids[int(batch)] = g
+    tokens = rows["q"][sel] * rows["batch"][sel]
+    A = np.stack([np.ones(sel.size), tokens, tokens * rows["context_len"][sel]], axis=1)
+    # scale columns so nnls is well conditioned, then unscale
+    scale = np.maximum(np.abs(A).max(axis=0), 1e-12)
+    coef, _ = nnls(A / scale, rows["median_s"][sel])
+    return Surface(kind, grids, coef / scale, sel, sorted(grids))
+
+
+class CostModel:
+    """Seconds of each part of a cycle. ``label`` says where the numbers come from
+    (printed with every prediction); ``setup`` is the profile's setup (profile.json)."""
+
+    def __init__(self, table: pa.Table, label: str = "profile", setup: dict[str, Any] | None = None,
+                 overhead_fallback: float | None = None) -> None:
+        cols = {c: table[c].to_numpy(zero_copy_only=False) for c in
+                ("kind", "q", "context_len", "batch", "median_s")}
+        self.rows = {
+            "kind": np.asarray(cols["kind"], dtype=object),
+            "q": np.asarray(cols["q"], dtype=np.float64),
+            "context_len": np.asarray(cols["context_len"], dtype=np.float64),
+            "batch": np.asarray(cols["batch"], dtype=np.float64),
+            "median_s": np.asarray(cols["median_s"], dtype=np.float64),
+        }
+        self.label = label
+        self.setup = setup or {}
+        self.cells: list[tuple[str, int, Grid]] = []
+        self.surfaces = {k: _surface(k, self.rows, self.cells) for k in ("target", "tree_verify", "draft")}
+        if self.surfaces["target"] is None:
+            raise ValueError("the profile has no 'target' rows; re-run specreplay profile")
+        self.notes: set[str] = set()
+        over = self.rows["median_s"][self.rows["kind"] == "overhead"]
+        if over.size:
+            self.overhead_s, self.overhead_source = float(np.median(over)), "profile overhead rows"
+        elif overhead_fallback is not None:
+            self.overhead_s = float(overhead_fallback)
+            self.overhead_source = "median overhead_s of the trace's live cycles"
+        else:
+            self.overhead_s, self.overhead_source = 0.0, "none (no overhead rows, no live cycles)"
+            self.notes.add("no overhead measured: 0 s per cycle")
+        self._tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._lists: dict[tuple[str, int, int], tuple[list, list]] = {}
+        self._L_max = 0
+
+    # -- construction
+    @classmethod
+    def from_cycles(cls, cycles: pa.Table, prompt_len: np.ndarray) -> "CostModel":
+        """Fit to the trace's own live cycles (no profile): each cycle's measured
+        target_s and draft_s is a row at its (q, context length, batch)."""
+        c = {n: cycles[n].to_numpy(zero_copy_only=False) for n in
+             ("verify_tokens", "verify_batch", "verify_mode", "block_size", "context_len",
+              "draft_s", "target_s", "overhead_s")}
+        batch = np.maximum(np.asarray(c["verify_batch"], np.float64), 1)
+        q = np.asarray(c["verify_tokens"], np.float64) / batch
+        kinds = np.where(np.asarray(c["verify_mode"]) == "tree", "tree_verify", "target")
+        drafted = np.asarray(c["block_size"]) > 1
+        table = pa.table({
+            "kind": np.concatenate([kinds, np.full(drafted.sum(), "draft")]).tolist(),
+            "q": np.concatenate([q, np.asarray(c["block_size"])[drafted]]).astype(np.int32),
+            "context_len": np.concatenate([c["context_len"], c["context_len"][drafted]]).astype(np.int32),
+            "batch": np.concatenate([batch, np.ones(drafted.sum())]).astype(np.int32),
+            "median_s": np.concatenate([c["target_s"], c["draft_s"][drafted]]).astype(np.float64),
+        })
+        over = np.asarray(c["overhead_s"], np.float64)
+        over = over[np.isfinite(over)]
+        return cls(table, label="fitted to the trace's live cycles (no profile)",
+                   overhead_fallback=float(np.median(over)) if over.size else None)
+
+    # -- queries
+    def _table(self, kind: str, q: int, batch: int, L_need: int) -> tuple[np.ndarray, np.ndarray]:
+        """Seconds and sources over every context length 0..L_max for one (kind, q, batch),
+        computed once, so a replayed cycle's cost is one array read."""
+        key = (kind, q, batch)
+        hit = self._tables.get(key)
+        if hit is not None and hit[0].shape[0] > L_need:
+            return hit
+        self._L_max = max(self._L_max, L_need + 1, 4096)
+        L = np.arange(self._L_max + 1, dtype=np.float64)
+        if kind == "tree_verify":
+            val, src = self._tree(q, L, batch)
+        else:
+            surf = self.surfaces[kind]
+            if surf is None:
+                raise MissingCost(f"no {kind} timing to cost this policy: {self.label} has no "
+                                  f"'{kind}' rows; pass --profile with a profile that measured "
+                                  f"{kind} passes")
+            val, src = surf.predict(float(q), L, batch)
+        out = (np.maximum(val, 0.0), src)
+        self._tables[key] = out
+        return out
+
+    def _tree(self, q: int, L: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        chain, src = self.surfaces["target"].predict(float(q), L, batch)
+        tree = self.surfaces["tree_verify"]
+        if tree is None:  # costed as a chain and flagged: not a measurement of trees
+            return chain, np.full(L.shape, FITTED, dtype=np.int64)
+        return chain * self.tree_ratio(q), src
+
+    def tree_ratio(self, q: int) -> float:
+        """tree_verify / target at equal (q, L, batch), averaged per q, linear in q."""
+        tree = self.surfaces["tree_verify"]
+        r = self.rows
+        ratios: dict[float, list[float]] = {}
+        for i in tree.fit_rows:
+            chain, _ = self.surfaces["target"].predict(r["q"][i], np.array([r["context_len"][i]]),
+                                                       int(r["batch"][i]))
+            ratios.setdefault(r["q"][i], []).append(r["median_s"][i] / max(chain[0], 1e-12))
+        qs = sorted(ratios)
+        return float(np.interp(q, qs, [float(np.mean(ratios[x])) for x in qs]))
+
+    def seconds(self, kind: str, q: int, L: int, batch: int = 1) -> tuple[float, int]:
+        """(seconds, source) of one pass; kind is target, tree_verify or draft."""
+        key = (kind, q, batch)
+        lists = self._lists.get(key)
+        if lists is None or L >= len(lists[0]):
+            vals, src = self._table(kind, int(q), int(batch), int(L))
+            # Python lists: a scalar read from a list is several times cheaper than
+            # from a numpy array, and the engine reads one per pass
+            lists = self._lists[key] = (vals.tolist(), src.tolist())
+        return lists[0][L], lists[1][L]
+
+    def seconds_array(self, kind: str, q: int, L: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Vectorised ``seconds`` for one (kind, q, batch) over many context lengths."""
+        L = np.asarray(L, dtype=np.int64)
+        vals, src = self._table(kind, int(q), int(batch), int(L.max()) if L.size else 0)
+        return vals[L], src[L]
+
+    # -- provenance
+    def explain(self, source: int, kind: str = "target") -> str:
+        """The profile rows behind a prediction source."""
+        if source == FITTED:
+            surf = self.surfaces.get(kind)
+            rows = surf.fit_rows.tolist() if surf is not None else []
+            return f"fitted {kind} model over profile rows {_ranges(rows)}"
+        for k, batch, g in self.cells:
+            if g.cell_base <= source < g.cell_base + g.t.size:
+                i, j = divmod(source - g.cell_base, len(g.L))
+                corners = {int(g.row[a, c]) for a in (i, min(i + 1, len(g.q) - 1))
+                           for c in (j, min(j + 1, len(g.L) - 1)) if g.row[a, c] >= 0}
+                return (f"{k} grid cell q {g.q[i]:g}..{g.q[min(i + 1, len(g.q) - 1)]:g}, "
+                        f"L {g.L[j]:g}..{g.L[min(j + 1, len(g.L) - 1)]:g}, batch {batch}: "
+                        f"profile rows {_ranges(sorted(corners))}")
+        return f"unknown source {source}"
+
+
+def _ranges(rows: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    if not rows:
+        return "(none)"
+    out, lo, prev = [], rows[0], rows[0]
+    for r in rows[1:] + [None]:
+        if r is not None and r == prev + 1:
+            prev = r
+            continue
+        out.append(f"{lo}-{prev}" if prev > lo else f"{lo}")
+        if r is not None:
+            lo = prev = r
+    return ", ".join(out)
+
+
+class RecordedTiming:
+    """The live run's own seconds, for cycles a replay repeats exactly.
+
+    A replayed cycle whose (sample, start, block size, verify mode, verify tokens,
+    verified paths, probe) equals a recorded live cycle takes that cycle's recorded
+    draft/target/overhead/cycle seconds; the others fall back to the cost model. Replaying
+    the recorded policy this way reproduces the live run exactly, time-dependent
+    schedulers included, since they observe the very seconds they observed live.
+    """
+
+    def __init__(self, cycles: pa.Table) -> None:
+        cols = [cycles[c].to_pylist() for c in
+                ("sample", "start", "block_size", "verify_mode", "verify_tokens", "n_paths",
+                 "probe", "draft_s", "target_s", "overhead_s", "cycle_s")]
+        self.by_key: dict[tuple, tuple[float, float, float, float]] = {}
+        for s, p, b, mode, vt, npaths, probe, d, t, o, c in zip(*cols):
+            self.by_key[(s, p, b, mode, vt, npaths, probe or "")] = (d, t, o, c)
+
+    def get(self, sample: int, start: int, block_size: int, mode: str, verify_tokens: int,
+            n_paths: int, probe: str) -> tuple[float, float, float, float] | None:
+        return self.by_key.get((sample, start, block_size, mode, verify_tokens, n_paths, probe))
+
+    def chain_arrays(self, base: np.ndarray, block_size: int) -> np.ndarray:
+        """[4, n_positions] seconds (draft, target, overhead, cycle) of recorded plain
+        full-chain cycles of one block size by global position; NaN where none."""
+        out = np.full((4, int(base[-1])), np.nan)
+        for (s, p, b, mode, vt, npaths, probe), secs in self.by_key.items():
+            if b == block_size and mode == "chain" and vt == block_size and npaths == 1 \
+                    and not probe:
+                out[:, base[s] + p] = secs
+        return out

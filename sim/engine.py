@@ -1,0 +1,368 @@
+"""The discrete-event replay: requests as SimPy processes sharing one GPU.
+
+Each request is a process that reads like the live loop it replays::
+
+    prefill (GPU)                                   # serving runs only
+    loop until the output is complete:
+        plan_draft(ctx)      -> block size, draft input (policy)
+        draft lookup         -> the DraftView the draft would have produced (oracle)
+        plan_verify(view)    -> rank paths to verify (policy)
+        acceptance lookup    -> accepted length (oracle)
+        draft + verify (GPU) -> seconds (cost model, or the recorded seconds)
+        observe(outcome)     -> the policy updates itself
+
+Policy decisions take no simulated time and cannot depend on the GPU's timing of the
+cycle they decide, so a request settles its whole cycle before it asks for the GPU, and
+the GPU runs the cycle's draft and verify passes as one step.
+
+Batching rule. The GPU runs one step at a time. A step takes every cycle that is ready
+when it starts (a request is ready once it has planned its next cycle); requests that
+become ready while a step runs wait for the next one. All requests ready at the same
+instant, including those whose previous cycle ended at that instant, share the step. A
+step's seconds: one batched draft pass over the cycles that draft (batch = their number,
+block size and context padded to the largest), then one batched verify pass (batch =
+their verify rows, query tokens and context padded to the largest; tree-masked if any
+cycle verifies a tree), then the per-cycle host overhead once. Prefills run in steps of
+their own, before waiting cycles, with no decode cycles mixed in; a prefill takes the
+sample's recorded prefill_s when the timing is the trace's own, else the target cost of
+its prompt. Every cycle in a step observes the step's draft/target/overhead seconds and
+a cycle time that includes its wait for the GPU.
+
+With one request at a time (single stream) the GPU never queues: each cycle is one
+timeout of its own seconds, exactly the live single-stream loop.
+"""
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import simpy
+from simpy.events import Event
+
+from policies import parse_policy
+from policies.base import Composite, CycleContext, CycleOutcome, DraftRequest, VerifyPlan
+from sim.acceptance import Acceptance
+from sim.cost import CostModel, RecordedTiming
+from sim.tracedata import TraceData
+
+NO_SOURCE = -2  # a pass that did not run (no draft at b = 1), or recorded seconds
+
+
+_CONTEXT_FIELDS = tuple(f.name for f in fields(CycleContext))
+_OUTCOME_FIELDS = tuple(f.name for f in fields(CycleOutcome))
+
+
+def new_context(*values) -> CycleContext:
+    """CycleContext(*values) without the frozen-dataclass __init__, which sets each
+    field through object.__setattr__ and costs more than the rest of a replayed cycle's
+    bookkeeping. The instance is an ordinary, equal, still-frozen CycleContext."""
+    ctx = object.__new__(CycleContext)
+    ctx.__dict__.update(zip(_CONTEXT_FIELDS, values))
+    return ctx
+
+
+def new_outcome(*values) -> CycleOutcome:
+    """CycleOutcome(*values), built like ``new_context``."""
+    out = object.__new__(CycleOutcome)
+    out.__dict__.update(zip(_OUTCOME_FIELDS, values))
+    return out
+
+
+class Work:
+    """One GPU job: a planned cycle, or a prefill. The GPU fills in the seconds."""
+    __slots__ = ("sample", "start", "block_size", "context_len", "passes", "verify_q",
+                 "verify_rows", "verify_tokens", "tree", "recorded", "prefill",
+                 "draft_s", "target_s", "overhead_s", "step_s", "draft_src", "target_src",
+                 "t_start")
+
+    def __init__(self, sample: int, start: int, block_size: int, context_len: int,
+                 passes: int = 1, verify_q: int = 1, verify_rows: int = 1, tree: bool = False,
+                 recorded=None, prefill: bool = False, verify_tokens: int = 1) -> None:
+        self.sample, self.start, self.block_size = sample, start, block_size
+        self.context_len, self.passes = context_len, passes
+        self.verify_q, self.verify_rows, self.tree = verify_q, verify_rows, tree
+        self.recorded, self.prefill = recorded, prefill
+        self.verify_tokens = verify_tokens
+
+
+class Timer:
+    """Seconds of a GPU step, from the cost model or the recorded live cycles."""
+
+    def __init__(self, cost: CostModel, recorded: RecordedTiming | None,
+                 prefill_s: np.ndarray | None, prompt_len: np.ndarray) -> None:
+        self.cost = cost
+        self.recorded = recorded
+        self.prefill_s = prefill_s
+        self.prompt_len = prompt_len
+        self.overhead_s = cost.overhead_s
+
+    def step(self, works: list[Work]) -> None:
+        """Fill in the seconds of a step running ``works`` together."""
+        if works[0].prefill:
+            self._prefill(works)
+            return
+        if len(works) == 1:
+            self.single(works[0])
+            return
+        drafting = [w for w in works if w.block_size > 1]
+        L = max(w.context_len for w in works)
+        draft_s, draft_src = 0.0, NO_SOURCE
+        if drafting:
+            q = max(w.block_size for w in drafting)
+            passes = max(w.passes for w in drafting)
+            draft_s, draft_src = self.cost.seconds("draft", q, L, len(drafting))
+            draft_s *= passes
+        kind = "tree_verify" if any(w.tree for w in works) else "target"
+        rows = sum(w.verify_rows for w in works)
+        target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
+        step_s = draft_s + target_s + self.overhead_s
+        for w in works:
+            w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, self.overhead_s, step_s
+            w.draft_src, w.target_src = draft_src, target_src
+
+    def single(self, w: Work) -> None:
+        """A step of one cycle (the same numbers as ``step`` with a batch of one)."""
+        if w.recorded is not None:
+            w.draft_s, w.target_s, w.overhead_s, w.step_s = w.recorded
+            w.draft_src = w.target_src = NO_SOURCE
+            return
+        if w.block_size > 1:
+            draft_s, w.draft_src = self.cost.seconds("draft", w.block_size, w.context_len, 1)
+            draft_s *= w.passes
+        else:
+            draft_s, w.draft_src = 0.0, NO_SOURCE
+        target_s, w.target_src = self.cost.seconds("tree_verify" if w.tree else "target",
+                                                   w.verify_q, w.context_len, w.verify_rows)
+        w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, self.overhead_s
+        w.step_s = draft_s + target_s + self.overhead_s
+
+    def _prefill(self, works: list[Work]) -> None:
+        if self.prefill_s is not None:
+            secs = float(sum(self.prefill_s[w.sample] for w in works))
+            src = NO_SOURCE
+        else:
+            q = int(max(self.prompt_len[w.sample] for w in works))
+            secs, src = self.cost.seconds("target", q, 0, len(works))
+        for w in works:
+            w.draft_s, w.target_s, w.overhead_s, w.step_s = 0.0, secs, 0.0, secs
+            w.draft_src, w.target_src = NO_SOURCE, src
+
+
+class GPU:
+    """The shared GPU: runs steps of ready work (see the batching rule above).
+    ``solo``: only one request is ever in flight, so work never waits.
+
+    Waiting work is kept in two queues, prefills and cycles, each with one shared event
+    that fires when the step running that queue's current content ends: a step of 16
+    cycles costs one event, not 16."""
+
+    def __init__(self, env: simpy.Environment, timer: Timer, solo: bool) -> None:
+        self.env, self.timer, self.solo = env, timer, solo
+        self.queues: dict[bool, list[Work]] = {True: [], False: []}   # prefill? -> work
+        self.done: dict[bool, Event] = {True: Event(env), False: Event(env)}
+        self.busy = False
+        self.starting = False
+        self.steps = 0
+        self.batch_sizes: list[int] = []
+
+    def submit(self, work: Work) -> Event:
+        """The event the submitting request waits for: its work has run."""
+        env = self.env
+        work.t_start = env.now
+        if self.solo:
+            self.timer.single(work)
+            self.steps += 1
+            return env.timeout(work.step_s)
+        self.queues[work.prefill].append(work)
+        if not self.busy and not self.starting:
+            self._schedule_start()
+        return self.done[work.prefill]
+
+    def _schedule_start(self) -> None:
+        # a zero-delay event: it runs after every request resumed at this instant has
+        # submitted, so they all share the step
+        self.starting = True
+        self.env.timeout(0).callbacks.append(self._start)
+
+    def _start(self, _event: Event) -> None:
+        self.starting = False
+        kind = True if self.queues[True] else False  # prefills go first
+        batch = self.queues[kind]
+        if not batch:
+            return
+        done = self.done[kind]
+        self.queues[kind], self.done[kind] = [], Event(self.env)
+        now = self.env.now
+        for w in batch:
+            w.t_start = now
+        self.timer.step(batch)
+        self.busy = True
+        self.steps += 1
+        if not kind:
+            self.batch_sizes.append(len(batch))
+        self.env.timeout(batch[0].step_s).callbacks.append(lambda _e, d=done: self._end(d))
+
+    def _end(self, done: Event) -> None:
+        self.busy = False
+        done.succeed()
+        self._schedule_start()
+
+
+@dataclass
+class RunLog:
+    """What a run produced: one tuple per cycle (``CYCLE_FIELDS``), the policy state per
+    cycle, and one tuple per request (``REQUEST_FIELDS``)."""
+    cycles: list[tuple] = field(default_factory=list)
+    states: list[dict] = field(default_factory=list)
+    requests: list[tuple] = field(default_factory=list)
+    steps: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+CYCLE_FIELDS = ("sample", "cycle", "start", "block_size", "accepted", "tau", "verify_tokens",
+                "draft_s", "target_s", "overhead_s", "cycle_s", "draft_src", "target_src",
+                "recorded")
+REQUEST_FIELDS = ("sample", "arrival_s", "first_token_s", "finish_s", "tokens")
+
+
+class Engine:
+    """Replays one policy over a trace's samples.
+
+    ``concurrency``: closed loop, that many requests in flight (each takes the next
+    sample when it finishes); ``rate``: Poisson arrivals at that many requests per
+    second (seeded), unbounded concurrency; neither: single stream, one sample after
+    another, no prefill (the live decode loop). Samples run in trace order.
+    """
+
+    def __init__(self, data: TraceData, acceptance: Acceptance, timer: Timer, spec: str,
+                 concurrency: int | None = None, rate: float | None = None, seed: int = 0,
+                 record_states: bool = True) -> None:
+        self.data, self.acc, self.timer, self.spec = data, acceptance, timer, spec
+        self.concurrency, self.rate, self.seed = concurrency, rate, seed
+        self.serving = concurrency is not None or rate is not None
+        self.record_states = record_states
+        self.env = simpy.Environment()
+        solo = rate is None and (concurrency or 1) == 1
+        self.gpu = GPU(self.env, timer, solo)
+        self.log = RunLog()
+        self.stop_ids = data.stop_token_ids
+        self.data_prompt = data.prompt_len.tolist()
+
+    # -- the request: the story of one sample
+    def request(self, sample: int, policy: Composite):
+        env, acc, data, log, gpu = self.env, self.acc, self.data, self.log, self.gpu
+        t_arrival = env.now
+        if self.serving:
+            yield gpu.submit(Work(sample, 0, 1, 0, prefill=True))
+        t_first = env.now
+        n = int(data.out_len[sample])
+        last = n - 1  # S[0] came from prefill; the output is complete once S[n-1] is committed
+        prompt = int(data.prompt_len[sample])
+        default_b = data.default_block_size
+        allowed = data.max_new_tokens - 1
+        states = log.states if self.record_states else None
+        work = Work(sample, 0, 1, prompt)
+        # bound methods as locals: this loop runs once per replayed cycle
+        plan_draft, plan_verify, observe = policy.plan_draft, policy.plan_verify, policy.observe
+        draft, plan_work, submit, record = self.draft, self.plan_work, gpu.submit, log.cycles.append
+        policy.reset(sample)
+        start = cycle = 0
+        prev_view = prev_outcome = None
+        while start < last:
+            t_ready = env.now
+            ctx = new_context(sample, cycle, start, prompt + start, max(allowed - start, 1),
+                              default_b, prev_view, prev_outcome)
+            req = plan_draft(ctx)
+            b = req.block_size
+            view, group, row = draft(sample, start, req)
+            plan = plan_verify(view)
+            accepted, chosen = acc.accepted(group, row, plan) if group else (0, 0)
+            tau = min(accepted + 1, last - start)  # the bonus token still lies inside S
+            plan_work(work, start, req, plan)
+            yield submit(work)
+            # wait for the GPU plus the step's own seconds; single stream: exactly the step
+            cycle_s = (work.t_start - t_ready) + work.step_s
+            outcome = new_outcome(sample, cycle, start, b, tau - 1, tau, tau, chosen,
+                                  work.verify_tokens, work.draft_s, work.target_s,
+                                  work.overhead_s, cycle_s,
+                                  acc.l_gen(group, self.stop_ids)[row] if group else 1)
+            observe(outcome)
+            record((sample, cycle, start, b, tau - 1, tau, work.verify_tokens, work.draft_s,
+                    work.target_s, work.overhead_s, cycle_s, work.draft_src, work.target_src,
+                    work.recorded is not None))
+            if states is not None:
+                states.append(policy.state())
+            start += tau
+            cycle += 1
+            prev_view, prev_outcome = view, outcome
+        log.requests.append((sample, t_arrival, t_first, env.now, n))
+
+    # -- lookups (no policy logic here)
+    def draft(self, sample: int, start: int, req: DraftRequest):
+        """The view the draft would produce for this request, with its oracle group
+        and row (None, 0 for b = 1: nothing is drafted)."""
+        acc = self.acc
+        if req.block_size <= 1:
+            return acc.view(None, 0, sample, start), None, 0
+        group = acc.group(req.block_size, req.probe, req.prev_offset if req.probe else 0)
+        row = acc.row(group, sample, start)
+        return acc.view(group, row, sample, start), group, row
+
+    def plan_work(self, work: Work, start: int, req: DraftRequest, plan: VerifyPlan) -> None:
+        """Set a request's GPU job to a planned cycle: its shapes, and its recorded
+        seconds if the live run ran this very cycle."""
+        paths, mode = plan.paths, plan.mode
+        if mode == "chain":
+            verify_tokens = work.verify_q = len(paths[0]) + 1
+            work.verify_rows = 1
+        else:
+            verify_tokens = plan.verify_tokens()
+            if mode == "batch":  # rows padded to the longest candidate
+                work.verify_q, work.verify_rows = max(len(p) for p in paths) + 1, len(paths)
+            else:
+                work.verify_q, work.verify_rows = verify_tokens, 1
+        work.start, work.block_size = start, req.block_size
+        work.context_len = self.data_prompt[work.sample] + start
+        work.passes = 1 + req.refine_steps
+        work.tree = mode == "tree"
+        work.verify_tokens = verify_tokens
+        # recorded seconds only where the GPU runs this cycle alone, as the live loop did
+        rec = self.timer.recorded if self.gpu.solo else None
+        work.recorded = None if rec is None else rec.get(
+            work.sample, start, req.block_size, mode, verify_tokens, len(paths), req.probe)
+
+    # -- running
+    def run(self) -> RunLog:
+        env, n = self.env, self.data.n_samples
+        if self.rate is not None:
+            env.process(self.arrivals(n))
+        else:
+            queue = iter(range(n))
+            for _ in range(min(self.concurrency or 1, n)):
+                env.process(self.slot(queue, parse_policy(self.spec)))
+        # The run allocates millions of short-lived objects and keeps every cycle's
+        # record: the cyclic collector would rescan that growing log again and again
+        # (15-20 % of the run). Nothing here needs it until the run ends.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            env.run()
+        finally:
+            if was_enabled:
+                gc.enable()
+        self.log.steps = self.gpu.steps
+        self.log.batch_sizes = self.gpu.batch_sizes
+        return self.log
+
+    def slot(self, queue, policy: Composite):
+        """Closed loop: a client that sends the next sample as soon as its last one ends."""
+        for sample in queue:
+            yield from self.request(sample, policy)
+
+    def arrivals(self, n: int):
+        """Open loop: Poisson arrivals at ``rate`` requests per second, seeded."""
+        gaps = np.random.default_rng((self.seed, 0xA881)).exponential(1.0 / self.rate, n)
+        for sample in range(n):
+            yield self.env.timeout(float(gaps[sample]))
+            self.env.process(self.request(sample, parse_policy(self.spec)))

@@ -1,0 +1,393 @@
+"""Predict what policies would have done on a recorded trace.
+
+    from sim.replay import replay
+    for p in replay("traces/samples/humaneval-fixed16", ["fixed(b=8)", "ewma"]):
+        print(p.to_dict())
+
+Metrics (single stream, the live decode loop):
+
+* ``tokens_per_s`` = sum of output tokens / sum of decode seconds over the samples (decode
+  = first cycle start to last commit; prefill excluded, as in samples.decode_s).
+* ``tpot_s`` = mean over samples of decode seconds / output tokens (the seed scripts'
+  avg_tpot_s: per sample, not token-weighted; output tokens = len(S), S[0] included).
+* ``tau_mean`` = mean tau over cycles; ``tau_sample_mean`` = mean over samples of each
+  sample's mean tau (the seed scripts' "average acceptance length").
+* ``tau_hist[t]`` = number of cycles with tau = t (index 0 is always 0).
+* ``speedup`` = tpot_s of ``ar`` / tpot_s of the policy, both replayed under the same
+  cost model, timing mode and load (under recorded timing, ar's cycles take recorded
+  seconds only if the live run was ar; otherwise the cost model's).
+* ``ci_low``/``ci_high``: 95 % bootstrap interval of tokens_per_s over prompts (samples
+  resampled with replacement, ``bootstrap`` times, seeded).
+
+Serving runs (``concurrency`` or ``rate``) add ``serving``: TTFT, TPOT and end-to-end
+seconds per request (mean, p50, p90, p99), ``throughput_tok_s`` (all output tokens /
+makespan), ``goodput_rps`` (requests meeting both SLOs per second of makespan) and
+``slo_attainment``. There ``tokens_per_s`` is the throughput, ``tpot_s`` the mean
+per-request TPOT including queueing, and the CI resamples requests (token-weighted
+per-request rate, scaled to the run's throughput).
+
+Recorded timing (``timing="recorded"``) applies where the GPU runs one cycle alone, as
+live: single stream and concurrency 1.
+
+``fidelity``: "exact" when acceptance comes straight from a greedy oracle and every cost
+query interpolated inside the profile's grid; otherwise the reasons joined by "; ":
+"approximate (sampling: Monte Carlo, seed N)", "extrapolated cost", "other-setup
+profile: <setup>".
+
+``Prediction.per_cycle`` (a ``CycleTable``, kept off ``to_dict()`` unless asked) has one
+row per replayed cycle, in the order the cycles ran (single stream: by sample, then
+cycle), with numpy columns ``sample, cycle, start, block_size, accepted, tau,
+verify_tokens, draft_s, target_s, overhead_s, cycle_s, draft_src, target_src,
+recorded`` and ``policy_state`` (a JSON object per cycle, built on first access; absent
+after ``states=False``); ``to_arrow()`` gives a pyarrow Table. Each row points back to
+the oracle row (sample, start, block_size) it was read from and, through
+``draft_src``/``target_src`` and ``CostModel.explain``, to the profile rows its seconds
+came from (-1: the fitted model; -2: no pass, or recorded seconds when ``recorded``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from policies import parse_policy
+from sim.acceptance import Acceptance, NotReplayable
+from sim.cost import FITTED, CostModel, MissingCost, RecordedTiming
+from sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer
+from sim.fastpath import fixed_block_size, replay_fixed
+from sim.tracedata import TraceData, load_trace
+from traces.identity import setup_identity
+from traces.io import TraceError
+from traces.reader import Profile, Trace, check_profile_matches
+
+TIMINGS = ("model", "recorded")
+
+
+class CycleTable:
+    """Per-cycle columns of one replay (see the module docstring)."""
+
+    def __init__(self, cols: dict[str, np.ndarray], states: list[dict] | None,
+                 captured: bool = True) -> None:
+        self.cols = cols
+        self._states = states
+        self.captured = captured  # False: replayed with states=False, no policy_state
+        self._state_json: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(len(self.cols["sample"]))
+
+    def __getitem__(self, name: str):
+        if name == "policy_state":
+            if not self.captured:
+                raise KeyError("policy_state was not captured: replay with states=True")
+            if self._state_json is None:
+                n = len(self)
+                self._state_json = ([json.dumps(s, sort_keys=True) for s in self._states]
+                                    if self._states else ["{}"] * n)
+            return self._state_json
+        return self.cols[name]
+
+    @property
+    def columns(self) -> list[str]:
+        return [*CYCLE_FIELDS, "policy_state"] if self.captured else list(CYCLE_FIELDS)
+
+    def to_arrow(self) -> pa.Table:
+        return pa.table({c: self[c] for c in self.columns})
+
+
+@dataclass
+class Prediction:
+    """One policy's predicted behaviour on one trace (fields: module docstring)."""
+    policy: str
+    replayable: bool
+    reason: str = ""
+    canonical: str = ""
+    tokens_per_s: float | None = None
+    tpot_s: float | None = None
+    tau_mean: float | None = None
+    tau_sample_mean: float | None = None
+    tau_hist: list[int] = field(default_factory=list)
+    speedup: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    fidelity: str = ""
+    cycles: int = 0
+    tokens: int = 0
+    samples: int = 0
+    timing: str = "model"
+    recorded_cycles: int = 0
+    cost: str = ""
+    profile_rows: list[str] = field(default_factory=list)
+    trace: str = ""
+    serving: dict[str, Any] | None = None
+    per_cycle: CycleTable | None = None
+
+    def to_dict(self, per_cycle: bool = False) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "per_cycle"}
+        if per_cycle and self.per_cycle is not None:
+            out["per_cycle"] = {c: np.asarray(self.per_cycle[c]).tolist()
+                                for c in self.per_cycle.columns}
+        return out
+
+
+@dataclass
+class Setting:
+    """Everything shared by the policies of one replay call."""
+    data: TraceData
+    acc: Acceptance
+    timer: Timer
+    flags: list[str]
+    concurrency: int | None
+    rate: float | None
+    seed: int
+    bootstrap: int
+    slo_ttft_s: float | None
+    slo_tpot_s: float | None
+    states: bool = True
+
+
+def cost_model_for(data: TraceData, profile: str | Path | Profile | None,
+                   other_setup: bool) -> tuple[CostModel, list[str], bool]:
+    """The cost model of a replay, the fidelity flags it brings, and whether it
+    describes the trace's own setup."""
+    cycles = data.trace.cycles
+    over = cycles["overhead_s"].to_numpy(zero_copy_only=False).astype(np.float64)
+    over = over[np.isfinite(over)]
+    fallback = float(np.median(over)) if over.size else None
+    if profile is None:
+        profile = data.profile()
+        if profile is None:
+            if cycles.num_rows == 0:
+                raise TraceError(f"trace {data.path} has no profile and no live cycles to fit "
+                                 "one to; pass --profile DIR")
+            return CostModel.from_cycles(cycles, data.prompt_len), [], True
+    elif not isinstance(profile, Profile):
+        profile = Profile.open(profile)
+    diffs = check_profile_matches(data.trace, profile, allow_other_setup=other_setup)
+    flags, own = [], not diffs
+    label = f"profile {profile.dir}"
+    if diffs:
+        setup = setup_identity(profile.meta).get("setup") or {}
+        desc = ", ".join(f"{k}={v}" for k, v in sorted(setup.items())) if isinstance(setup, dict) \
+            else str(setup)
+        flags.append(f"other-setup profile: {desc or 'unknown setup'}")
+        label += f" (profile from other setup: {desc or 'unknown setup'})"
+    try:
+        model = CostModel(profile.table, label=label, setup=profile.meta,
+                          overhead_fallback=fallback)
+    except ValueError as e:
+        raise TraceError(f"{profile.dir}/profile.parquet: {e}") from None
+    return model, flags, own
+
+
+def _bootstrap(tokens: np.ndarray, secs: np.ndarray, n: int, seed: int, scale: float = 1.0):
+    if n <= 0 or len(tokens) == 0:
+        return None, None
+    rng = np.random.default_rng((seed, 0xB007))
+    idx = rng.integers(0, len(tokens), size=(n, len(tokens)))
+    rates = tokens[idx].sum(axis=1) / np.maximum(secs[idx].sum(axis=1), 1e-300) * scale
+    lo, hi = np.percentile(rates, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _serving(log: RunLog, s: Setting) -> dict[str, Any]:
+    r = np.asarray(log.requests, dtype=np.float64)
+    arrival, first, finish, tokens = r[:, 1], r[:, 2], r[:, 3], r[:, 4]
+    ttft, e2e = first - arrival, finish - arrival
+    tpot = (finish - first) / tokens
+    makespan = float(finish.max() - arrival.min())
+    ok = np.ones(len(r), dtype=bool)
+    if s.slo_ttft_s is not None:
+        ok &= ttft <= s.slo_ttft_s
+    if s.slo_tpot_s is not None:
+        ok &= tpot <= s.slo_tpot_s
+
+    def stats(x: np.ndarray) -> dict[str, float]:
+        p50, p90, p99 = np.percentile(x, [50, 90, 99])
+        return {"mean": float(x.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+
+    return {"concurrency": s.concurrency, "rate": s.rate, "requests": int(len(r)),
+            "ttft_s": stats(ttft), "tpot_s": stats(tpot), "e2e_s": stats(e2e),
+            "throughput_tok_s": float(tokens.sum() / makespan) if makespan > 0 else None,
+            "goodput_rps": float(ok.sum() / makespan) if makespan > 0 else None,
+            "slo_attainment": float(ok.mean()), "slo_ttft_s": s.slo_ttft_s,
+            "slo_tpot_s": s.slo_tpot_s, "makespan_s": makespan, "gpu_steps": log.steps,
+            "mean_batch": float(np.mean(log.batch_sizes)) if log.batch_sizes else 1.0}
+
+
+def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -> Prediction:
+    data = s.data
+    sample, tau = cols["sample"], cols["tau"]
+    decode = np.bincount(sample, weights=cols["cycle_s"], minlength=data.n_samples)
+    tokens = data.out_len.astype(np.float64)
+    n_cycles = np.bincount(sample, minlength=data.n_samples)
+    tau_per_sample = np.bincount(sample, weights=tau, minlength=data.n_samples) / np.maximum(n_cycles, 1)
+    srcs = np.concatenate([cols["draft_src"], cols["target_src"]])
+    fitted = bool((srcs == FITTED).any())
+    flags = list(s.flags)
+    cost = s.timer.cost
+    if fitted:
+        flags.append("extrapolated cost")
+    pred = Prediction(
+        policy=spec, canonical=canonical, replayable=True,
+        tpot_s=float(np.mean(decode / tokens)),
+        tokens_per_s=float(tokens.sum() / decode.sum()) if decode.sum() > 0 else None,
+        tau_mean=float(tau.mean()) if len(tau) else None,
+        tau_sample_mean=float(tau_per_sample.mean()),
+        tau_hist=np.bincount(tau.astype(np.int64)).tolist(),
+        fidelity="; ".join(flags) or "exact", cycles=int(len(tau)), tokens=int(tokens.sum()),
+        samples=data.n_samples, timing="recorded" if s.timer.recorded else "model",
+        recorded_cycles=int(np.count_nonzero(cols["recorded"])),
+        cost=f"{cost.label}; overhead from {cost.overhead_source}"
+             + "".join(f"; {n}" for n in sorted(cost.notes)),
+        profile_rows=_explain_sources(cost, cols), trace=str(data.path))
+    if tokens.sum() and decode.sum() > 0:
+        pred.ci_low, pred.ci_high = _bootstrap(tokens, decode, s.bootstrap, s.seed)
+    if s.concurrency is not None or s.rate is not None:
+        srv = _serving(log, s)
+        pred.serving = srv
+        pred.tokens_per_s = srv["throughput_tok_s"]
+        pred.tpot_s = srv["tpot_s"]["mean"]
+        r = np.asarray(log.requests, dtype=np.float64)
+        rate_all = r[:, 4].sum() / (r[:, 3] - r[:, 1]).sum()
+        scale = pred.tokens_per_s / rate_all if pred.tokens_per_s else 1.0
+        pred.ci_low, pred.ci_high = _bootstrap(r[:, 4], r[:, 3] - r[:, 1], s.bootstrap, s.seed, scale)
+    return pred
+
+
+def _explain_sources(cost: CostModel, cols: dict, limit: int = 12) -> list[str]:
+    """The profile rows behind a replay's seconds (the most used first, at most
+    ``limit`` lines)."""
+    out = []
+    for kind_col, kind in (("draft_src", "draft"), ("target_src", "target")):
+        src, counts = np.unique(cols[kind_col], return_counts=True)
+        for i in np.argsort(-counts):
+            if src[i] == -2:
+                continue
+            out.append(f"{kind} x{int(counts[i])}: {cost.explain(int(src[i]), kind)}")
+    return out[:limit]
+
+
+def _run_policy(spec: str, s: Setting) -> Prediction:
+    policy = parse_policy(spec)
+    canonical = policy.spec()
+    try:
+        s.acc.check_policy(policy.max_rank(), policy.probes())
+        single_stream = s.concurrency is None and s.rate is None
+        b = fixed_block_size(policy, s.data) if single_stream else None
+        if b is not None:
+            cols, log = replay_fixed(s.data, s.acc, s.timer, b)
+            states = None
+        else:
+            engine = Engine(s.data, s.acc, s.timer, spec, s.concurrency, s.rate, s.seed,
+                            record_states=s.states)
+            log = engine.run()
+            cols = _columns(log.cycles)
+            states = log.states
+    except (NotReplayable, MissingCost) as e:
+        return Prediction(policy=spec, canonical=canonical, replayable=False, reason=str(e),
+                          fidelity="not replayable", trace=str(s.data.path))
+    pred = _summarise(spec, canonical, cols, log, s)
+    pred.per_cycle = CycleTable(cols, states, captured=s.states or b is not None)
+    return pred
+
+
+def _columns(cycles: list[tuple]) -> dict[str, np.ndarray]:
+    """The engine's per-cycle tuples as numpy columns (``CYCLE_FIELDS``)."""
+    if not cycles:
+        return {name: np.zeros(0, dtype=np.int64) for name in CYCLE_FIELDS}
+    table = np.array(cycles, dtype=np.float64)  # one conversion; ints are exact in float64
+    ints = {"sample", "cycle", "start", "block_size", "accepted", "tau", "verify_tokens",
+            "draft_src", "target_src"}
+    return {name: (table[:, i].astype(np.int64) if name in ints else
+                   table[:, i].astype(bool) if name == "recorded" else table[:, i].copy())
+            for i, name in enumerate(CYCLE_FIELDS)}
+
+
+class Replayer:
+    """A trace, its cost model and oracle arrays, built once; ``predict`` replays one
+    policy, with its speedup against ``ar`` replayed once under the same setting.
+    Arguments: see ``replay``."""
+
+    def __init__(self, trace: str | Path | Trace | TraceData,
+                 profile: str | Path | Profile | None = None, concurrency: int | None = None,
+                 rate: float | None = None, timing: str = "model", seed: int = 0,
+                 bootstrap: int = 1000, other_setup: bool = False,
+                 slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
+                 states: bool = True) -> None:
+        if timing not in TIMINGS:
+            raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+        if concurrency is not None and rate is not None:
+            raise ValueError("give concurrency or rate, not both")
+        if concurrency is not None and concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if rate is not None and not rate > 0:
+            raise ValueError(f"rate must be > 0 requests per second, got {rate}")
+        data = trace if isinstance(trace, TraceData) else load_trace(trace)
+        self.setting = setting(data, profile, concurrency, rate, timing, seed, bootstrap,
+                               other_setup, slo_ttft_s, slo_tpot_s)
+        self.setting.states = states
+        self._baseline: Prediction | None = None
+
+    @property
+    def baseline(self) -> Prediction:
+        """``ar`` under the same cost model, timing and load."""
+        if self._baseline is None:
+            self._baseline = _run_policy("ar", self.setting)
+        return self._baseline
+
+    def predict(self, spec: str) -> Prediction:
+        pred = _run_policy(spec, self.setting)
+        if pred.canonical == "ar" and self._baseline is None and pred.replayable:
+            self._baseline = pred
+        base = self.baseline
+        if pred.replayable and base.replayable and pred.tpot_s:
+            pred.speedup = base.tpot_s / pred.tpot_s
+        return pred
+
+
+def replay(trace: str | Path | Trace | TraceData, policies: list[str],
+           profile: str | Path | Profile | None = None, concurrency: int | None = None,
+           rate: float | None = None, timing: str = "model", seed: int = 0,
+           bootstrap: int = 1000, other_setup: bool = False, slo_ttft_s: float | None = None,
+           slo_tpot_s: float | None = None, states: bool = True) -> list[Prediction]:
+    """Replay each policy spec on a trace; one Prediction per spec, in order, with
+    speedups against ``ar`` replayed under the same cost model and load.
+
+    ``profile``: a profile directory (default: the trace's own profile, else a model
+    fitted to its live cycles); ``other_setup`` allows a profile measured on another
+    setup (labelled). ``concurrency``/``rate``: serving runs (see sim.engine); the SLOs
+    (seconds) define goodput. ``timing``: "model" (every cycle from the cost model) or
+    "recorded" (cycles the live run ran take their recorded seconds). ``seed`` drives
+    Monte Carlo acceptance, Poisson arrivals and the bootstrap. A policy the trace cannot
+    replay gets ``replayable=False`` and the reason; a malformed spec raises PolicyError
+    before anything runs. ``states=False`` skips capturing the policy's state every cycle
+    (``per_cycle['policy_state']``), a quarter of a scheduler's replay time; summaries
+    are the same.
+    """
+    for spec in policies:
+        parse_policy(spec)
+    r = Replayer(trace, profile, concurrency, rate, timing, seed, bootstrap, other_setup,
+                 slo_ttft_s, slo_tpot_s, states)
+    return [r.predict(spec) for spec in policies]
+
+
+def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap, other_setup,
+            slo_ttft_s=None, slo_tpot_s=None) -> Setting:
+    """Build the shared pieces of a replay (cost model, oracle arrays) once."""
+    cost, flags, own = cost_model_for(data, profile, other_setup)
+    recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
+    acc = Acceptance(data, seed)
+    if acc.sampling:
+        flags.insert(0, f"approximate (sampling: Monte Carlo, seed {seed})")
+    prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None
+    timer = Timer(cost, recorded, prefill, data.prompt_len)
+    return Setting(data, acc, timer, flags, concurrency, rate, seed, bootstrap,
+                   slo_ttft_s, slo_tpot_s)
+
+
+__all__ = ["CycleTable", "Prediction", "Replayer", "replay", "TIMINGS"]
