@@ -391,3 +391,26 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
 
 
 __all__ = ["CycleTable", "Prediction", "Replayer", "replay", "TIMINGS"]
+
+
+def measured(trace: str | Path | Trace) -> dict[str, Any]:
+    """The same summary as a prediction, computed from a trace's live ``cycles`` and
+    ``samples`` tables (what a live run measured): tokens_per_s = sum len(S) / sum of
+    cycle seconds, tpot_s = mean over samples of cycle seconds / len(S), tau_mean over
+    cycles. Used by promote so that predicted and measured follow one definition."""
+    t = trace if isinstance(trace, Trace) else Trace.open(trace)
+    cyc = t.cycles
+    samples = t.samples
+    ids = np.asarray(samples.column("sample").to_numpy(), dtype=np.int64)
+    tokens = np.asarray([len(s) for s in samples.column("output_ids").to_pylist()], dtype=np.float64)
+    pos = {int(s): i for i, s in enumerate(ids)}
+    sample = np.asarray([pos[int(s)] for s in cyc.column("sample").to_numpy()], dtype=np.int64)
+    secs = np.asarray(cyc.column("cycle_s").to_numpy(), dtype=np.float64)
+    tau = np.asarray(cyc.column("tau").to_numpy(), dtype=np.float64)
+    decode = np.bincount(sample, weights=secs, minlength=len(ids))
+    return {
+        "tokens_per_s": float(tokens.sum() / decode.sum()) if decode.sum() > 0 else None,
+        "tpot_s": float(np.mean(decode / tokens)) if len(tokens) else None,
+        "tau_mean": float(tau.mean()) if len(tau) else None,
+        "cycles": int(len(tau)), "tokens": int(tokens.sum()), "samples": int(len(ids)),
+    }

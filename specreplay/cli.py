@@ -10,7 +10,7 @@ import sys
 from specreplay import __version__
 
 # Stage modules, in the order their commands are listed in --help.
-STAGES = ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli")
+STAGES = ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli", "live.promote")
 
 
 class CLIError(Exception):

@@ -1,0 +1,240 @@
+"""``specreplay record`` and ``specreplay oracle``. Torch is imported only when a
+command runs."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from specreplay.cli import CLIError
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise CLIError(f"{flag} takes comma-separated integers like 4,8,12,16, not {text!r}") from None
+    if not values or any(v < 2 for v in values):
+        raise CLIError(f"{flag} needs block sizes of at least 2, got {text!r}")
+    return values
+
+
+def _probe_keys(text: str | None) -> tuple[str, ...]:
+    from live.oracle import default_probe_keys
+    if not text:
+        return ()
+    groups = [g for g in _split_probes(text)]
+    return tuple(default_probe_keys(groups))
+
+
+def _split_probes(text: str) -> list[str]:
+    """Split on commas outside parentheses: ``recycle,refine(steps=3, only_below=0.5)``."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return out + [cur]
+
+
+def _stop_ids(tokenizer, target) -> tuple[int, ...]:
+    """Stop tokens: the tokenizer's eos plus the target's generation-config eos ids."""
+    ids: list[int] = []
+    for value in (getattr(tokenizer, "eos_token_id", None),
+                  getattr(getattr(target, "generation_config", None), "eos_token_id", None)):
+        if value is None:
+            continue
+        ids += list(value) if isinstance(value, (list, tuple)) else [value]
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def _device(args):
+    from live.profile_cli import pick_device
+    import torch
+    rank, world = _shard()
+    if world > 1 and args.device is None and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    return pick_device(args.device)
+
+
+def _shard():
+    from live.recorder import shard
+    return shard()
+
+
+def _record(args: argparse.Namespace) -> int:
+    from live.profiler import describe_setup
+    from live.prompts import load_prompts
+    from live.recorder import ModelInfo, RecordSettings, Recorder
+    from models.loading import file_hashes, load_draft, load_target, load_tokenizer
+    from policies.spec import parse_policy
+
+    if args.max_new_tokens < 1:
+        raise CLIError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be 0 (greedy) or more, not {args.temperature}")
+    if args.top_k_logits < 1 or args.oracle_top_k < 1:
+        raise CLIError("--top-k-logits and --oracle-top-k must be at least 1")
+    policy = parse_policy(args.policy)  # bad specs fail before any model loads
+    if policy.max_rank() >= args.oracle_top_k:
+        raise CLIError(f"policy {policy.spec()} verifies draft rank {policy.max_rank()}; pass "
+                       f"--oracle-top-k {policy.max_rank() + 1} or more")
+    block_sizes = _int_list(args.oracle_block_sizes, "--oracle-block-sizes")
+    probes = _probe_keys(args.probes)
+    rank, world = _shard()
+    out = Path(args.out) / f"rank-{rank}" if world > 1 else Path(args.out)
+    device = _device(args)
+    target = load_target(args.target, dtype=args.dtype, attn=args.attn, device=device)
+    draft = load_draft(args.draft, target, device=device)
+    tokenizer = load_tokenizer(args.tokenizer or args.target)
+    prompts = load_prompts(args.dataset, tokenizer, max_samples=args.max_samples, split=args.split,
+                           template=args.template)
+    mine = prompts[rank::world]
+    dataset = prompts.describe()
+    dataset["indices"] = [p.dataset_index for p in mine]
+    info = ModelInfo(
+        target={"id": args.target, "files": file_hashes(args.target)},
+        draft={"id": args.draft, "files": file_hashes(args.draft),
+               "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
+        setup=describe_setup(target, device), dataset=dataset)
+    stop = tuple(args.stop_token_ids) if args.stop_token_ids is not None else _stop_ids(tokenizer, target)
+    settings = RecordSettings(
+        out=out, policy=args.policy, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, seed=args.seed, sampling=args.sampling,
+        top_k_logits=args.top_k_logits, oracle_top_k=args.oracle_top_k,
+        oracle_block_sizes=block_sizes, probes=probes, oracle=not args.no_oracle,
+        check_ar=args.check_ar, resume=args.resume, record_logits=not args.no_logits,
+        stop_token_ids=stop)
+    try:
+        recorder = Recorder(target, draft, settings, info)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    summary = recorder.record(mine, progress=not args.quiet and sys.stderr.isatty())
+    _print_summary(out, summary, args)
+    return 0
+
+
+def _print_summary(out: Path, s: dict, args) -> None:
+    print(f"recorded {s['recorded']} samples into {out} ({s['skipped']} already there), "
+          f"{s['tokens']} tokens in {s['cycles']} cycles, mean tau {s['tau_mean']:.2f}")
+    if args.check_ar:
+        print(f"samples whose output differs from plain AR decoding: {s['divergent']}")
+    if not args.no_oracle:
+        missing = sorted(set(s["block_sizes"]) - set(_int_list(args.oracle_block_sizes, "--oracle-block-sizes")))
+        if missing:
+            print(f"note: the live policy drafted block sizes {missing} that the oracle did not "
+                  f"record; add them to --oracle-block-sizes to replay it", file=sys.stderr)
+
+
+def _oracle(args: argparse.Namespace) -> int:
+    from live.oracle import Oracle
+    from models.loading import load_draft, load_target
+    from traces.reader import Trace
+    from traces.writer import TraceWriter
+
+    trace = Trace.open(args.trace)
+    run = trace.run
+    old = run.get("oracle") or {}
+    block_sizes = _int_list(args.block_sizes, "--block-sizes") if args.block_sizes \
+        else tuple(old.get("block_sizes") or (4, 8, 12, 16))
+    probes = _probe_keys(args.probes) if args.probes is not None else tuple(old.get("probes") or ())
+    top_k = args.top_k or int(old.get("top_k") or 4)
+    target_id = args.target or (run.get("target") or {}).get("id")
+    draft_id = args.draft or (run.get("draft") or {}).get("id")
+    if not target_id or not draft_id:
+        raise CLIError(f"{args.trace}/run.json names no target or draft; pass --target and --draft")
+    device = _device(args)
+    dtype = args.dtype or (run.get("setup") or {}).get("dtype") or "auto"
+    target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
+    draft = load_draft(draft_id, target, device=device)
+    live_spec = run.get("live_policy")
+    if live_spec:
+        from policies.spec import parse_policy
+        probes = tuple(dict.fromkeys([*probes, *parse_policy(live_spec).probes()]))
+    max_new = (run.get("sampling") or {}).get("max_new_tokens")
+    oracle = Oracle(target, draft, block_sizes, top_k, probes, max_new)
+    writer = TraceWriter.reopen(args.trace)
+    samples = trace.samples.to_pylist()
+    for row in samples:
+        rows, target_rows = oracle.rows(int(row["sample"]), row["prompt_ids"], row["output_ids"])
+        writer.add_oracle(int(row["sample"]), rows, target_rows)
+    writer.update_run(oracle={"block_sizes": list(block_sizes), "top_k": top_k, "probes": list(probes)})
+    print(f"oracle pass over {len(samples)} samples of {args.trace}: block sizes "
+          f"{','.join(map(str, block_sizes))}, top-{top_k}, probes {list(probes) or 'none'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``record`` and ``oracle`` to the specreplay command."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser(
+        "record", help="decode prompts live with a policy and write a trace",
+        formatter_class=fmt,
+        description="Decode prompts with a target and a DFlash draft under a policy, writing "
+                    "a trace (traces/README.md): per-cycle timings, plans, acceptance, top-k "
+                    "logits, and the oracle pass that makes replay of other policies possible. "
+                    "Each finished sample is flushed; --resume continues a killed run. Under "
+                    "torchrun, prompts are sharded round-robin and rank r writes OUT/rank-r.",
+        epilog="examples:\n"
+               "  specreplay record --target Qwen/Qwen3-8B --draft z-lab/Qwen3-8B-DFlash-b16 \\\n"
+               "      --dataset humaneval --policy 'fixed(b=16)' --out traces/he-fixed16\n"
+               "  specreplay record ... --probes recycle,refine --check-ar --max-samples 20\n"
+               "  torchrun --nproc-per-node 4 -m specreplay record ... --out traces/run")
+    p.add_argument("--target", required=True, help="target model: hub id or local folder")
+    p.add_argument("--draft", required=True, help="DFlash draft: hub id or local folder")
+    p.add_argument("--tokenizer", help="tokenizer (default: the target's)")
+    p.add_argument("--dataset", required=True, help="dataset name (gsm8k, humaneval, ...) or a JSONL file")
+    p.add_argument("--split", help="dataset split (default: the dataset's usual one)")
+    p.add_argument("--template", choices=("chat", "plain", "raw"), help="prompt template (default: chat when available)")
+    p.add_argument("--policy", required=True, help="policy spec run live, e.g. 'fixed(b=16)'")
+    p.add_argument("--out", required=True, help="trace directory to write")
+    p.add_argument("--max-samples", type=int, help="prompts to record (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per prompt (default 256)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--sampling", choices=("rejection", "multiround"), default="rejection",
+                   help="temperature > 0: standard rejection sampling for chains (default) or the "
+                        "exact multi-round scheme for every plan; candidate plans always use multi-round")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--stop-token-ids", type=int, nargs="*",
+                   help="stop tokens (default: the tokenizer's and the target's eos)")
+    p.add_argument("--top-k-logits", type=int, default=8, help="k kept per cycle position (default 8)")
+    p.add_argument("--no-logits", action="store_true", help="do not record cycle_logits (recording off)")
+    p.add_argument("--oracle-top-k", type=int, default=4,
+                   help="k of the draft proposals a policy sees and the oracle stores (default 4)")
+    p.add_argument("--oracle-block-sizes", default="4,8,12,16", help="block sizes of the oracle pass")
+    p.add_argument("--probes", help="oracle probes: recycle, refine, or probe keys, comma-separated")
+    p.add_argument("--no-oracle", action="store_true", help="skip the oracle pass (run `specreplay oracle` later)")
+    p.add_argument("--check-ar", action="store_true",
+                   help="also decode each prompt plainly and store the first divergence")
+    p.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
+    p.add_argument("--attn", help="attention implementation (sdpa, eager, ...; tree verify needs a mask-capable one)")
+    p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_record)
+
+    p = sub.add_parser(
+        "oracle", help="run (or redo) the oracle pass on a recorded trace",
+        formatter_class=fmt,
+        description="Compute the oracle tables of a trace: for every output position and block "
+                    "size, the draft's top-k proposals and the true token's rank, plus the probes "
+                    "recycling and refinement policies need. Needs the trace's models (ids from "
+                    "run.json unless given).",
+        epilog="examples:\n"
+               "  specreplay oracle traces/he-fixed16\n"
+               "  specreplay oracle traces/he-fixed16 --block-sizes 4,8,16 --probes recycle,refine")
+    p.add_argument("trace", metavar="TRACE", help="trace directory")
+    p.add_argument("--block-sizes", help="comma-separated block sizes (default: run.json's, else 4,8,12,16)")
+    p.add_argument("--probes", help="recycle, refine, or probe keys (default: run.json's)")
+    p.add_argument("--top-k", type=int, help="k kept per offset (default: run.json's, else 4)")
+    p.add_argument("--target", help="target model (default: run.json's)")
+    p.add_argument("--draft", help="draft model (default: run.json's)")
+    p.add_argument("--dtype", help="model dtype (default: the recording's)")
+    p.add_argument("--attn", help="attention implementation")
+    p.add_argument("--device", help="cuda, cuda:N or cpu")
+    p.set_defaults(func=_oracle)

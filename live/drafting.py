@@ -1,0 +1,92 @@
+"""The draft step, shared by the live loop and the oracle pass.
+
+Both compute a drafted block's proposals the same way: ``topk_logprobs`` turns draft
+logits into the top-k ids and float16-rounded log-probabilities a trace stores (and a
+policy sees), and ``refine_block`` / ``merge_refined`` decide what a refinement pass
+redrafts. The live loop runs the draft with its KV cache (``draft_block``); the oracle
+runs many blocks at once with ``forward_blocks``; with equal inputs the numbers agree.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def block_input(anchor: int, block_size: int, mask_token_id: int,
+                seeds: tuple[tuple[int, int], ...] = ()) -> list[int]:
+    """The draft's input block: the anchor, then the mask token at offsets 1..b-1, with
+    each (offset, token) seed written in place of the mask at its offset."""
+    ids = [int(anchor)] + [int(mask_token_id)] * (block_size - 1)
+    for offset, token in seeds:
+        if not 1 <= offset < block_size:
+            raise ValueError(f"seed offset {offset} lies outside a block of size {block_size}")
+        ids[offset] = int(token)
+    return ids
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of logits [n, V] -> top-k ids (int32 [n, k]) and log-softmax values rounded
+    to float16 and back to float32 ([n, k]), exactly as traces store them."""
+    logits = logits.float()
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    vals, ids = torch.topk(logits, k, dim=-1)
+    lps = (vals - lse).to(torch.float16).to(torch.float32)
+    return ids.to(torch.int32).cpu().numpy(), lps.cpu().numpy()
+
+
+def refine_block(anchor: int, ids: np.ndarray, logprobs: np.ndarray, only_below: float,
+                 mask_token_id: int) -> tuple[list[int], np.ndarray]:
+    """Input of one refinement pass: offsets whose top-1 probability (from the stored,
+    rounded log-probabilities) is at least ``only_below`` keep their top-1 token as a
+    seed; the others go back to the mask token and are redrafted. Returns the block ids
+    and the bool mask of redrafted offsets 1..b-1."""
+    redraft = np.exp(logprobs[:, 0].astype(np.float64)) < only_below
+    block = [int(anchor)] + [int(mask_token_id) if r else int(t) for r, t in zip(redraft, ids[:, 0])]
+    return block, redraft
+
+
+def merge_refined(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
+                  redraft: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k after a refinement pass: redrafted offsets take the new pass's proposals,
+    confident ones keep the old."""
+    ids = np.where(redraft[:, None], new[0], old[0])
+    lps = np.where(redraft[:, None], new[1], old[1])
+    return ids, lps
+
+
+def draft_block(draft, cache, block_ids: list[int], context: torch.Tensor | None,
+                cached: int, context_len: int) -> torch.Tensor:
+    """One draft pass with the draft's KV cache. ``context`` holds the raw target
+    features [1, T_new, n*H] of the tokens committed since the last pass (positions
+    ``cached`` .. ``context_len``-1) or None; the block sits at positions context_len..
+    Returns the logits [b-1, V] (float32) of offsets 1..b-1."""
+    device = draft.fc.weight.device
+    b = len(block_ids)
+    ids = torch.tensor([block_ids], dtype=torch.long, device=device)
+    positions = torch.arange(cached, context_len + b, device=device)[None]
+    hidden = draft(ids, context, positions, past_key_values=cache)
+    return draft.logits(hidden[0, 1:]).float()
+
+
+def cycle_proposals(draft, cache, anchor: int, block_size: int, seeds, context, cached: int,
+                    context_len: int, k: int, refine_steps: int = 0,
+                    refine_only_below: float = 1.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
+    """Draft one live block, then up to ``refine_steps`` refinement passes over the
+    same cached context (no new context rows). Returns the final logits [b-1, V], the
+    top-k ids and rounded log-probs, and the passes run."""
+    mask = draft.mask_token_id
+    logits = draft_block(draft, cache, block_input(anchor, block_size, mask, seeds),
+                         context, cached, context_len)
+    ids, lps = topk_logprobs(logits, k)
+    passes = 1
+    for _ in range(refine_steps):
+        block, redraft = refine_block(anchor, ids, lps, refine_only_below, mask)
+        if not redraft.any():
+            break
+        new_logits = draft_block(draft, cache, block, None, context_len, context_len)
+        new = topk_logprobs(new_logits, k)
+        ids, lps = merge_refined((ids, lps), new, redraft)
+        sel = torch.as_tensor(redraft, device=logits.device)
+        logits = torch.where(sel[:, None], new_logits, logits)
+        passes += 1
+    return logits, ids, lps, passes

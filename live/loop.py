@@ -1,0 +1,373 @@
+"""The speculative decode loop: one target (any HF causal LM, ``DynamicCache``), one
+DFlash draft (its own cache), one policy (``policies.Composite``).
+
+A request is a prefill followed by cycles; each cycle is five explicit steps:
+
+    plan    policy.plan_draft(CycleContext) -> DraftRequest (block size, seeds, refinement)
+    draft   the full requested block (never cut at the tail, so the oracle of that block
+            size stays exact), seeds at their offsets, refinement passes over the cached
+            context; the DraftView a policy sees (top-k, float16-rounded log-probs)
+    verify  policy.plan_verify(view) -> chain | batch | tree, one target pass
+    accept  greedy longest prefix, or rejection sampling (live/sampling.py); capped so
+            the cycle never runs past max_new_tokens or a stop token
+    commit  append tau tokens; cut both KV caches back to the committed length; the
+            target features of the committed tokens become the draft's next context
+
+Positions follow traces/schema.py: S[0] comes from prefill, a cycle starting at p has
+anchor S[p] and context_len = len(prompt) + p. Block size 1 is plain autoregressive
+decoding through the same steps. Each step is timed (CUDA events on a GPU, the host
+clock on a CPU) and the policy observes the measured seconds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from live.drafting import cycle_proposals
+from live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
+from live.timing import CycleClock, wall_sync
+from live.verify import Verified, keep_committed, prefill, verify_nodes
+from models.draft import new_cache
+from policies.base import Composite, CycleContext, CycleOutcome, DraftView, VerifyPlan, trie_nodes
+
+SAMPLING_MODES = ("rejection", "multiround")
+
+
+@dataclass
+class LoopConfig:
+    """Decoding settings of one run. ``oracle_top_k``: k of the DraftView a policy sees
+    (the same k the oracle stores). ``top_k_logits``: k kept per position in the
+    cycle_logits rows, written only when ``record`` is on. ``sampling`` (temperature >
+    0): "rejection" = standard speculative sampling for chains and the exact
+    multi-round scheme for plans with several paths; "multiround" = the multi-round
+    scheme for every plan (see live/sampling.py)."""
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] = ()
+    oracle_top_k: int = 4
+    top_k_logits: int = 8
+    record: bool = True
+    sampling: str = "rejection"
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.sampling not in SAMPLING_MODES:
+            raise ValueError(f"sampling must be one of {', '.join(SAMPLING_MODES)}, got {self.sampling!r}")
+        if self.oracle_top_k < 1 or self.top_k_logits < 1:
+            raise ValueError("top-k values must be >= 1")
+
+
+@dataclass
+class SampleResult:
+    """One decoded request: the trace rows of traces/schema.py plus the DraftView of
+    every cycle (what the policy saw; the oracle test compares against it)."""
+    sample: int
+    prompt_ids: list[int]
+    output_ids: list[int]
+    stop_reason: str
+    prefill_s: float
+    decode_s: float
+    cycles: list[dict]
+    cycle_logits: list[dict]
+    views: list[DraftView] = field(default_factory=list)
+
+    def sample_row(self, dataset_index: int, ar_divergence: int | None = None) -> dict:
+        return {"sample": self.sample, "dataset_index": int(dataset_index),
+                "prompt_ids": list(self.prompt_ids), "output_ids": list(self.output_ids),
+                "stop_reason": self.stop_reason, "prefill_s": self.prefill_s,
+                "decode_s": self.decode_s, "n_cycles": len(self.cycles),
+                "ar_divergence": ar_divergence}
+
+
+@dataclass
+class DecodeState:
+    """Everything that changes while one request decodes."""
+    sample: int
+    prompt_ids: list[int]
+    output: list[int]
+    target_cache: object
+    draft_cache: object
+    pending: torch.Tensor | None      # raw features of committed tokens not yet in the draft cache
+    draft_cached: int                 # context rows in the draft cache
+    gen: torch.Generator | None
+    prefill_s: float
+    t0: float
+    cycle: int = 0
+    stop_reason: str = ""
+    prev_view: DraftView | None = None
+    prev_outcome: CycleOutcome | None = None
+    cycles: list[dict] = field(default_factory=list)
+    cycle_logits: list[dict] = field(default_factory=list)
+    views: list[DraftView] = field(default_factory=list)
+
+    @property
+    def start(self) -> int:
+        return len(self.output) - 1
+
+    @property
+    def context_len(self) -> int:
+        return len(self.prompt_ids) + self.start
+
+
+class Decoder:
+    """Runs requests with a (target, draft, policy) triple: ``run(sample, prompt_ids)``,
+    or ``begin`` / ``step`` / ``finish`` to drive it cycle by cycle."""
+
+    def __init__(self, target, draft, policy: Composite, config: LoopConfig):
+        self.target, self.draft, self.policy, self.cfg = target, draft, policy, config
+        self.device = target.get_input_embeddings().weight.device
+        self.stop_ids = frozenset(int(t) for t in config.stop_token_ids)
+        self.clock = CycleClock(self.device)
+        # plain AR never drafts, so it needs no target features
+        self.drafts = policy.block.name != "ar"
+        if policy.max_rank() >= config.oracle_top_k:
+            raise ValueError(f"policy {policy.spec()} verifies draft rank {policy.max_rank()} but "
+                             f"the top-k kept is {config.oracle_top_k}; raise the oracle top-k "
+                             f"to at least {policy.max_rank() + 1}")
+
+    # ---- one request
+    @torch.inference_mode()
+    def run(self, sample: int, prompt_ids: list[int], progress=None) -> SampleResult:
+        state = self.begin(sample, prompt_ids)
+        while True:
+            more = self.step(state)
+            if progress is not None:
+                progress(state)
+            if not more:
+                return self.finish(state)
+
+    @torch.inference_mode()
+    def begin(self, sample: int, prompt_ids: list[int]) -> DecodeState:
+        """Prefill: run the prompt, take S[0]."""
+        if not prompt_ids:
+            raise ValueError(f"sample {sample} has an empty prompt")
+        self.policy.reset(sample)
+        gen = None
+        if self.cfg.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(_mix(self.cfg.seed, sample))
+        t0 = wall_sync(self.device)
+        cache = _target_cache(self.target)
+        logits, feats = prefill(self.target, self.draft, prompt_ids, cache, self.drafts)
+        first = self._pick(logits, gen)
+        t1 = wall_sync(self.device)
+        state = DecodeState(sample, list(prompt_ids), [first], cache, new_cache(), feats, 0, gen,
+                            prefill_s=t1 - t0, t0=t1)
+        self._check_end(state)
+        return state
+
+    @torch.inference_mode()
+    def step(self, state: DecodeState) -> bool:
+        """Run one cycle; False once the request has ended."""
+        if state.stop_reason:
+            return False
+        clock = self.clock
+        clock.reset()
+        clock.mark("start")
+        p, L = state.start, state.context_len
+        anchor = state.output[-1]
+        remaining = self.cfg.max_new_tokens - len(state.output)
+        ctx = CycleContext(state.sample, state.cycle, p, L, remaining, self.draft.block_size,
+                           state.prev_view, state.prev_outcome)
+        req = self.policy.plan_draft(ctx)
+        b = int(req.block_size)
+        if b < 1:
+            raise ValueError(f"policy {self.policy.spec()} asked for block size {b}")
+        logits, view = self._draft(state, req, b, anchor)
+        plan = self.policy.plan_verify(view)
+        self._check_plan(plan, b, view.k)
+        tokens, q_rows = self._plan_tokens(state, plan, view, logits)
+        clock.mark("target0")
+        ver = verify_nodes(self.target, self.draft, state.target_cache, plan.mode, plan.paths,
+                           anchor, tokens, L, self.drafts)
+        clock.mark("target1")
+        acc = self._accept(state, ver, q_rows)
+        path_tokens = [tokens[j] for j in ver.path_nodes(acc.path)]
+        acc = cap_accepted(acc, path_tokens, remaining, self.stop_ids)
+        self._commit(state, ver, acc, path_tokens, L)
+        drafted = [int(t) for t in (self._drafted_tokens(plan, view, tokens, ver) if b > 1 else [])]
+        state_json = json.dumps(self.policy.state(), sort_keys=True)
+        if self.cfg.record:
+            self._logit_rows(state, ver, acc, b, logits)
+        clock.mark("end")
+        clock.sync()
+        draft_s = clock.seconds("draft0", "draft1")
+        target_s = clock.seconds("target0", "target1")
+        cycle_s = clock.seconds("start", "end")
+        overhead_s = max(0.0, cycle_s - draft_s - target_s)
+        tau = acc.accepted + 1
+        outcome = CycleOutcome(state.sample, state.cycle, p, b, acc.accepted, tau, tau, acc.path,
+                               plan.verify_tokens(), draft_s, target_s, overhead_s, cycle_s,
+                               l_gen=_l_gen(drafted, b, self.stop_ids))
+        self.policy.observe(outcome)
+        state.cycles.append({
+            "sample": state.sample, "cycle": state.cycle, "start": p, "context_len": L,
+            "block_size": b, "verify_mode": plan.mode, "verify_tokens": plan.verify_tokens(),
+            "verify_batch": plan.batch(), "n_paths": len(plan.paths), "drafted": drafted,
+            "accepted": acc.accepted, "tau": tau, "committed": tau, "bonus": acc.bonus,
+            "chosen_path": acc.path, "probe": req.probe, "prev_offset": int(req.prev_offset),
+            "n_seeds": len(req.seeds), "draft_s": draft_s, "target_s": target_s,
+            "overhead_s": overhead_s, "cycle_s": cycle_s, "policy_state": state_json})
+        state.views.append(view)
+        state.prev_view, state.prev_outcome = view, outcome
+        state.cycle += 1
+        self._check_end(state)
+        return not state.stop_reason
+
+    def finish(self, state: DecodeState) -> SampleResult:
+        decode_s = wall_sync(self.device) - state.t0
+        return SampleResult(state.sample, state.prompt_ids, list(state.output), state.stop_reason,
+                            state.prefill_s, decode_s, state.cycles, state.cycle_logits, state.views)
+
+    # ---- steps
+    def _draft(self, state: DecodeState, req, b: int, anchor: int):
+        """Draft the full block (b > 1) and build the DraftView; b = 1 drafts nothing."""
+        k = self.cfg.oracle_top_k
+        rng = np.random.default_rng([self.cfg.seed, state.sample, state.start])
+        if b == 1:
+            empty = DraftView(state.sample, state.start, 1, np.zeros((0, k), np.int32),
+                              np.zeros((0, k), np.float32), rng)
+            return None, empty
+        self.clock.mark("draft0")
+        logits, ids, lps, _ = cycle_proposals(
+            self.draft, state.draft_cache, anchor, b, req.seeds, state.pending, state.draft_cached,
+            state.context_len, k, req.refine_steps, req.refine_only_below)
+        self.clock.mark("draft1")
+        state.pending, state.draft_cached = None, state.context_len
+        return logits, DraftView(state.sample, state.start, b, ids, lps, rng)
+
+    def _check_plan(self, plan: VerifyPlan, b: int, k: int) -> None:
+        for path in plan.paths:
+            if len(path) > b - 1 or any(r < 0 or r >= max(k, 1) for r in path):
+                raise ValueError(f"policy {self.policy.spec()} planned path {path} for a block of "
+                                 f"size {b} with top-{k} proposals")
+
+    def _plan_tokens(self, state, plan: VerifyPlan, view: DraftView, logits):
+        """Token per trie node. Greedy, or multi-round sampling: the rank's top-k id.
+        Sampled chains (rejection mode): offset i's token is drawn from the draft's
+        softmax(logits_i / T); returns those q rows too."""
+        nodes = trie_nodes(plan.paths)
+        if self._sampled_chain(plan):
+            q = torch.softmax(logits[:len(nodes)] / self.cfg.temperature, dim=-1)
+            toks = torch.multinomial(q, 1, generator=state.gen)[:, 0].tolist() if len(nodes) else []
+            return [int(t) for t in toks], q
+        return [int(view.ids[d - 1, r]) for _, d, r in nodes], None
+
+    def _sampled_chain(self, plan: VerifyPlan) -> bool:
+        return (self.cfg.temperature > 0 and self.cfg.sampling == "rejection"
+                and len(plan.paths) == 1 and all(r == 0 for r in plan.paths[0]))
+
+    def _accept(self, state, ver: Verified, q_rows) -> Acceptance:
+        if self.cfg.temperature <= 0:
+            return greedy_accept(*self._greedy_inputs(ver))
+        probs = torch.softmax(ver.node_logits / self.cfg.temperature, dim=-1)
+        if q_rows is not None:
+            return chain_rejection(ver.node_tokens, probs, q_rows, state.gen)
+        return multiround(ver.nodes, ver.node_tokens, probs, ver.paths, state.gen)
+
+    def _greedy_inputs(self, ver: Verified):
+        """Per path: its tokens, and the target argmax after the anchor and each token
+        (batch mode: from that path's own row)."""
+        if ver.mode == "batch":
+            amax = ver.rows.argmax(-1).tolist()
+            toks = [[ver.node_tokens[j] for j in ver.path_nodes(i)] for i in range(len(ver.paths))]
+            return toks, [amax[i][:len(t) + 1] for i, t in enumerate(toks)]
+        amax = ver.node_logits.argmax(-1).tolist()
+        toks, amaxes = [], []
+        for i in range(len(ver.paths)):
+            nodes = ver.path_nodes(i)
+            toks.append([ver.node_tokens[j] for j in nodes])
+            amaxes.append([amax[0]] + [amax[j + 1] for j in nodes])
+        return toks, amaxes
+
+    def _commit(self, state: DecodeState, ver: Verified, acc: Acceptance, path_tokens, L: int) -> None:
+        feats = keep_committed(state.target_cache, ver, acc.path, acc.accepted, L)
+        state.output.extend(path_tokens[:acc.accepted] + [acc.bonus])
+        if self.drafts:
+            state.pending = feats if state.pending is None else torch.cat((state.pending, feats), dim=1)
+
+    def _drafted_tokens(self, plan, view, tokens, ver) -> list[int]:
+        """The block's drafted tokens at offsets 1..b-1: the sampled chain where one was
+        sampled, the top-1 elsewhere."""
+        top1 = [int(t) for t in view.tokens]
+        if self._sampled_chain(plan):
+            top1[:len(tokens)] = tokens
+        return top1
+
+    def _logit_rows(self, state, ver: Verified, acc: Acceptance, b: int, draft_logits) -> None:
+        """cycle_logits rows along the chosen path: the draft's top-k at offsets 1..b-1 and
+        the target's top-k after the anchor and each verified token of that path."""
+        k = self.cfg.top_k_logits
+        if ver.mode == "batch":
+            n = len(ver.paths[acc.path]) + 1
+            t_logits = ver.rows[acc.path, :n]
+        else:
+            rows = [0] + [j + 1 for j in ver.path_nodes(acc.path)]
+            t_logits = ver.node_logits[rows]
+        t_ids, t_vals, t_lse = _topk_raw(t_logits, k)
+        d_ids = d_vals = d_lse = None
+        if draft_logits is not None:
+            d_ids, d_vals, d_lse = _topk_raw(draft_logits, k)
+        for off in range(b):
+            row = {"sample": state.sample, "cycle": state.cycle, "offset": off,
+                   "draft_ids": None, "draft_logits": None, "draft_lse": None,
+                   "target_ids": None, "target_logits": None, "target_lse": None}
+            if off >= 1 and d_ids is not None:
+                row.update(draft_ids=d_ids[off - 1], draft_logits=d_vals[off - 1], draft_lse=d_lse[off - 1])
+            if off < len(t_ids):
+                row.update(target_ids=t_ids[off], target_logits=t_vals[off], target_lse=t_lse[off])
+            state.cycle_logits.append(row)
+
+    def _pick(self, logits: torch.Tensor, gen) -> int:
+        if self.cfg.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / self.cfg.temperature, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen).item())
+
+    def _check_end(self, state: DecodeState) -> None:
+        if state.output[-1] in self.stop_ids:
+            state.stop_reason = "eos"
+        elif len(state.output) >= self.cfg.max_new_tokens:
+            state.stop_reason = "max_new_tokens"
+
+
+def _topk_raw(logits: torch.Tensor, k: int):
+    """Top-k raw logits per row with each row's log-sum-exp, as Python lists."""
+    logits = logits.float()
+    k = min(k, logits.shape[-1])
+    vals, ids = torch.topk(logits, k, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    return ids.tolist(), vals.tolist(), lse.tolist()
+
+
+def _target_cache(target):
+    from transformers import DynamicCache
+    return DynamicCache(config=target.config)
+
+
+def _l_gen(drafted: list[int], b: int, stop_ids) -> int:
+    """Drafted length up to and including the first stop token (ADL's l_gen), else b."""
+    for i, t in enumerate(drafted, start=1):
+        if t in stop_ids:
+            return i + 1
+    return b
+
+
+def _mix(seed: int, sample: int) -> int:
+    """A generator seed from (run seed, sample)."""
+    return int(np.random.SeedSequence([int(seed), int(sample)]).generate_state(1)[0])
+
+
+def cache_length(cache) -> int:
+    """Rows in a KV cache (0 when empty)."""
+    return int(cache.get_seq_length())
+
+
+__all__ = ["Decoder", "DecodeState", "LoopConfig", "SampleResult", "SAMPLING_MODES", "cache_length"]

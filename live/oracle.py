@@ -1,0 +1,171 @@
+"""The oracle pass (ARCHITECTURE.md section 3): for every output position p of a
+recorded sample and every block size b, what the draft would propose if a cycle started
+at p, without running the decode loop again.
+
+One target forward over prompt + S gives the context features of every position (and
+the target's own top-k along S, the ``oracle_target`` rows). Then ``forward_blocks``
+drafts all blocks [S[p], MASK, ...] at anchors len(prompt) + p at once, each block seeing
+the context before its anchor. Probes replay draft inputs that depend on the policy:
+
+- recycle keys: for each p and previous offset d in 1..b-1, the seeds the SAME policy
+  code (``draft_input`` of the parsed probe component) derives from the plain proposal
+  at p - d with tau = d. Rows exist only where that gives seeds: a (p, d) without a row
+  drafts plainly, so the plain row applies.
+- refine keys: the proposal at p after the component's refinement passes, decided by
+  the same ``refine_block`` / ``merge_refined`` the live loop runs.
+
+Proposals are stored as the draft's top-k ids and float16-rounded log-probabilities
+(``live.drafting.topk_logprobs``), with ``true_rank`` per offset.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from live.drafting import block_input, merge_refined, refine_block, topk_logprobs
+from policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
+from policies.spec import PolicyError, parse_policy
+from traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
+
+# Memory for the draft logits of one chunk of blocks (float32).
+_LOGIT_BYTES = 1 << 28
+
+
+def default_probe_keys(groups: list[str]) -> list[str]:
+    """``recycle`` -> recycle(mode=sparse) and recycle(mode=dense) with default knobs;
+    ``refine`` -> refine(steps=2): canonical specs from the policy classes. Any other
+    item must itself be a probe key (a recycle or refine component spec)."""
+    keys: list[str] = []
+    for g in groups:
+        g = g.strip()
+        if not g:
+            continue
+        if g == "recycle":
+            keys += [parse_policy("recycle(mode=sparse)").inputs[0].spec(),
+                     parse_policy("recycle(mode=dense)").inputs[0].spec()]
+        elif g == "refine":
+            keys.append(parse_policy("refine(steps=2)").inputs[0].spec())
+        else:
+            keys.append(_probe_component(g).spec())
+    return list(dict.fromkeys(keys))
+
+
+def _probe_component(key: str):
+    comp = parse_policy(key)
+    if len(comp.inputs) != 1 or comp.inputs[0].name not in ("recycle", "refine"):
+        raise PolicyError(f"probe {key!r} is not a recycle or refine component; use e.g. "
+                          "recycle(mode=sparse) or refine(steps=2)")
+    return comp.inputs[0]
+
+
+class Oracle:
+    """Oracle rows for one (target, draft) pair."""
+
+    def __init__(self, target, draft, block_sizes, top_k: int = 4, probes=(),
+                 max_new_tokens: int | None = None):
+        self.target, self.draft = target, draft
+        self.block_sizes = [int(b) for b in block_sizes]
+        if any(b < 2 for b in self.block_sizes):
+            raise ValueError(f"oracle block sizes must be >= 2, got {self.block_sizes}")
+        self.k = int(top_k)
+        self.probes = [(key, _probe_component(key)) for key in probes]
+        self.max_new_tokens = max_new_tokens
+        self.device = target.get_input_embeddings().weight.device
+
+    @torch.inference_mode()
+    def rows(self, sample: int, prompt_ids: list[int], output_ids: list[int]):
+        """(oracle rows, oracle_target rows) of one sample."""
+        P, S = len(prompt_ids), [int(t) for t in output_ids]
+        feats, t_ids, t_lps = self._target_pass(prompt_ids, S)
+        target_rows = [{"sample": sample, "position": i, "target_ids": t_ids[i].tolist(),
+                        "target_logprobs": t_lps[i].astype(np.float16)} for i in range(len(S))]
+        starts = list(range(max(0, len(S) - 1)))
+        out: list[dict] = []
+        for b in self.block_sizes:
+            mask = self.draft.mask_token_id
+            plain = dict(zip(starts, self._propose(feats, P, [(p, block_input(S[p], b, mask))
+                                                               for p in starts], b)))
+            out += [self._row(sample, p, b, "", 0, *plain[p], S) for p in starts]
+            for key, comp in self.probes:
+                if comp.name == "recycle":
+                    out += self._recycle_rows(sample, key, comp, feats, P, S, b, plain, starts)
+                else:
+                    out += self._refine_rows(sample, key, comp, feats, P, S, b, plain, starts)
+        return out, target_rows
+
+    def _target_pass(self, prompt_ids, S):
+        ids = torch.tensor([list(prompt_ids) + S], dtype=torch.long, device=self.device)
+        res = self.target(input_ids=ids, output_hidden_states=True, use_cache=False,
+                          logits_to_keep=len(S) + 1)
+        feats = self.draft.context_features(res.hidden_states)
+        t_ids, t_lps = topk_logprobs(res.logits[0, :len(S)], self.k)
+        return feats, t_ids, t_lps
+
+    def _propose(self, feats, P: int, blocks: list[tuple[int, list[int]]], b: int):
+        """Top-k ids and rounded log-probs [b-1, k] for each block (p, ids) anchored at
+        P + p, in order; blocks run in chunks that bound the logits' memory."""
+        out = []
+        V = self.draft.config.vocab_size
+        chunk = max(1, _LOGIT_BYTES // (4 * V * max(1, b - 1)))
+        for lo in range(0, len(blocks), chunk):
+            part = blocks[lo:lo + chunk]
+            anchors = torch.tensor([P + p for p, _ in part], device=self.device)
+            ids = torch.tensor([blk for _, blk in part], dtype=torch.long, device=self.device)
+            hidden = self.draft.forward_blocks(feats, anchors, ids)
+            logits = self.draft.logits(hidden[:, 1:]).float().reshape(-1, V)
+            top_ids, top_lps = topk_logprobs(logits, self.k)
+            top_ids = top_ids.reshape(len(part), b - 1, self.k)
+            top_lps = top_lps.reshape(len(part), b - 1, self.k)
+            out += [(top_ids[j], top_lps[j]) for j in range(len(part))]
+        return out
+
+    def _recycle_rows(self, sample, key, comp, feats, P, S, b, plain, starts):
+        blocks, meta = [], []
+        for p in starts:
+            for d in range(1, b):
+                if p - d < 0:
+                    break
+                view = DraftView(sample, p - d, b, *plain[p - d])
+                prev = CycleOutcome(sample, 0, p - d, b, d - 1, d, d, 0, b, 0.0, 0.0, 0.0, 0.0, l_gen=b)
+                req = comp.draft_input(self._context(sample, p, P, view, prev), DraftRequest(b))
+                if req.seeds:
+                    blocks.append((p, block_input(S[p], b, self.draft.mask_token_id, req.seeds)))
+                    meta.append((p, d))
+        props = self._propose(feats, P, blocks, b)
+        return [self._row(sample, p, b, key, d, ids, lps, S) for (p, d), (ids, lps) in zip(meta, props)]
+
+    def _refine_rows(self, sample, key, comp, feats, P, S, b, plain, starts):
+        if not starts:
+            return []
+        req = comp.draft_input(self._context(sample, starts[0], P, None, None), DraftRequest(b))
+        current = {p: plain[p] for p in starts}
+        mask = self.draft.mask_token_id
+        for _ in range(req.refine_steps):
+            todo = {}
+            for p in starts:
+                block, redraft = refine_block(S[p], *current[p], req.refine_only_below, mask)
+                if redraft.any():
+                    todo[p] = (block, redraft)
+            if not todo:
+                break
+            new = self._propose(feats, P, [(p, blk) for p, (blk, _) in todo.items()], b)
+            for (p, (_, redraft)), proposal in zip(todo.items(), new):
+                current[p] = merge_refined(current[p], proposal, redraft)
+        return [self._row(sample, p, b, key, 0, *current[p], S) for p in starts]
+
+    def _context(self, sample, p, P, view, prev):
+        remaining = max(1, (self.max_new_tokens or (p + 2)) - p - 1)
+        return CycleContext(sample, 1, p, P + p, remaining, self.draft.block_size, view, prev)
+
+    def _row(self, sample, p, b, probe, prev_offset, ids, lps, S):
+        ranks = []
+        for i in range(1, b):
+            if p + i >= len(S):
+                ranks.append(RANK_BEYOND_END)
+                continue
+            hit = np.flatnonzero(ids[i - 1] == S[p + i])
+            ranks.append(int(hit[0]) if hit.size else RANK_NOT_IN_TOPK)
+        return {"sample": sample, "start": p, "block_size": b, "probe": probe,
+                "prev_offset": prev_offset, "true_rank": ranks,
+                "draft_ids": ids.reshape(-1).tolist(),
+                "draft_logprobs": lps.reshape(-1).astype(np.float16)}

@@ -1,0 +1,399 @@
+"""The latency profiler: what one target or draft forward costs on this setup.
+
+The simulator's cost model (traces/schema.py PROFILE_SCHEMA) reads four kinds of rows:
+
+    target       target forward over q query tokens per row (a causal chain: verify or
+                 AR step), KV cache holding context_len tokens, ``batch`` rows; with
+                 logits at every query row and the draft's context features taken from
+                 the hidden states, as the decode loop calls it
+    tree_verify  the same forward with q nodes of a packed token tree (a binary trie,
+                 node i the child of node (i-1)//2, position context_len + depth) under
+                 an ancestor-only 4D attention mask; equal q to the target rows
+    draft        draft pass with q = block size: one new context row and the block
+                 (anchor + mask tokens) over a draft cache of context_len - 1 rows, then
+                 the target's LM head (float32 logits) and argmax on the b-1 drafted rows
+    overhead     the host part of a cycle with no model forward (q = 0): argmax of the
+                 verify logits over the vocabulary, compare with the drafted tokens,
+                 cumprod, accepted lengths to the host, cut the KV cache back; measured at
+                 the largest block size of the grid
+
+Every point runs ``warmup`` untimed calls, then ``repeats`` timed ones (round-robin over
+the points that share a cache, so slow drifts of the host hit them alike): CUDA events on
+a GPU, perf_counter on a CPU; rows hold the median and the 10th/90th percentiles. The KV
+caches for a context length are built once per (context_len, batch) from random tokens
+(cost does not depend on values) and cut back after every call, so each call sees the
+same cache. Points past the model's position limit (context_len + q > max positions) are
+skipped and reported.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from models.draft import crop_cache, new_cache
+
+KINDS = ("target", "tree_verify", "draft", "overhead")
+
+# Prefill chunk when building a cache: bounds attention memory at long contexts.
+_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The measured grid: query tokens, context lengths, batch sizes, block sizes, and
+    the calls per point."""
+    q: tuple[int, ...]
+    context: tuple[int, ...]
+    batch: tuple[int, ...]
+    block_sizes: tuple[int, ...]
+    repeats: int
+    warmup: int
+
+
+# Log-spaced so interpolation has a point per doubling. Sized for a target and draft of
+# 8M-20M parameters through HF transformers (host-bound, ~10 ms a target forward): 324
+# target + 324 tree + 144 draft + 36 overhead points, 12 calls each, took 160 s of
+# measuring (3 min with loading) for a 19M target + 3M draft in bf16 on one H200.
+DEFAULT_GRID = Grid(q=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                    context=(256, 512, 1024, 2048, 4096, 8192),
+                    batch=(1, 2, 4, 8, 16, 32),
+                    block_sizes=(4, 8, 12, 16),
+                    repeats=10, warmup=2)
+
+# Seconds, not minutes, on a CPU: for tests and a first look.
+QUICK_GRID = Grid(q=(1, 4), context=(16, 48), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured point, in PROFILE_SCHEMA terms."""
+    kind: str
+    q: int
+    context_len: int
+    batch: int
+
+
+def max_positions(model) -> int | None:
+    """The model's position limit, or None when its config sets none."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def plan_points(grid: Grid, target_max: int | None, draft_max: int | None) -> tuple[list[Point], list[Point]]:
+    """All points of the grid in measuring order (grouped by context length and batch,
+    which share KV caches), and the points skipped because they would run past the
+    target's or the draft's position limit."""
+    keep, skipped = [], []
+    overhead_b = max(grid.block_sizes)
+    for L in grid.context:
+        for B in grid.batch:
+            group = [Point(kind, q, L, B) for kind in ("target", "tree_verify") for q in grid.q]
+            group += [Point("draft", b, L, B) for b in grid.block_sizes]
+            group.append(Point("overhead", 0, L, B))
+            for p in group:
+                limit, reach = (draft_max, L + p.q) if p.kind == "draft" else (target_max, L + (p.q or overhead_b))
+                (skipped if limit is not None and reach > limit else keep).append(p)
+    return keep, skipped
+
+
+def estimate_seconds(points: Iterable[Point], grid: Grid, probe: dict[str, tuple[float, float]]) -> float:
+    """Expected seconds of the calls of a grid: per kind a call costs ``t0 + slope *
+    tokens``, tokens = batch * q (``probe[kind] = (t0, slope)``, see Profiler.probe); an
+    overhead point also runs an untimed verify of the largest block before each call.
+    Building the KV caches is left out."""
+    def cost(kind: str, tokens: int) -> float:
+        t0, slope = probe[kind]
+        return t0 + slope * tokens
+
+    total = 0.0
+    for p in points:
+        call = cost(p.kind, p.batch * max(p.q, 1))
+        if p.kind == "overhead":
+            call += cost("target", p.batch * max(grid.block_sizes))
+        total += (grid.warmup + grid.repeats) * call
+    return total
+
+
+class Timer:
+    """Times one call: CUDA events on a GPU (after draining earlier work), perf_counter
+    on a CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.start.record()
+            fn()
+            self.end.record()
+            self.end.synchronize()
+            return self.start.elapsed_time(self.end) / 1e3
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+
+def summarize(times: list[float]) -> dict[str, float | int]:
+    """Median and 10th/90th percentiles of the timed calls, in seconds."""
+    p10, med, p90 = np.percentile(np.asarray(times, dtype=np.float64), [10, 50, 90])
+    return {"median_s": float(med), "p10_s": float(p10), "p90_s": float(p90), "n": len(times)}
+
+
+def measure(timer: Timer, calls: list[tuple[Callable, Callable, Callable | None]],
+            warmup: int, repeats: int) -> list[list[float]]:
+    """Time several points round-robin: each round runs every ``(call, reset, prepare)``
+    once, ``prepare`` (before) and ``reset`` (after) untimed; the first ``warmup`` rounds
+    are not kept. Interleaving spreads slow drifts of the host (clock, other load) over
+    all points alike, so points measured together (chain vs tree at equal q) compare
+    fairly. Returns the timed seconds per call."""
+    times: list[list[float]] = [[] for _ in calls]
+    gc_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection inside a timed call is host noise, not model cost
+    try:
+        for i in range(warmup + repeats):
+            for j, (call, reset, prepare) in enumerate(calls):
+                if prepare is not None:
+                    prepare()
+                t = timer(call)
+                reset()
+                if i >= warmup:
+                    times[j].append(t)
+    finally:
+        if gc_enabled:
+            gc.enable()
+    return times
+
+
+# --- the calls the decode loop makes -------------------------------------------------
+
+def tree_layout(q: int) -> tuple[list[int], list[int]]:
+    """A binary trie of q nodes in heap order: parent of node i is (i-1)//2 (-1 for the
+    root, the anchor), depth floor(log2(i+1))."""
+    parents = [(i - 1) // 2 if i else -1 for i in range(q)]
+    depths = [int(math.log2(i + 1)) for i in range(q)]
+    return parents, depths
+
+
+def tree_mask(parents: list[int], context_len: int, batch: int, device) -> torch.Tensor:
+    """Ancestor-only 4D boolean mask [batch,1,q,context_len+q]: every context column
+    visible, each node sees itself and its ancestors."""
+    q = len(parents)
+    anc = torch.zeros(q, q, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        anc[i, i] = True
+        if p >= 0:
+            anc[i] |= anc[p]
+    mask = torch.cat([torch.ones(q, context_len, dtype=torch.bool), anc], dim=1)
+    return mask.to(device).expand(batch, 1, q, context_len + q)
+
+
+def target_cache(target, context_len: int, batch: int, vocab: int, gen: torch.Generator, device):
+    """A target KV cache holding ``context_len`` random tokens per row, prefilled in
+    chunks."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=target.config)
+    for s in range(0, context_len, _CHUNK):
+        n = min(_CHUNK, context_len - s)
+        ids = torch.randint(0, vocab, (batch, n), generator=gen).to(device)
+        target(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def draft_cache(draft, rows: int, batch: int, gen: torch.Generator, device, dtype):
+    """A draft KV cache holding ``rows`` context rows of random features, appended in
+    chunks (each pass with a one-token block, whose K/V the draft never keeps)."""
+    cache = new_cache()
+    width = draft.config.num_context_features
+    anchor = torch.full((batch, 1), draft.config.mask_token_id, device=device)
+    for s in range(0, rows, _CHUNK):
+        n = min(_CHUNK, rows - s)
+        ctx = torch.randn(batch, n, width, generator=gen).to(device=device, dtype=dtype)
+        pos = torch.arange(s, s + n + 1, device=device)[None]
+        draft(anchor, ctx, pos, past_key_values=cache)
+    return cache
+
+
+def accept_step(logits: torch.Tensor, drafted: torch.Tensor, cache, keep: int) -> list[int]:
+    """The host part of a greedy cycle: the target's argmax, the accepted prefix of the
+    drafted tokens, the bonus token, accepted lengths on the host, the cache cut back."""
+    posterior = logits.argmax(dim=-1)
+    match = drafted == posterior[:, :-1]
+    accepted = match.to(torch.int32).cumprod(dim=-1).sum(dim=-1)
+    bonus = posterior.gather(1, accepted[:, None].long())
+    lengths = accepted.tolist()
+    bonus.tolist()
+    crop_cache(cache, keep)
+    return lengths
+
+
+# --- the profile ---------------------------------------------------------------------
+
+@dataclass
+class ProfileRun:
+    """What a profile run produced: PROFILE_SCHEMA rows, the skipped points, seconds."""
+    rows: list[dict]
+    skipped: list[Point]
+    elapsed_s: float
+
+
+class Profiler:
+    """Measures every point of a grid for one bound target/draft pair on one device."""
+
+    def __init__(self, target, draft, grid: Grid, device: torch.device, seed: int = 0):
+        self.target, self.draft, self.grid = target, draft, grid
+        self.device = torch.device(device)
+        self.timer = Timer(self.device)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.vocab = target.get_input_embeddings().num_embeddings
+        self.dtype = next(draft.parameters()).dtype
+        self.points, self.skipped = plan_points(grid, max_positions(target), max_positions(draft))
+
+    def run(self, progress: Callable[[list[Point]], None] | None = None) -> ProfileRun:
+        """Measure every planned point, one (context_len, batch) group at a time;
+        ``progress`` is called with each finished group's points."""
+        t0 = time.perf_counter()
+        rows: list[dict] = []
+        with torch.inference_mode():
+            for (L, B), group in _groups(self.points):
+                rows += self.measure_group(L, B, group, progress)
+        return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
+
+    def probe(self) -> dict[str, tuple[float, float]]:
+        """Warm the kernels up and time each kind at its smallest and largest planned
+        size in the first (context_len, batch) group, for ``estimate_seconds``:
+        kind -> (seconds at zero tokens, seconds per token)."""
+        out = {k: (0.0, 0.0) for k in KINDS}
+        if not self.points:
+            return out
+        (L, B), first = _groups(self.points)[0]
+        with torch.inference_mode():
+            tc = target_cache(self.target, L, B, self.vocab, self.gen, self.device)
+            dc = draft_cache(self.draft, max(L - 1, 0), B, self.gen, self.device, self.dtype)
+            for kind in KINDS:
+                sizes = sorted((p for p in first if p.kind == kind), key=lambda p: p.q)
+                if not sizes:
+                    continue
+                lo, hi = sizes[0], sizes[-1]
+                t_lo, t_hi = (min(measure(self.timer, [self.calls(p, tc, dc)], 2, 3)[0]) for p in (lo, hi))
+                n_lo, n_hi = B * max(lo.q, 1), B * max(hi.q, 1)
+                slope = max((t_hi - t_lo) / (n_hi - n_lo), 0.0) if n_hi > n_lo else 0.0
+                out[kind] = (max(t_lo - slope * n_lo, 0.0), slope)
+            del tc, dc
+        return out
+
+    def measure_group(self, L: int, B: int, group: list[Point],
+                      progress: Callable[[list[Point]], None] | None) -> list[dict]:
+        """Build the caches for (L, B) once and measure every point that uses them."""
+        tc = target_cache(self.target, L, B, self.vocab, self.gen, self.device)
+        dc = draft_cache(self.draft, max(L - 1, 0), B, self.gen, self.device, self.dtype)
+        times = measure(self.timer, [self.calls(p, tc, dc) for p in group],
+                        self.grid.warmup, self.grid.repeats)
+        rows = [{"kind": p.kind, "q": p.q, "context_len": L, "batch": B, **summarize(t)}
+                for p, t in zip(group, times)]
+        if progress is not None:
+            progress(group)
+        del tc, dc
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return rows
+
+    def calls(self, p: Point, tc, dc):
+        """(call, reset, prepare) for a point: the timed call, the untimed cut-back after
+        it, and the untimed setup before it (None when there is none)."""
+        L, B, dev = p.context_len, p.batch, self.device
+        if p.kind in ("target", "tree_verify"):
+            ids = torch.randint(0, self.vocab, (B, p.q), generator=self.gen).to(dev)
+            offsets = torch.arange(p.q)
+            mask = None
+            if p.kind == "tree_verify":
+                parents, depths = tree_layout(p.q)
+                offsets, mask = torch.tensor(depths), tree_mask(parents, L, B, dev)
+            positions = (L + offsets.to(dev))[None].expand(B, -1)
+
+            def call():
+                out = self.target(input_ids=ids, position_ids=positions, past_key_values=tc,
+                                  use_cache=True, attention_mask=mask, output_hidden_states=True)
+                return out.logits, self.draft.context_features(out.hidden_states)
+            return call, lambda: crop_cache(tc, L), None
+        if p.kind == "draft":
+            new = min(L, 1)
+            block = torch.full((B, p.q), self.draft.config.mask_token_id, device=dev)
+            block[:, 0] = torch.randint(0, self.vocab, (B,), generator=self.gen).to(dev)
+            ctx = torch.randn(B, new, self.draft.config.num_context_features, generator=self.gen)
+            ctx = ctx.to(device=dev, dtype=self.dtype)
+            pos = torch.arange(L - new, L + p.q, device=dev)[None]
+
+            def call():
+                hidden = self.draft(block, ctx, pos, past_key_values=dc)
+                return self.draft.logits(hidden[:, 1:]).float().argmax(dim=-1)
+            return call, lambda: crop_cache(dc, L - new), None
+        b = max(self.grid.block_sizes)
+        state = {}
+        verify_ids = torch.randint(0, self.vocab, (B, b), generator=self.gen).to(dev)
+        drafted = torch.randint(0, self.vocab, (B, b - 1), generator=self.gen).to(dev)
+
+        def prepare():
+            state["logits"] = self.target(input_ids=verify_ids, past_key_values=tc, use_cache=True).logits
+
+        def call():
+            return accept_step(state["logits"], drafted, tc, L)
+        return call, lambda: crop_cache(tc, L), prepare
+
+
+def _groups(points: list[Point]) -> list[tuple[tuple[int, int], list[Point]]]:
+    """Points grouped by (context_len, batch), keeping their order."""
+    groups: dict[tuple[int, int], list[Point]] = {}
+    for p in points:
+        groups.setdefault((p.context_len, p.batch), []).append(p)
+    return list(groups.items())
+
+
+# --- provenance ----------------------------------------------------------------------
+
+def describe_setup(target, device: torch.device) -> dict:
+    """profile.json / run.json ``setup``: the hardware, software and numerics a time was
+    measured with."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    return {
+        "device": device.type,
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "driver": gpu_driver() if cuda else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if cuda else None,
+        "backend": "hf",
+        "dtype": str(next(target.parameters()).dtype).removeprefix("torch."),
+        "attn": getattr(target.config, "_attn_implementation", None),
+    }
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version from nvidia-smi, or None when it cannot be asked."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def with_overrides(grid: Grid, **changes) -> Grid:
+    """The grid with the given fields replaced (None values keep the grid's)."""
+    return replace(grid, **{k: v for k, v in changes.items() if v is not None})

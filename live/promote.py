@@ -1,0 +1,149 @@
+"""``specreplay promote``: confirm simulator predictions live and write both into the
+ledger.
+
+For each policy: predict it from the trace (sim.replay, the trace's profile or
+``--profile``), decode the same prompts (the trace's own prompt ids) or held-out prompts
+of the same dataset live with the trace's models and sampling settings, record that run
+as a new trace, and append one ledger row with predicted and measured tokens/s and tau
+(both computed by the definitions in sim/replay.py). This is the only writer of the
+ledger.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from specreplay.cli import CLIError
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")[:80] or "policy"
+
+
+def _prompts_same(trace):
+    from live.prompts import Prompt
+    rows = trace.samples.to_pylist()
+    return [Prompt(dataset_index=int(r["dataset_index"]), ids=list(r["prompt_ids"]), text="")
+            for r in sorted(rows, key=lambda r: r["sample"])]
+
+
+def _prompts_heldout(trace, tokenizer, n: int):
+    from live.prompts import heldout_prompts
+    ds = trace.run.get("dataset") or {}
+    if not ds.get("name"):
+        raise CLIError(f"{trace.path}/run.json names no dataset, so held-out prompts cannot be chosen")
+    used = [int(i) for i in trace.samples.column("dataset_index").to_pylist()]
+    return heldout_prompts(ds["name"], tokenizer, used, n, split=ds.get("split"),
+                           template=ds.get("template"))
+
+
+def _setup_text(run: dict) -> str:
+    s = run.get("setup") or {}
+    parts = [s.get("gpu") or s.get("device"), s.get("backend"), s.get("dtype"),
+             (run.get("target") or {}).get("id"), (run.get("draft") or {}).get("id")]
+    return " / ".join(str(p) for p in parts if p)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    from live.profiler import describe_setup
+    from live.recorder import ModelInfo, RecordSettings, Recorder
+    from models.loading import file_hashes, load_draft, load_target, load_tokenizer
+    from reports.ledger import SHIPPED_LEDGER, append_ledger_row
+    from sim.replay import measured, replay
+    from traces.reader import Trace
+
+    trace = Trace.open(args.trace)
+    run = trace.run
+    profile = args.profile or (args.trace if (Path(args.trace) / "profile.parquet").exists() else None)
+    preds = replay(trace, args.policy, profile=profile, other_setup=args.profile_from_other_setup,
+                   states=False)
+    for p in preds:
+        if not p.replayable:
+            raise CLIError(f"cannot promote {p.policy}: {p.reason}")
+    sampling = run.get("sampling") or {}
+    target_id = args.target or (run.get("target") or {}).get("id")
+    draft_id = args.draft or (run.get("draft") or {}).get("id")
+    if not target_id or not draft_id:
+        raise CLIError(f"{args.trace}/run.json names no target or draft; pass --target and --draft")
+    dtype = args.dtype or (run.get("setup") or {}).get("dtype") or "auto"
+    from live.cli import _device
+    device = _device(args)
+    target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
+    draft = load_draft(draft_id, target, device=device)
+    tokenizer = load_tokenizer(args.tokenizer or target_id)
+    if args.prompts == "same":
+        prompts = _prompts_same(trace)
+    else:
+        prompts = _prompts_heldout(trace, tokenizer, args.heldout or trace.samples.num_rows)
+    dataset = dict(run.get("dataset") or {})
+    dataset["indices"] = [p.dataset_index for p in prompts]
+    info = ModelInfo(target={"id": target_id, "files": file_hashes(target_id)},
+                     draft={"id": draft_id, "files": file_hashes(draft_id),
+                            "block_size": draft.config.block_size,
+                            "mask_token_id": draft.config.mask_token_id},
+                     setup=describe_setup(target, device), dataset=dataset)
+    ledger = Path(args.ledger) if args.ledger else SHIPPED_LEDGER
+    out_root = Path(args.out)
+    for pred in preds:
+        out = out_root / f"{_slug(pred.policy)}-{args.prompts}"
+        settings = RecordSettings(
+            out=out, policy=pred.policy, max_new_tokens=int(sampling.get("max_new_tokens", 256)),
+            temperature=float(sampling.get("temperature", 0.0)), seed=int(sampling.get("seed", 0)),
+            sampling=sampling.get("mode", "rejection"),
+            top_k_logits=int(run.get("top_k_logits") or 8),
+            oracle_top_k=int((run.get("oracle") or {}).get("top_k") or 4),
+            oracle=False, record_logits=False, resume=args.resume,
+            stop_token_ids=tuple(sampling.get("stop_token_ids") or ()))
+        Recorder(target, draft, settings, info).record(prompts, progress=sys.stderr.isatty())
+        m = measured(out)
+        row = {
+            "policy": pred.policy, "prompts": args.prompts,
+            "predicted_tokens_per_s": pred.tokens_per_s, "measured_tokens_per_s": m["tokens_per_s"],
+            "predicted_tau": pred.tau_mean, "measured_tau": m["tau_mean"],
+            "predicted_ci_low": pred.ci_low, "predicted_ci_high": pred.ci_high,
+            "trace": str(args.trace), "profile": str(profile or "live cycles of the trace"),
+            "setup": _setup_text(run), "measured_trace": str(out),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "note": pred.fidelity if pred.fidelity != "exact" else "",
+        }
+        append_ledger_row(ledger, row)
+        print(f"{pred.policy} [{args.prompts}]: predicted {pred.tokens_per_s:.1f} tok/s tau "
+              f"{pred.tau_mean:.3f}; measured {m['tokens_per_s']:.1f} tok/s tau {m['tau_mean']:.3f} "
+              f"-> {ledger}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``promote`` to the specreplay command."""
+    p = sub.add_parser(
+        "promote", help="run predicted policies live and write predicted vs measured to the ledger",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Predict each policy from TRACE with the simulator, decode the same prompts "
+                    "(or held-out prompts of the same dataset) live with the trace's models and "
+                    "sampling settings, record the live run as a trace under --out, and append "
+                    "predicted and measured tokens/s and tau to the ledger.",
+        epilog="examples:\n"
+               "  specreplay promote --trace traces/he-fixed16 --policy 'tree(topk=2, depth=4)'\n"
+               "  specreplay promote --trace traces/he-fixed16 --policy 'fixed(b=8)' "
+               "--policy 'ewma' --prompts heldout --out runs/promoted")
+    p.add_argument("--trace", required=True, help="the trace the predictions come from")
+    p.add_argument("--policy", action="append", required=True, help="policy spec (repeatable)")
+    p.add_argument("--prompts", choices=("same", "heldout"), default="same",
+                   help="decode the trace's prompts (same) or other prompts of its dataset (heldout)")
+    p.add_argument("--heldout", type=int, help="number of held-out prompts (default: as many as the trace has)")
+    p.add_argument("--profile", help="cost profile directory (default: the trace's own)")
+    p.add_argument("--profile-from-other-setup", action="store_true",
+                   help="allow a profile measured on another setup (labelled in the prediction)")
+    p.add_argument("--ledger", help="ledger CSV to append to (default: the shipped reports/ledger.csv)")
+    p.add_argument("--out", default="runs/promoted", help="where the live traces go (default runs/promoted)")
+    p.add_argument("--target", help="target model (default: run.json's)")
+    p.add_argument("--draft", help="draft model (default: run.json's)")
+    p.add_argument("--tokenizer", help="tokenizer (default: the target's)")
+    p.add_argument("--dtype", help="model dtype (default: the recording's)")
+    p.add_argument("--attn", help="attention implementation")
+    p.add_argument("--device", help="cuda, cuda:N or cpu")
+    p.add_argument("--resume", action="store_true", help="continue interrupted live runs")
+    p.set_defaults(func=_promote)

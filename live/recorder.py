@@ -1,0 +1,163 @@
+"""Recording: decode prompts live with a policy, write each finished sample to a trace
+(crash-safe, resumable), optionally check against plain AR decoding and run the oracle
+pass right after each sample.
+
+Several GPUs: under ``torchrun`` (env RANK / WORLD_SIZE) rank r takes prompts r, r+W,
+r+2W, ... and writes its own trace ``OUT/rank-<r>``; ``specreplay trace merge`` joins
+them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from live.loop import Decoder, LoopConfig, SampleResult
+from policies.base import Composite
+from policies.spec import parse_policy
+
+
+@dataclass
+class RecordSettings:
+    """What a recording does (the ``record`` command's flags)."""
+    out: Path
+    policy: str
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    seed: int = 0
+    sampling: str = "rejection"
+    top_k_logits: int = 8
+    oracle_top_k: int = 4
+    oracle_block_sizes: tuple[int, ...] = (4, 8, 12, 16)
+    probes: tuple[str, ...] = ()          # probe keys (already expanded)
+    oracle: bool = True
+    check_ar: bool = False
+    resume: bool = False
+    record_logits: bool = True
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class ModelInfo:
+    """run.json entries of the models and the setup (filled by the CLI from the load)."""
+    target: dict
+    draft: dict
+    setup: dict
+    dataset: dict = field(default_factory=dict)
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) without it."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        return 0, 1
+
+
+def run_meta(settings: RecordSettings, info: ModelInfo, policy: Composite) -> dict:
+    """The run.json keys the recorder knows."""
+    oracle = None
+    if settings.oracle:
+        oracle = {"block_sizes": list(settings.oracle_block_sizes), "top_k": settings.oracle_top_k,
+                  "probes": list(settings.probes)}
+    return {
+        "setup": info.setup, "target": info.target, "draft": info.draft,
+        "sampling": {"temperature": settings.temperature, "seed": settings.seed,
+                     "max_new_tokens": settings.max_new_tokens,
+                     "stop_token_ids": list(settings.stop_token_ids), "mode": settings.sampling},
+        "live_policy": policy.spec(), "dataset": info.dataset,
+        "top_k_logits": settings.top_k_logits if settings.record_logits else 0,
+        "oracle": oracle,
+    }
+
+
+def first_divergence(a: list[int], b: list[int]) -> int:
+    """First index where two token sequences differ (a length difference counts at the
+    shorter length); -1 when equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return -1 if len(a) == len(b) else min(len(a), len(b))
+
+
+class Recorder:
+    """Records prompts into a trace directory with loaded models."""
+
+    def __init__(self, target, draft, settings: RecordSettings, info: ModelInfo):
+        self.policy = parse_policy(settings.policy)
+        # the live policy's own probes are always recorded, so it can be replayed
+        probes = tuple(dict.fromkeys([*settings.probes, *self.policy.probes()]))
+        self.settings = settings = replace(settings, probes=probes)
+        self.info = info
+        cfg = LoopConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                         seed=settings.seed, stop_token_ids=tuple(settings.stop_token_ids),
+                         oracle_top_k=settings.oracle_top_k, top_k_logits=settings.top_k_logits,
+                         record=settings.record_logits, sampling=settings.sampling)
+        self.decoder = Decoder(target, draft, self.policy, cfg)
+        self.ar = Decoder(target, draft, parse_policy("ar"), LoopConfig(
+            max_new_tokens=settings.max_new_tokens, stop_token_ids=tuple(settings.stop_token_ids),
+            record=False)) if settings.check_ar else None
+        self.oracle = None
+        if settings.oracle:
+            from live.oracle import Oracle
+            self.oracle = Oracle(target, draft, settings.oracle_block_sizes, settings.oracle_top_k,
+                                 probes, settings.max_new_tokens)
+
+    def record(self, prompts, out_dir: Path | None = None, progress: bool = True,
+               after_sample: Callable[[SampleResult], None] | None = None) -> dict:
+        """Record ``prompts`` (objects with ``dataset_index`` and ``ids``) into
+        ``out_dir`` (default settings.out); samples already on disk are skipped when
+        resuming. Returns a summary {samples, recorded, skipped, tokens, tau_mean,
+        divergent}."""
+        from traces.writer import TraceWriter
+        out = Path(out_dir or self.settings.out)
+        writer = TraceWriter(out, run_meta(self.settings, self.info, self.policy),
+                             resume=self.settings.resume)
+        done = writer.done_samples()
+        summary = {"samples": len(prompts), "recorded": 0, "skipped": 0, "tokens": 0,
+                   "cycles": 0, "tau_sum": 0, "divergent": 0, "block_sizes": set()}
+        for sample, prompt in enumerate(prompts):
+            if sample in done:
+                summary["skipped"] += 1
+                continue
+            result = self.decoder.run(sample, list(prompt.ids), self._bar(sample, progress))
+            ar_div = None
+            if self.ar is not None:
+                ar_div = first_divergence(result.output_ids, self.ar.run(sample, list(prompt.ids)).output_ids)
+                summary["divergent"] += ar_div >= 0
+            oracle_rows = target_rows = None
+            if self.oracle is not None:
+                oracle_rows, target_rows = self.oracle.rows(sample, result.prompt_ids, result.output_ids)
+            writer.add_sample(result.sample_row(prompt.dataset_index, ar_div), result.cycles,
+                              result.cycle_logits, oracle_rows, target_rows)
+            summary["recorded"] += 1
+            summary["tokens"] += len(result.output_ids)
+            summary["cycles"] += len(result.cycles)
+            summary["tau_sum"] += sum(c["tau"] for c in result.cycles)
+            summary["block_sizes"].update(c["block_size"] for c in result.cycles if c["block_size"] > 1)
+            if after_sample is not None:
+                after_sample(result)
+        writer.finish(complete=True)
+        summary["tau_mean"] = summary["tau_sum"] / summary["cycles"] if summary["cycles"] else 0.0
+        summary["block_sizes"] = sorted(summary["block_sizes"])
+        return summary
+
+    def _bar(self, sample: int, enabled: bool):
+        """A per-prompt tqdm bar showing tokens, tokens/s and the running mean tau."""
+        if not enabled:
+            return None
+        from tqdm import tqdm
+        bar = tqdm(total=self.settings.max_new_tokens, desc=f"sample {sample}", unit="tok",
+                   leave=False, dynamic_ncols=True)
+
+        def update(state) -> None:
+            n = len(state.output)
+            bar.update(n - bar.n)
+            taus = [c["tau"] for c in state.cycles]
+            spent = sum(c["cycle_s"] for c in state.cycles)
+            bar.set_postfix(tok_s=f"{n / spent:.1f}" if spent else "-",
+                            tau=f"{sum(taus) / len(taus):.2f}" if taus else "-", refresh=False)
+            if state.stop_reason:
+                bar.close()
+        return update

@@ -1,0 +1,78 @@
+"""The oracle pass reproduces what the live draft proposed, exactly (CPU float32):
+plain blocks, recycled seeds and refinement, through the same policy and drafting code."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.live
+
+from live.loop import Decoder, LoopConfig  # noqa: E402
+from live.oracle import Oracle, default_probe_keys  # noqa: E402
+from policies import parse_policy  # noqa: E402
+from traces.schema import RANK_BEYOND_END  # noqa: E402
+from tests.live_pair import PROMPTS, tiny_pair  # noqa: E402
+
+MAX_NEW = 32
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair()
+
+
+def _index(rows):
+    return {(r["start"], r["block_size"], r["probe"], r["prev_offset"]): r for r in rows}
+
+
+def _same(row, view):
+    return (row["draft_ids"] == view.ids.reshape(-1).tolist()
+            and np.array_equal(np.asarray(row["draft_logprobs"], np.float32), view.logprobs.reshape(-1)))
+
+
+@pytest.mark.parametrize("spec", ["fixed(b=6)", "ewma(candidates=4|6, probe=2)",
+                                  "fixed(b=6)+refine(steps=2)", "fixed(b=6)+refine(steps=3, only_below=0.6)"])
+def test_oracle_equals_live_plain_and_refine(pair, spec):
+    target, draft = pair
+    policy = parse_policy(spec)
+    res = Decoder(target, draft, policy, LoopConfig(max_new_tokens=MAX_NEW)).run(0, PROMPTS[0])
+    rows, target_rows = Oracle(target, draft, [4, 6], 4, policy.probes(), MAX_NEW).rows(
+        0, res.prompt_ids, res.output_ids)
+    idx = _index(rows)
+    for cyc, view in zip(res.cycles, res.views):
+        row = idx[(cyc["start"], cyc["block_size"], cyc["probe"], cyc["prev_offset"])]
+        assert _same(row, view), cyc
+        # greedy acceptance is the leading run of rank 0 (capped at the end of S)
+        ranks = list(row["true_rank"])
+        lead = next((i for i, r in enumerate(ranks) if r != 0), len(ranks))
+        assert cyc["accepted"] == min(lead, len(res.output_ids) - 1 - cyc["start"] - 1)
+    assert len(target_rows) == len(res.output_ids)
+    last = [r for r in rows if r["start"] == len(res.output_ids) - 2 and r["block_size"] == 6][0]
+    assert list(last["true_rank"])[1:] == [RANK_BEYOND_END] * 4
+
+
+@pytest.mark.parametrize("mode", ["dense", "sparse"])
+def test_oracle_recycle_probe_equals_live(pair, mode):
+    """Where the previous live cycle drafted plainly (its proposal equals the plain oracle
+    row), the live seeded proposal equals the probe row at prev_offset = tau."""
+    target, draft = pair
+    policy = parse_policy(f"fixed(b=6)+recycle(mode={mode})")
+    checked = 0
+    for i, prompt in enumerate(PROMPTS):
+        res = Decoder(target, draft, policy, LoopConfig(max_new_tokens=MAX_NEW)).run(i, prompt)
+        rows, _ = Oracle(target, draft, [6], 4, policy.probes(), MAX_NEW).rows(i, res.prompt_ids, res.output_ids)
+        idx = _index(rows)
+        for prev, cyc, prev_view, view in zip(res.cycles, res.cycles[1:], res.views, res.views[1:]):
+            if not cyc["n_seeds"] or not _same(idx[(prev["start"], 6, "", 0)], prev_view):
+                continue
+            assert cyc["prev_offset"] == prev["tau"]
+            assert _same(idx[(cyc["start"], 6, cyc["probe"], cyc["prev_offset"])], view)
+            checked += 1
+    assert checked >= 2
+
+
+def test_default_probe_keys_are_canonical_specs():
+    keys = default_probe_keys(["recycle", "refine"])
+    assert keys == [parse_policy("recycle(mode=sparse)").inputs[0].spec(),
+                    parse_policy("recycle(mode=dense)").inputs[0].spec(),
+                    parse_policy("refine(steps=2)").inputs[0].spec()]
+    assert keys[2].startswith("refine(steps=2")

@@ -1,0 +1,138 @@
+"""Recording: a run interrupted mid-way and resumed equals an uninterrupted one; the
+record and oracle commands write traces that `trace check` accepts."""
+import json
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.live
+
+from live.recorder import ModelInfo, RecordSettings, Recorder, first_divergence  # noqa: E402
+from tests.live_pair import PROMPTS, VOCAB, tiny_pair  # noqa: E402
+
+
+@dataclass
+class P:
+    dataset_index: int
+    ids: list
+
+
+PROMPT_SET = [P(10 + i, p) for i, p in enumerate(PROMPTS + [[2, 7, 1, 8, 2, 8]])]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _settings(out, **kw):
+    base = dict(out=out, policy="fixed(b=6)+recycle(mode=dense)", max_new_tokens=24,
+                oracle_block_sizes=(4, 6), probes=("refine(steps=2, only_below=1.0)",), check_ar=True)
+    return RecordSettings(**{**base, **kw})
+
+
+def _info():
+    return ModelInfo(target={"id": "tiny-target", "files": {}}, draft={"id": "tiny-draft", "files": {},
+                     "block_size": 8, "mask_token_id": VOCAB - 1},
+                     setup={"device": "cpu", "backend": "hf", "dtype": "float32"},
+                     dataset={"name": "unit", "split": None, "indices": [p.dataset_index for p in PROMPT_SET],
+                              "template": "raw"})
+
+
+def _table(d, name, cols):
+    rows = pq.read_table(d / name, columns=cols).to_pylist()
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def test_resume_after_an_interrupted_recording(tmp_path):
+    from traces.check import check_trace
+    target, draft = tiny_pair()
+    whole = tmp_path / "whole"
+    summary = Recorder(target, draft, _settings(whole), _info()).record(PROMPT_SET, progress=False)
+    assert summary["recorded"] == 3 and summary["divergent"] == 0
+
+    cut = tmp_path / "cut"
+
+    def die_after_first(result):
+        if result.sample == 1:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        Recorder(target, draft, _settings(cut), _info()).record(PROMPT_SET, progress=False,
+                                                                after_sample=die_after_first)
+    assert json.loads((cut / "run.json").read_text())["complete"] is False
+    with pytest.raises(Exception, match="--resume"):
+        Recorder(target, draft, _settings(cut), _info()).record(PROMPT_SET, progress=False)
+    summary = Recorder(target, draft, _settings(cut, resume=True), _info()).record(PROMPT_SET, progress=False)
+    assert summary["skipped"] == 2 and summary["recorded"] == 1
+    for name, cols in (("samples", ["sample", "output_ids", "ar_divergence", "n_cycles"]),
+                       ("cycles", ["sample", "cycle", "tau", "drafted", "probe"]),
+                       ("oracle", ["sample", "start", "block_size", "probe", "prev_offset", "true_rank"])):
+        assert _table(cut, name, cols) == _table(whole, name, cols)
+    report = check_trace(cut)
+    assert report["ok"], report
+
+
+def test_first_divergence():
+    assert first_divergence([1, 2, 3], [1, 2, 3]) == -1
+    assert first_divergence([1, 2, 3], [1, 5, 3]) == 1
+    assert first_divergence([1, 2], [1, 2, 3]) == 2
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """The tiny pair saved as model folders, with a one-character-per-token tokenizer."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    root = tmp_path_factory.mktemp("models")
+    target, draft = tiny_pair()
+    target.save_pretrained(root / "target")
+    draft.save_pretrained(root / "draft")
+    vocab = {c: i for i, c in enumerate("abcdefghijk")}
+    vocab["<mask>"] = VOCAB - 1
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="a").save_pretrained(root / "target")
+    data = root / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ("abcdefghij", "kjihgf", "badcafe")))
+    return root
+
+
+def _cli(*argv):
+    from specreplay.cli import main
+    return main([str(a) for a in argv])
+
+
+def test_record_and_oracle_commands_end_to_end(model_dirs, tmp_path, capsys):
+    from traces.check import check_trace
+    out = tmp_path / "trace"
+    rc = _cli("record", "--target", model_dirs / "target", "--draft", model_dirs / "draft",
+              "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)+tree(topk=2, depth=2)",
+              "--out", out, "--max-new-tokens", 16, "--oracle-block-sizes", "4,6", "--probes", "recycle,refine",
+              "--check-ar", "--device", "cpu", "--quiet")
+    assert rc == 0, capsys.readouterr().err
+    assert "plain AR decoding: 0" in capsys.readouterr().out
+    run = json.loads((out / "run.json").read_text())
+    assert run["complete"] and run["live_policy"].startswith("fixed(b=6)+tree(")
+    assert len(run["oracle"]["probes"]) == 3 and run["target"]["files"]
+    assert check_trace(out)["ok"]
+    rc = _cli("oracle", out, "--block-sizes", "4,8", "--probes", "refine", "--device", "cpu")
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["oracle"]["block_sizes"] == [4, 8]
+    sizes = set(pq.read_table(out / "oracle", columns=["block_size"]).column("block_size").to_pylist())
+    assert sizes == {4, 8}
+    assert check_trace(out)["ok"]
+
+
+def test_record_refuses_bad_input_in_one_sentence(model_dirs, tmp_path, capsys):
+    rc = _cli("record", "--target", model_dirs / "target", "--draft", model_dirs / "draft",
+              "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)+tree(topk=6)",
+              "--out", tmp_path / "x", "--device", "cpu")
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--oracle-top-k 6" in err and "Traceback" not in err
+    rc = _cli("record", "--target", model_dirs / "target", "--draft", model_dirs / "draft",
+              "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)",
+              "--out", tmp_path / "y", "--oracle-block-sizes", "4,x", "--device", "cpu")
+    assert rc == 2 and "comma-separated integers" in capsys.readouterr().err
