@@ -30,12 +30,19 @@ def _prompts_same(trace):
             for r in sorted(rows, key=lambda r: r["sample"])]
 
 
-def _prompts_heldout(trace, tokenizer, n: int):
-    from live.prompts import heldout_prompts
+def _prompts_heldout(trace, tokenizer, n: int | None):
+    """Prompts of the trace's dataset it did not use: ``n`` of them, or by default as
+    many as the trace has (fewer if the dataset has fewer left)."""
+    from live.prompts import dataset_rows, heldout_prompts
     ds = trace.run.get("dataset") or {}
     if not ds.get("name"):
         raise CLIError(f"{trace.path}/run.json names no dataset, so held-out prompts cannot be chosen")
     used = [int(i) for i in trace.samples.column("dataset_index").to_pylist()]
+    if n is None:
+        rows, _ = dataset_rows(ds["name"], ds.get("split"))
+        n = min(len(used), len(rows) - len(set(used)))
+        if n < 1:
+            raise CLIError(f"{ds['name']} has no prompts left outside the {len(used)} the trace used")
     return heldout_prompts(ds["name"], tokenizer, used, n, split=ds.get("split"),
                            template=ds.get("template"))
 
@@ -77,7 +84,7 @@ def _promote(args: argparse.Namespace) -> int:
     if args.prompts == "same":
         prompts = _prompts_same(trace)
     else:
-        prompts = _prompts_heldout(trace, tokenizer, args.heldout or trace.samples.num_rows)
+        prompts = _prompts_heldout(trace, tokenizer, args.heldout)
     dataset = dict(run.get("dataset") or {})
     dataset["indices"] = [p.dataset_index for p in prompts]
     info = ModelInfo(target={"id": target_id, "files": file_hashes(target_id)},

@@ -25,3 +25,23 @@ def hf_greedy(target, prompt, max_new_tokens, eos=None):
     if eos is not None and eos in ids:
         ids = ids[:ids.index(eos) + 1]
     return ids
+
+
+def save_pair(root):
+    """The tiny pair saved as model folders under ``root`` (target/, draft/), with a
+    one-character-per-token tokenizer and a three-prompt JSONL dataset; returns root."""
+    import json
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    target, draft = tiny_pair()
+    target.save_pretrained(root / "target")
+    draft.save_pretrained(root / "draft")
+    vocab = {c: i for i, c in enumerate("abcdefghijk")}
+    vocab["<mask>"] = VOCAB - 1
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="a").save_pretrained(root / "target")
+    data = root / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ("abcdefghij", "kjihgf", "badcafe")))
+    return root

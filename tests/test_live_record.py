@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
 from live.recorder import ModelInfo, RecordSettings, Recorder, first_divergence  # noqa: E402
-from tests.live_pair import PROMPTS, VOCAB, tiny_pair  # noqa: E402
+from tests.live_pair import PROMPTS, VOCAB, save_pair, tiny_pair  # noqa: E402
 
 
 @dataclass
@@ -82,20 +82,7 @@ def test_first_divergence():
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     """The tiny pair saved as model folders, with a one-character-per-token tokenizer."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    root = tmp_path_factory.mktemp("models")
-    target, draft = tiny_pair()
-    target.save_pretrained(root / "target")
-    draft.save_pretrained(root / "draft")
-    vocab = {c: i for i, c in enumerate("abcdefghijk")}
-    vocab["<mask>"] = VOCAB - 1
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="a").save_pretrained(root / "target")
-    data = root / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ("abcdefghij", "kjihgf", "badcafe")))
-    return root
+    return save_pair(tmp_path_factory.mktemp("models"))
 
 
 def _cli(*argv):

@@ -1,0 +1,63 @@
+"""promote end to end on the tiny pair (CPU, float32): record a trace with the oracle and
+a profile, promote policies on the same and on held-out prompts, and check the ledger.
+Greedy on CPU is exact, so the predicted tau must equal the measured tau."""
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.live
+
+from reports.ledger import SHIPPED_LEDGER, ledger_summary, read_ledger  # noqa: E402
+from tests.live_pair import save_pair  # noqa: E402
+
+
+def _cli(*argv):
+    from specreplay.cli import main
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    root = save_pair(tmp_path_factory.mktemp("pair"))
+    trace = root / "trace"
+    assert _cli("record", "--target", root / "target", "--draft", root / "draft",
+                "--dataset", root / "prompts.jsonl", "--policy", "fixed(b=6)", "--out", trace,
+                "--max-samples", 2, "--max-new-tokens", 24, "--oracle-block-sizes", "4,6,8",
+                "--device", "cpu", "--quiet") == 0
+    assert _cli("profile", "--target", root / "target", "--draft", root / "draft",
+                "--out", trace, "--quick", "--device", "cpu") == 0
+    return root, trace
+
+
+def test_promote_same_prompts_matches_predicted_tau_exactly(recorded, tmp_path):
+    root, trace = recorded
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(SHIPPED_LEDGER.read_text().splitlines()[0] + "\n")
+    specs = ["fixed(b=4)", "fixed(b=8)+gate(min_prob=0.3)"]
+    argv = ["promote", "--trace", trace, "--ledger", ledger, "--out", tmp_path / "runs",
+            "--device", "cpu"]
+    for s in specs:
+        argv += ["--policy", s]
+    assert _cli(*argv) == 0
+    rows = read_ledger(ledger)
+    assert [r["policy"] for r in rows] == specs
+    for r in rows:
+        assert r["prompts"] == "same"
+        assert r["measured_tau"] == pytest.approx(r["predicted_tau"], abs=1e-12)
+        assert r["measured_tokens_per_s"] > 0 and r["predicted_tokens_per_s"] > 0
+    summary = ledger_summary(rows)
+    assert summary  # the report's error table can be built from promoted rows
+
+
+def test_promote_heldout_prompts_and_refuses_unreplayable(recorded, tmp_path, capsys):
+    root, trace = recorded
+    ledger = tmp_path / "ledger.csv"
+    ledger.write_text(SHIPPED_LEDGER.read_text().splitlines()[0] + "\n")
+    assert _cli("promote", "--trace", trace, "--ledger", ledger, "--out", tmp_path / "runs",
+                "--policy", "fixed(b=4)", "--prompts", "heldout", "--device", "cpu") == 0
+    (row,) = read_ledger(ledger)
+    assert row["prompts"] == "heldout" and row["measured_tau"] >= 1
+    # block size 12 has no oracle rows: one sentence, no live run, nothing appended
+    assert _cli("promote", "--trace", trace, "--ledger", ledger, "--out", tmp_path / "runs",
+                "--policy", "fixed(b=12)", "--device", "cpu") == 2
+    assert "not replayable" in capsys.readouterr().err
+    assert len(read_ledger(ledger)) == 1
