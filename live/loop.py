@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from live.drafting import cycle_proposals
+from live.drafting import block_input, cycle_proposals, draft_block, topk_logprobs
 from live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from live.timing import CycleClock, wall_sync
 from live.verify import Verified, keep_committed, prefill, verify_nodes
@@ -103,6 +103,7 @@ class DecodeState:
     stop_reason: str = ""
     prev_view: DraftView | None = None
     prev_outcome: CycleOutcome | None = None
+    seed_view: DraftView | None = None  # the unseeded proposal of this cycle (recycling's source)
     cycles: list[dict] = field(default_factory=list)
     cycle_logits: list[dict] = field(default_factory=list)
     views: list[DraftView] = field(default_factory=list)
@@ -216,7 +217,7 @@ class Decoder:
             "n_seeds": len(req.seeds), "draft_s": draft_s, "target_s": target_s,
             "overhead_s": overhead_s, "cycle_s": cycle_s, "policy_state": state_json})
         state.views.append(view)
-        state.prev_view, state.prev_outcome = view, outcome
+        state.prev_view, state.prev_outcome = state.seed_view, outcome
         state.cycle += 1
         self._check_end(state)
         return not state.stop_reason
@@ -234,14 +235,25 @@ class Decoder:
         if b == 1:
             empty = DraftView(state.sample, state.start, 1, np.zeros((0, k), np.int32),
                               np.zeros((0, k), np.float32), rng)
+            state.seed_view = empty
             return None, empty
         self.clock.mark("draft0")
         logits, ids, lps, _ = cycle_proposals(
             self.draft, state.draft_cache, anchor, b, req.seeds, state.pending, state.draft_cached,
             state.context_len, k, req.refine_steps, req.refine_only_below)
-        self.clock.mark("draft1")
         state.pending, state.draft_cached = None, state.context_len
-        return logits, DraftView(state.sample, state.start, b, ids, lps, rng)
+        view = DraftView(state.sample, state.start, b, ids, lps, rng)
+        state.seed_view = view
+        if req.seeds:
+            # Recycling takes its seeds from the previous cycle's *plain* proposal, so the
+            # oracle's recycle probe (seeds from the plain row at p-d) stays exact when
+            # seeded cycles follow each other: one more pass over the cached context.
+            plain = draft_block(self.draft, state.draft_cache,
+                                block_input(anchor, b, self.draft.mask_token_id), None,
+                                state.context_len, state.context_len)
+            state.seed_view = DraftView(state.sample, state.start, b, *topk_logprobs(plain, k), rng)
+        self.clock.mark("draft1")
+        return logits, view
 
     def _check_plan(self, plan: VerifyPlan, b: int, k: int) -> None:
         for path in plan.paths:

@@ -184,12 +184,19 @@ class CostModel:
         q = np.asarray(c["verify_tokens"], np.float64) / batch
         kinds = np.where(np.asarray(c["verify_mode"]) == "tree", "tree_verify", "target")
         drafted = np.asarray(c["block_size"]) > 1
+        ctx, target_s = np.asarray(c["context_len"]), np.asarray(c["target_s"])
+        if not (kinds == "target").any():
+            # a run that only verified trees: its tree passes are the only verify times
+            # measured, so they stand in for chain passes of the same width too
+            kinds = np.concatenate([kinds, np.full(len(kinds), "target")])
+            q, batch = np.concatenate([q, q]), np.concatenate([batch, batch])
+            ctx, target_s = np.concatenate([ctx, ctx]), np.concatenate([target_s, target_s])
         table = pa.table({
             "kind": np.concatenate([kinds, np.full(drafted.sum(), "draft")]).tolist(),
             "q": np.concatenate([q, np.asarray(c["block_size"])[drafted]]).astype(np.int32),
-            "context_len": np.concatenate([c["context_len"], c["context_len"][drafted]]).astype(np.int32),
+            "context_len": np.concatenate([ctx, np.asarray(c["context_len"])[drafted]]).astype(np.int32),
             "batch": np.concatenate([batch, np.ones(drafted.sum())]).astype(np.int32),
-            "median_s": np.concatenate([c["target_s"], c["draft_s"][drafted]]).astype(np.float64),
+            "median_s": np.concatenate([target_s, np.asarray(c["draft_s"])[drafted]]).astype(np.float64),
         })
         over = np.asarray(c["overhead_s"], np.float64)
         over = over[np.isfinite(over)]

@@ -295,7 +295,9 @@ class Engine:
                 states.append(policy.state())
             start += tau
             cycle += 1
-            prev_view, prev_outcome = view, outcome
+            # recycling seeds come from the previous cycle's plain proposal (as live)
+            prev_view = self.plain_view(sample, work.start, b) if req.seeds else view
+            prev_outcome = outcome
         log.requests.append((sample, t_arrival, t_first, env.now, n))
 
     # -- lookups (no policy logic here)
@@ -308,6 +310,12 @@ class Engine:
         group = acc.group(req.block_size, req.probe, req.prev_offset if req.probe else 0)
         row = acc.row(group, sample, start)
         return acc.view(group, row, sample, start), group, row
+
+    def plain_view(self, sample: int, start: int, block_size: int):
+        """The unseeded proposal at (sample, start): what a seeded cycle's successor
+        takes its recycling seeds from."""
+        group = self.acc.group(block_size)
+        return self.acc.view(group, self.acc.row(group, sample, start), sample, start)
 
     def plan_work(self, work: Work, start: int, req: DraftRequest, plan: VerifyPlan) -> None:
         """Set a request's GPU job to a planned cycle: its shapes, and its recorded
@@ -324,7 +332,8 @@ class Engine:
                 work.verify_q, work.verify_rows = verify_tokens, 1
         work.start, work.block_size = start, req.block_size
         work.context_len = self.data_prompt[work.sample] + start
-        work.passes = 1 + req.refine_steps
+        # a seeded draft also runs the plain pass recycling needs next cycle
+        work.passes = 1 + req.refine_steps + (1 if req.seeds else 0)
         work.tree = mode == "tree"
         work.verify_tokens = verify_tokens
         # recorded seconds only where the GPU runs this cycle alone, as the live loop did
