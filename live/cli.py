@@ -108,6 +108,8 @@ def _record(args: argparse.Namespace) -> int:
         temperature=args.temperature, seed=args.seed, sampling=args.sampling,
         top_k_logits=args.top_k_logits, oracle_top_k=args.oracle_top_k,
         oracle_block_sizes=block_sizes, probes=probes, oracle=not args.no_oracle,
+        probe_block_sizes=_int_list(args.probe_block_sizes, "--probe-block-sizes")
+        if args.probe_block_sizes else None,
         check_ar=args.check_ar, resume=args.resume, record_logits=not args.no_logits,
         stop_token_ids=stop)
     try:
@@ -208,6 +210,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="k of the draft proposals a policy sees and the oracle stores (default 4)")
     p.add_argument("--oracle-block-sizes", default="4,8,12,16", help="block sizes of the oracle pass")
     p.add_argument("--probes", help="oracle probes: recycle, refine, or probe keys, comma-separated")
+    p.add_argument("--probe-block-sizes",
+                   help="block sizes that get the probes (default: every oracle block size); "
+                        "probes add up to b-1 rows per position, so this bounds a trace's size")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle pass (run `specreplay oracle` later)")
     p.add_argument("--check-ar", action="store_true",
                    help="also decode each prompt plainly and store the first divergence")

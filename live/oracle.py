@@ -62,13 +62,17 @@ class Oracle:
     """Oracle rows for one (target, draft) pair."""
 
     def __init__(self, target, draft, block_sizes, top_k: int = 4, probes=(),
-                 max_new_tokens: int | None = None):
+                 max_new_tokens: int | None = None, probe_block_sizes=None):
         self.target, self.draft = target, draft
         self.block_sizes = [int(b) for b in block_sizes]
         if any(b < 2 for b in self.block_sizes):
             raise ValueError(f"oracle block sizes must be >= 2, got {self.block_sizes}")
         self.k = int(top_k)
         self.probes = [(key, _probe_component(key)) for key in probes]
+        # probes multiply the oracle's size by up to b-1 rows per position: a recording
+        # may keep them to the block sizes its policies will use
+        self.probe_block_sizes = set(self.block_sizes if probe_block_sizes is None
+                                     else (int(b) for b in probe_block_sizes))
         self.max_new_tokens = max_new_tokens
         self.device = target.get_input_embeddings().weight.device
 
@@ -86,7 +90,7 @@ class Oracle:
             plain = dict(zip(starts, self._propose(feats, P, [(p, block_input(S[p], b, mask))
                                                                for p in starts], b)))
             out += [self._row(sample, p, b, "", 0, *plain[p], S) for p in starts]
-            for key, comp in self.probes:
+            for key, comp in (self.probes if b in self.probe_block_sizes else ()):
                 if comp.name == "recycle":
                     out += self._recycle_rows(sample, key, comp, feats, P, S, b, plain, starts)
                 else:

@@ -31,6 +31,7 @@ class RecordSettings:
     oracle_top_k: int = 4
     oracle_block_sizes: tuple[int, ...] = (4, 8, 12, 16)
     probes: tuple[str, ...] = ()          # probe keys (already expanded)
+    probe_block_sizes: tuple[int, ...] | None = None  # None: every oracle block size
     oracle: bool = True
     check_ar: bool = False
     resume: bool = False
@@ -60,7 +61,8 @@ def run_meta(settings: RecordSettings, info: ModelInfo, policy: Composite) -> di
     oracle = None
     if settings.oracle:
         oracle = {"block_sizes": list(settings.oracle_block_sizes), "top_k": settings.oracle_top_k,
-                  "probes": list(settings.probes)}
+                  "probes": list(settings.probes),
+                  "probe_block_sizes": list(settings.probe_block_sizes or settings.oracle_block_sizes)}
     return {
         "setup": info.setup, "target": info.target, "draft": info.draft,
         "sampling": {"temperature": settings.temperature, "seed": settings.seed,
@@ -102,7 +104,7 @@ class Recorder:
         if settings.oracle:
             from live.oracle import Oracle
             self.oracle = Oracle(target, draft, settings.oracle_block_sizes, settings.oracle_top_k,
-                                 probes, settings.max_new_tokens)
+                                 probes, settings.max_new_tokens, settings.probe_block_sizes)
 
     def record(self, prompts, out_dir: Path | None = None, progress: bool = True,
                after_sample: Callable[[SampleResult], None] | None = None) -> dict:

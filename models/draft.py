@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from models.checkpoint import read_state_dict, write_state_dict
 from models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
@@ -30,8 +31,17 @@ __all__ = ["DFlashDraftModel", "DraftConfig", "build_target_layer_ids", "crop_ca
 # Weights some exports carry that hold nothing (RoPE frequencies are rebuilt from config).
 _IGNORED_WEIGHTS = ("rotary_emb.inv_freq",)
 
-# Default memory budget for the attention scores of one chunk of blocks in forward_blocks.
+# Default memory budget for the attention scores of one chunk of blocks in forward_blocks,
+# and the cap on the rows of one chunk (blocks of a chunk also score each other's rows,
+# masked: wasted work that grows with the chunk).
 _CHUNK_BYTES = 1 << 29
+_CHUNK_ROWS = 4096
+# forward_blocks rounds the context rows a chunk reads up to a multiple of this.
+_KEY_QUANTUM = 128
+# Attention kernels the draft may use. cuDNN is left out: it builds a plan for every new
+# shape, and the draft's key length changes on every call (measured on an H200: 41 ms
+# per live draft pass with it, 5 ms without).
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def new_cache():
@@ -153,7 +163,8 @@ class DraftAttention(nn.Module):
         if groups > 1:
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
+        with sdpa_kernel(_SDPA_BACKENDS):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.head_dim ** -0.5)
         return self.o_proj(out.transpose(1, 2).reshape(B, b, -1))
 
 
@@ -377,7 +388,8 @@ class DFlashDraftModel(nn.Module):
         The blocks of a chunk are packed into one sequence after the context rows they
         can see, under a block-sparse mask, so context K/V are computed once per layer
         and never copied per block. ``chunk_size`` blocks per chunk (default: sized so a
-        chunk's attention scores stay near 512 MiB). Gradients flow (training).
+        chunk's attention scores stay near 512 MiB, at most 4096 rows). Gradients flow
+        (training).
         """
         anchors = torch.as_tensor(anchors, device=block_ids.device).long()
         n, b = block_ids.shape
@@ -387,13 +399,20 @@ class DFlashDraftModel(nn.Module):
             raise ValueError(f"anchors must lie in [0, {T}] for {T} context rows.")
         x_all = self.embed(block_ids).to(ctx.dtype)
         ctx_cos, ctx_sin = self.rotary_emb(torch.arange(T, device=ctx.device)[None], ctx.dtype)
-        prefixes = [layer.self_attn.project_kv(ctx, ctx_cos, ctx_sin) for layer in self.layers]
+        # Context K/V are padded with masked zero rows to a multiple of _KEY_QUANTUM so that
+        # attention sees few distinct shapes (GPU kernels plan per shape, at a cost).
+        # (GPU only: on the CPU the padding would change float32 sums in the last bit, and
+        # the oracle must equal the live draft exactly there)
+        quantum = _KEY_QUANTUM if ctx.is_cuda else 1
+        T_pad = -(-T // quantum) * quantum
+        prefixes = [tuple(F.pad(t, (0, 0, 0, T_pad - T)) for t in layer.self_attn.project_kv(ctx, ctx_cos, ctx_sin))
+                    for layer in self.layers]
         chunk_size = chunk_size or self._blocks_per_chunk(T, b)
         outputs = []
         for lo in range(0, n, chunk_size):
             a = anchors[lo:lo + chunk_size]
             c = a.shape[0]
-            visible = int(a.max())
+            visible = min(T_pad, -(-int(a.max()) // quantum) * quantum)
             positions = (a[:, None] + torch.arange(b, device=a.device)).reshape(1, c * b)
             cos, sin = self.rotary_emb(positions, ctx.dtype)
             x = x_all[lo:lo + c].reshape(1, c * b, -1)
@@ -412,7 +431,8 @@ class DFlashDraftModel(nn.Module):
     def _blocks_per_chunk(self, T: int, b: int) -> int:
         """Largest c with heads * c*b * (T + c*b) float32 scores <= the chunk budget."""
         rows = _CHUNK_BYTES / (4 * self.config.num_attention_heads * b)  # c * (T + c*b)
-        return max(1, int((-T + math.sqrt(T * T + 4 * b * rows)) / (2 * b)))
+        by_memory = int((-T + math.sqrt(T * T + 4 * b * rows)) / (2 * b))
+        return max(1, min(by_memory, _CHUNK_ROWS // b))
 
 
 def _relative_mask(b: int, keys: int, causal: bool, window: int | None, device) -> torch.Tensor:
