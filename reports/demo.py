@@ -24,8 +24,8 @@ DEFAULT_POLICIES = [
     "fixed(b=16)+tree(topk=2, depth=6)",
     "fixed(b=16)+tree(topk=3, depth=4)",
     "fixed(b=16)+candidates(mode=branch_beam, depth=6, topk=2, max=4, verify=tree)",
-    "fixed(b=16)+recycle(mode=sparse, max=2)",
-    "fixed(b=16)+refine(steps=2, only_below=0.5)",
+    "fixed(b=16)+recycle(mode=sparse)",
+    "fixed(b=16)+refine(steps=2)",
 ]
 
 SAMPLES_DIR = Path(traces.__file__).resolve().parent / "samples"
