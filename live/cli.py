@@ -21,25 +21,11 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _probe_keys(text: str | None) -> tuple[str, ...]:
+    """Probe keys from ``recycle,refine(steps=3, only_below=0.5)`` (commas inside
+    parentheses belong to a key)."""
     from live.oracle import default_probe_keys
-    if not text:
-        return ()
-    groups = [g for g in _split_probes(text)]
-    return tuple(default_probe_keys(groups))
-
-
-def _split_probes(text: str) -> list[str]:
-    """Split on commas outside parentheses: ``recycle,refine(steps=3, only_below=0.5)``."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return out + [cur]
+    from policies.spec import split_top
+    return tuple(default_probe_keys(split_top(text, ","))) if text else ()
 
 
 def _stop_ids(tokenizer, target) -> tuple[int, ...]:

@@ -42,7 +42,7 @@ def register(cls: type[Policy]) -> type[Policy]:
 _COMPONENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*(?:\((.*?)\))?\s*$", re.S)
 
 
-def _split_top(text: str, sep: str) -> list[str]:
+def split_top(text: str, sep: str) -> list[str]:
     """Split on ``sep`` outside parentheses."""
     out, depth, cur = [], 0, []
     for ch in text:
@@ -115,7 +115,7 @@ def parse_component(text: str) -> Policy:
                           f"{', '.join(sorted(REGISTRY))}")
     kwargs: dict[str, Any] = {}
     if argtext and argtext.strip():
-        for arg in _split_top(argtext, ","):
+        for arg in split_top(argtext, ","):
             if "=" not in arg:
                 raise PolicyError(f"{name}: argument {arg.strip()!r} needs the form key=value")
             key, val = (s.strip() for s in arg.split("=", 1))
@@ -144,7 +144,7 @@ def parse_policy(spec: str) -> Composite:
     gets ``fixed`` (the draft's trained block size)."""
     if not spec or not spec.strip():
         raise PolicyError("empty policy spec; try 'fixed(b=16)' or 'ar'")
-    comps = [parse_component(t) for t in _split_top(spec, "+")]
+    comps = [parse_component(t) for t in split_top(spec, "+")]
     blocks = [c for c in comps if c.role == "block"]
     verifies = [c for c in comps if c.role == "verify"]
     inputs = [c for c in comps if c.role == "input"]

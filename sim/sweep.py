@@ -17,22 +17,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable
 
 from policies import PolicyError, known_policies, parse_policy
+from policies.spec import split_top
 
 _COMPONENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*(?:\((.*)\))?\s*$", re.S)
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside parentheses."""
-    out, depth, cur = [], 0, []
-    for ch in text:
-        depth += (ch == "(") - (ch == ")")
-        if ch == sep and depth == 0:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
-    return out
 
 
 def _component_choices(text: str) -> list[str]:
@@ -46,7 +33,7 @@ def _component_choices(text: str) -> list[str]:
         return [name]
     params = known_policies().get(name, type("_", (), {"params": {}})).params
     keys, options = [], []
-    for arg in _split_top(args, ","):
+    for arg in split_top(args, ","):
         if "=" not in arg:
             raise PolicyError(f"{name}: grid argument {arg.strip()!r} needs the form key=value")
         key, value = (x.strip() for x in arg.split("=", 1))
@@ -65,7 +52,7 @@ def expand_grid(grid: str) -> list[str]:
     """Every policy spec a grid stands for, each checked by the policy parser."""
     if not grid or not grid.strip():
         raise PolicyError("empty grid; try 'ewma(alpha=0.05|0.1, probe=8|12)'")
-    parts = [_component_choices(c) for c in _split_top(grid, "+")]
+    parts = [_component_choices(c) for c in split_top(grid, "+")]
     specs = ["+".join(combo) for combo in itertools.product(*parts)]
     for spec in specs:
         parse_policy(spec)
