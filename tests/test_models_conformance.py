@@ -178,6 +178,15 @@ def test_reference_decode_loop_matches_ours(monkeypatch, decoding_pair, prompt_s
     assert tokens == expected.output_ids[0, 8:].tolist() == plain
     assert committed == expected.acceptance_lengths
     assert sum(committed) == max_new_tokens - 1  # S[0] comes from prefill
+    # The product's loop: same tokens; same commits in every cycle but the last, where
+    # it drafts the full block while the reference cuts the block to what fits.
+    from live.loop import Decoder, LoopConfig
+    from policies import parse_policy
+    live = Decoder(target, ours, parse_policy(f"fixed(b={ours.block_size})"),
+                   LoopConfig(max_new_tokens=max_new_tokens)).run(0, prompt[0].tolist())
+    live_committed = [c["committed"] for c in live.cycles]
+    assert live.output_ids == plain
+    assert live_committed[:-1] == expected.acceptance_lengths[:len(live_committed) - 1]
     if prompt_seed == 5:
         # this random pair and prompt fall into a stretch the draft predicts, so whole
         # blocks are accepted (and at 38 tokens the tail block is cut to 3)
