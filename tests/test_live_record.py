@@ -123,3 +123,27 @@ def test_record_refuses_bad_input_in_one_sentence(model_dirs, tmp_path, capsys):
               "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)",
               "--out", tmp_path / "y", "--oracle-block-sizes", "4,x", "--device", "cpu")
     assert rc == 2 and "comma-separated integers" in capsys.readouterr().err
+
+
+def test_sharded_recording_merges_into_one_trace(model_dirs, tmp_path, monkeypatch, capsys):
+    """Under torchrun each rank records prompts rank, rank+W, ... into OUT/rank-<r>
+    (the ranks are run one after the other here, with the environment torchrun sets);
+    `trace merge` joins them into a trace that holds every prompt once."""
+    from traces.check import check_trace
+    from traces.reader import Trace
+    out = tmp_path / "run"
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert _cli("record", "--target", model_dirs / "target", "--draft", model_dirs / "draft",
+                    "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)",
+                    "--out", out, "--max-new-tokens", 12, "--oracle-block-sizes", "6",
+                    "--device", "cpu", "--quiet") == 0
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    parts = [Trace.open(out / f"rank-{r}") for r in (0, 1)]
+    assert [sorted(p.samples.column("dataset_index").to_pylist()) for p in parts] == [[0, 2], [1]]
+    assert _cli("trace", "merge", tmp_path / "all", out / "rank-0", out / "rank-1") == 0
+    merged = Trace.open(tmp_path / "all")
+    assert sorted(merged.samples.column("dataset_index").to_pylist()) == [0, 1, 2]
+    assert check_trace(tmp_path / "all")["ok"]
