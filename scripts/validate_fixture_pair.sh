@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The project's own validation study on its fixture pair (ARCHITECTURE section 6):
+# record the sample trace (oracle, probes, AR check) and a latency profile of the same
+# setup, record the two extra live traces, then promote a matrix of policies on the same
+# and on held-out prompts, appending predicted and measured to a ledger, and write the
+# report. Every step is a specreplay command; each one's output lands under OUT.
+#
+#   scripts/validate_fixture_pair.sh OUT [TARGET DRAFT]
+#
+# Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (OUT/ledger.csv).
+set -euo pipefail
+OUT=${1:?usage: scripts/validate_fixture_pair.sh OUT [TARGET DRAFT]}
+TARGET=${2:-models/fixtures/target}
+DRAFT=${3:-models/fixtures/draft}
+SAMPLES=${SAMPLES:-24}
+TOKENS=${TOKENS:-128}
+LEDGER=${LEDGER:-$OUT/ledger.csv}
+SR="python3 -m specreplay"
+SAMPLE=$OUT/humaneval-fixed16
+mkdir -p "$OUT"
+step() { echo "=== $(date -u +%T) $*"; }
+
+step "record the sample trace"
+$SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy 'fixed(b=16)' \
+    --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
+    --probes recycle,refine --probe-block-sizes 16 --check-ar --out "$SAMPLE" --quiet
+step "profile the same setup"
+$SR profile --target "$TARGET" --draft "$DRAFT" --out "$SAMPLE" \
+    --q 1,2,4,8,16,32,64 --context 128,256,512,1024 --batch 1,2,4,8 --block-sizes 4,8,12,16
+$SR trace compact "$SAMPLE"
+$SR trace check "$SAMPLE"
+
+step "the extra live traces"
+for spec in 'ewma(candidates=8|12|16)' 'fixed(b=16)+tree(topk=2, depth=4)'; do
+    name=$(echo "$spec" | tr -c 'A-Za-z0-9' '-' | tr -s '-' | sed 's/-$//')
+    $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy "$spec" \
+        --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
+        --out "$OUT/humaneval-$name" --quiet
+    $SR trace compact "$OUT/humaneval-$name"
+done
+
+POLICIES=(ar 'fixed(b=4)' 'fixed(b=8)' 'fixed(b=12)' 'fixed(b=16)' 'ewma(candidates=8|12|16)'
+          'breakeven(candidates=8|12|16)' 'fixed(b=16)+gate(min_prob=0.2)'
+          'fixed(b=16)+tree(topk=2, depth=4)' 'fixed(b=16)+candidates(mode=branch_beam, verify=tree)'
+          'fixed(b=16)+recycle(mode=sparse)' 'fixed(b=16)+refine(steps=2)')
+ARGS=()
+for p in "${POLICIES[@]}"; do ARGS+=(--policy "$p"); done
+[ -f "$LEDGER" ] || head -1 reports/ledger.csv > "$LEDGER"
+for prompts in same heldout; do
+    step "promote on $prompts prompts"
+    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$OUT/promoted" "${ARGS[@]}"
+done
+
+step "report"
+$SR report "$SAMPLE" --ledger "$LEDGER" --out "$OUT/report"
