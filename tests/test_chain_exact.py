@@ -60,6 +60,11 @@ def test_replaying_the_recorded_policy_reproduces_its_cycles(pair, tmp_path, spe
     for col in ("sample", "start", "block_size", "accepted"):
         assert np.array_equal(np.asarray(got[col]), live.column(col).to_numpy()), col
     assert pred.recorded_cycles == live.num_rows  # every cycle timed by its recorded seconds
+    from traces.check import check_trace
+    report = check_trace(tmp_path / "t")
+    assert report["ok"], report["problems"]
+    if report["oracle_live_compared"]:  # every plain greedy cycle: oracle == live draft
+        assert report["oracle_live_agreement"] == 1.0
     if "recycle" in spec:
         seeded = np.asarray(live.column("n_seeds").to_numpy()) > 0
         # the case that matters: seeded cycles that follow seeded cycles

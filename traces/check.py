@@ -160,6 +160,36 @@ def oracle_coverage(trace: Trace, outputs: _Outputs) -> dict[int, float]:
     return cover
 
 
+def oracle_live_agreement(trace: Trace) -> tuple[int, int]:
+    """(agreeing, compared): live cycles with a plain greedy draft whose top-1 proposals
+    equal the oracle's at the same (sample, start, block size). On a CPU in float32 every
+    cycle agrees; on a GPU, kernels of other shapes can flip near-tied proposals, and
+    this is how often replay reads a proposal the live run did not see."""
+    if float((trace.run.get("sampling") or {}).get("temperature") or 0.0) > 0:
+        return 0, 0
+    cyc = trace.cycles
+    b = cyc.column("block_size").to_numpy().astype(np.int64)
+    probe = np.asarray(cyc.column("probe").to_pylist(), dtype=object)
+    sample = cyc.column("sample").to_numpy().astype(np.int64)
+    start = cyc.column("start").to_numpy().astype(np.int64)
+    drafted = cyc.column("drafted").to_pylist()
+    agree = compared = 0
+    for (size, key), g in trace.oracle_arrays().items():
+        if key:
+            continue
+        rows = np.flatnonzero((b == size) & (probe == ""))
+        if not len(rows):
+            continue
+        where = {(int(s), int(p)): i for i, (s, p) in enumerate(zip(g.sample, g.start))}
+        for r in rows:
+            i = where.get((int(sample[r]), int(start[r])))
+            if i is None:
+                continue
+            compared += 1
+            agree += list(g.draft_ids[i, :, 0]) == list(drafted[r])
+    return agree, compared
+
+
 def summarize(trace: Trace, outputs: _Outputs) -> dict[str, Any]:
     """The numbers `trace check` prints."""
     run = trace.run
@@ -200,6 +230,9 @@ def summarize(trace: Trace, outputs: _Outputs) -> dict[str, Any]:
         out["oracle_block_sizes"] = sorted(cover)
         out["oracle_coverage"] = {str(b): f for b, f in sorted(cover.items())}
         out["probes"] = sorted(set(trace.oracle.column("probe").to_pylist()) - {""})
+        agree, compared = oracle_live_agreement(trace)
+        out["oracle_live_agreement"] = round(agree / compared, 6) if compared else None
+        out["oracle_live_compared"] = compared
     return out
 
 
@@ -252,6 +285,9 @@ def format_report(r: dict[str, Any]) -> str:
         + (f", live {r['live_tokens_per_s']:.1f} tokens/s" if r["live_tokens_per_s"] else ""),
         f"oracle    block sizes {cover}" + (f", top-{r['oracle_top_k']}" if r["oracle_top_k"] else ""),
         f"probes    {', '.join(r['probes']) or 'none'}",
+        *([f"agreement oracle top-1 = live draft at {100 * r['oracle_live_agreement']:.2f}% of "
+           f"{r['oracle_live_compared']} plain greedy cycles"]
+          if r.get("oracle_live_agreement") is not None else []),
         f"size      {r['bytes'] / 1e6:.2f} MB, {r['bytes_per_cycle']:.0f} bytes per cycle",
         f"AR check  {r['divergences']} divergences in {r['divergence_checked_samples']} checked samples",
         f"profile   {'yes' if r['has_profile'] else 'none'}",
