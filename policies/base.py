@@ -161,6 +161,18 @@ class Policy:
     def __init__(self, **kwargs: Any) -> None:
         self.kw = {**self.params, **kwargs}
 
+    # -- knob checks for constructors (a ValueError becomes the parser's one sentence)
+    def require_at_least(self, minimum: int | float, *names: str) -> None:
+        for name in names:
+            if self.kw[name] < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {self.kw[name]}")
+
+    def require_fraction(self, *names: str) -> None:
+        """Each knob lies in (0, 1] (EWMA weights)."""
+        for name in names:
+            if not 0.0 < self.kw[name] <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {self.kw[name]}")
+
     # -- identity
     def spec(self) -> str:
         """Canonical spec string: every knob, defaults included, in declaration order."""

@@ -42,13 +42,8 @@ class Breakeven(Policy):
         super().__init__(**kw)
         k = self.kw
         k["candidates"] = block_candidates(k["candidates"])
-        if not 0.0 < k["alpha"] <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {k['alpha']}")
-        for knob in ("warmup", "probe"):
-            if k[knob] < 0:
-                raise ValueError(f"{knob} must be >= 0, got {k[knob]}")
-        if k["hysteresis"] < 0:
-            raise ValueError(f"hysteresis must be >= 0, got {k['hysteresis']}")
+        self.require_fraction("alpha")
+        self.require_at_least(0, "warmup", "probe", "hysteresis")
         self.reset(0)
 
     def reset(self, sample: int) -> None:

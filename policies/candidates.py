@@ -197,13 +197,9 @@ class Candidates(Policy):
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {k['mode']!r}")
         if k["verify"] not in ("batch", "tree"):
             raise ValueError(f"verify must be batch or tree, got {k['verify']!r}")
-        for knob in ("topk", "max"):
-            if k[knob] < 1:
-                raise ValueError(f"{knob} must be >= 1, got {k[knob]}")
-        for knob in ("depth", "prefix", "sparse_positions", "adaptive_warmup",
-                     "adaptive_probe"):
-            if k[knob] < 0:
-                raise ValueError(f"{knob} must be >= 0, got {k[knob]}")
+        self.require_at_least(1, "topk", "max")
+        self.require_at_least(0, "depth", "prefix", "sparse_positions", "adaptive_warmup",
+                              "adaptive_probe")
         if k["temperature"] <= 0:
             raise ValueError(f"temperature must be > 0, got {k['temperature']}")
         if len(k["budgets"]) != 3 or min(k["budgets"]) < 1:

@@ -93,16 +93,9 @@ class Ewma(Policy):
         super().__init__(**kw)
         k = self.kw
         k["candidates"] = block_candidates(k["candidates"])
-        if not 0.0 < k["alpha"] <= 1.0:
-            raise ValueError(f"alpha must be in (0, 1], got {k['alpha']}")
-        if not 0.0 < k["rho"] <= 1.0:
-            raise ValueError(f"rho must be in (0, 1], got {k['rho']}")
-        for knob in ("warmup", "probe", "cooldown", "neighborhood", "k_min", "k_max"):
-            if k[knob] < 0:
-                raise ValueError(f"{knob} must be >= 0, got {k[knob]}")
-        for knob in ("streak", "low_streak"):
-            if k[knob] < 1:
-                raise ValueError(f"{knob} must be >= 1, got {k[knob]}")
+        self.require_fraction("alpha", "rho")
+        self.require_at_least(0, "warmup", "probe", "cooldown", "neighborhood", "k_min", "k_max")
+        self.require_at_least(1, "streak", "low_streak")
         if k["mode"] not in ("ewma", "adl"):
             raise ValueError(f"mode must be ewma or adl, got {k['mode']!r}")
         lo, hi = self._k_bounds()

@@ -68,10 +68,8 @@ class Gate(Policy):
             raise ValueError(f"metric must be nlogp or entropy, got {k['metric']!r}")
         if not 0.0 <= k["min_prob"] <= 1.0:
             raise ValueError(f"min_prob must be in [0, 1], got {k['min_prob']}")
-        if k["budget"] < 0:
-            raise ValueError(f"budget must be >= 0, got {k['budget']}")
-        if k["min_verify"] < 1:
-            raise ValueError(f"min_verify must be >= 1, got {k['min_verify']}")
+        self.require_at_least(0, "budget")
+        self.require_at_least(1, "min_verify")
         self.last_verify = 0
 
     def reset(self, sample: int) -> None:

@@ -25,8 +25,7 @@ class Refine(Policy):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
-        if self.kw["steps"] < 1:
-            raise ValueError(f"steps must be >= 1, got {self.kw['steps']}")
+        self.require_at_least(1, "steps")
         if not 0.0 <= self.kw["only_below"] <= 1.0:
             raise ValueError(f"only_below must be in [0, 1], got {self.kw['only_below']}")
 

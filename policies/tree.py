@@ -71,10 +71,8 @@ class Tree(Policy):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         k = self.kw
-        if k["topk"] < 1:
-            raise ValueError(f"topk must be >= 1, got {k['topk']}")
-        if k["depth"] < 0:
-            raise ValueError(f"depth must be >= 0, got {k['depth']}")
+        self.require_at_least(1, "topk")
+        self.require_at_least(0, "depth")
         self.explicit: tuple[Path, ...] = ()
         if k["paths"]:
             self.explicit = parse_rank_paths(k["paths"])
