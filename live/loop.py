@@ -75,7 +75,7 @@ class SampleResult:
     prefill_s: float
     decode_s: float
     cycles: list[dict]
-    cycle_logits: list[dict]
+    cycle_logits: object  # the sample's cycle_logits as an Arrow table ([] with recording off)
     views: list[DraftView] = field(default_factory=list)
 
     def sample_row(self, dataset_index: int, ar_divergence: int | None = None) -> dict:
@@ -105,7 +105,8 @@ class DecodeState:
     prev_outcome: CycleOutcome | None = None
     seed_view: DraftView | None = None  # the unseeded proposal of this cycle (recycling's source)
     cycles: list[dict] = field(default_factory=list)
-    cycle_logits: list[dict] = field(default_factory=list)
+    cycle_logits: object = field(default_factory=list)  # rows, or the sample's Arrow table
+    pending_logits: list[tuple] = field(default_factory=list)  # top-k tensors awaiting rows
     views: list[DraftView] = field(default_factory=list)
 
     @property
@@ -224,6 +225,7 @@ class Decoder:
 
     def finish(self, state: DecodeState) -> SampleResult:
         decode_s = wall_sync(self.device) - state.t0
+        self._flush_logits(state)
         return SampleResult(state.sample, state.prompt_ids, list(state.output), state.stop_reason,
                             state.prefill_s, decode_s, state.cycles, state.cycle_logits, state.views)
 
@@ -314,8 +316,10 @@ class Decoder:
         return top1
 
     def _logit_rows(self, state, ver: Verified, acc: Acceptance, b: int, draft_logits) -> None:
-        """cycle_logits rows along the chosen path: the draft's top-k at offsets 1..b-1 and
-        the target's top-k after the anchor and each verified token of that path."""
+        """Keep this cycle's top-k along the chosen path, as device tensors: the draft's at
+        offsets 1..b-1 and the target's after the anchor and each verified token. They
+        become cycle_logits rows once the sample ends (``_flush_logits``), so a cycle pays
+        for a few small kernels and no host transfer."""
         k = self.cfg.top_k_logits
         if ver.mode == "batch":
             n = len(ver.paths[acc.path]) + 1
@@ -323,19 +327,62 @@ class Decoder:
         else:
             rows = [0] + [j + 1 for j in ver.path_nodes(acc.path)]
             t_logits = ver.node_logits[rows]
-        t_ids, t_vals, t_lse = _topk_raw(t_logits, k)
-        d_ids = d_vals = d_lse = None
-        if draft_logits is not None:
-            d_ids, d_vals, d_lse = _topk_raw(draft_logits, k)
-        for off in range(b):
-            row = {"sample": state.sample, "cycle": state.cycle, "offset": off,
-                   "draft_ids": None, "draft_logits": None, "draft_lse": None,
-                   "target_ids": None, "target_logits": None, "target_lse": None}
-            if off >= 1 and d_ids is not None:
-                row.update(draft_ids=d_ids[off - 1], draft_logits=d_vals[off - 1], draft_lse=d_lse[off - 1])
-            if off < len(t_ids):
-                row.update(target_ids=t_ids[off], target_logits=t_vals[off], target_lse=t_lse[off])
-            state.cycle_logits.append(row)
+        target = _topk_raw(t_logits, k)
+        draft = _topk_raw(draft_logits, k) if draft_logits is not None else None
+        state.pending_logits.append((state.cycle, b, target, draft))
+
+    def _flush_logits(self, state) -> None:
+        """Turn the kept top-k of every cycle into the sample's cycle_logits table: one
+        host transfer per tensor kind and columnar assembly, no per-row Python."""
+        if not state.pending_logits:
+            return
+        import pyarrow as pa
+
+        from traces.schema import SCHEMAS
+        cycle, offset, t_idx, d_idx = [], [], [], []
+        t_parts, d_parts, n_t = [], [], 0
+        n_d = 0
+        for c, b, target, draft in state.pending_logits:
+            n_path = int(target[0].shape[0])
+            n_draft = int(draft[0].shape[0]) if draft is not None else 0
+            for off in range(b):
+                cycle.append(c)
+                offset.append(off)
+                t_idx.append(n_t + off if off < n_path else -1)
+                d_idx.append(n_d + off - 1 if 1 <= off <= n_draft else -1)
+            t_parts.append(target)
+            n_t += n_path
+            if draft is not None:
+                d_parts.append(draft)
+                n_d += n_draft
+        t_idx, d_idx = np.asarray(t_idx), np.asarray(d_idx)
+
+        def columns(parts, idx):
+            """(ids, logits, lse) Arrow columns for the rows ``idx`` points at (-1: null)."""
+            valid = idx >= 0
+            if not parts:
+                null = pa.nulls(len(idx))
+                return null.cast(pa.list_(pa.int32())), null.cast(pa.list_(pa.float32())), null.cast(pa.float32())
+            ids, vals, lse = (torch.cat([p[j] for p in parts]).cpu().numpy() for j in range(3))
+            width = ids.shape[1]
+            offsets = pa.array(np.concatenate([[0], np.cumsum(np.where(valid, width, 0))]).astype(np.int32))
+            mask = pa.array(~valid)
+            pick = idx[valid]
+            out = [pa.ListArray.from_arrays(offsets, pa.array(ids[pick].astype(np.int32).ravel()), mask=mask),
+                   pa.ListArray.from_arrays(offsets, pa.array(vals[pick].astype(np.float32).ravel()), mask=mask)]
+            lse_col = np.zeros(len(idx), np.float32)
+            lse_col[valid] = lse[pick]
+            return out[0], out[1], pa.array(lse_col, mask=~valid)
+
+        t_ids, t_vals, t_lse = columns(t_parts, t_idx)
+        d_ids, d_vals, d_lse = columns(d_parts, d_idx)
+        n = len(cycle)
+        table = pa.Table.from_arrays(
+            [pa.array(np.full(n, state.sample, np.int32)), pa.array(np.asarray(cycle, np.int32)),
+             pa.array(np.asarray(offset, np.int16)), d_ids, d_vals, d_lse, t_ids, t_vals, t_lse],
+            schema=SCHEMAS["cycle_logits"])
+        state.cycle_logits = table
+        state.pending_logits.clear()
 
     def _pick(self, logits: torch.Tensor, gen) -> int:
         if self.cfg.temperature <= 0:
@@ -351,12 +398,11 @@ class Decoder:
 
 
 def _topk_raw(logits: torch.Tensor, k: int):
-    """Top-k raw logits per row with each row's log-sum-exp, as Python lists."""
+    """Top-k raw logits per row with each row's log-sum-exp (tensors, left on the device)."""
     logits = logits.float()
     k = min(k, logits.shape[-1])
     vals, ids = torch.topk(logits, k, dim=-1)
-    lse = torch.logsumexp(logits, dim=-1)
-    return ids.tolist(), vals.tolist(), lse.tolist()
+    return ids, vals, torch.logsumexp(logits, dim=-1)
 
 
 def _target_cache(target):

@@ -147,3 +147,29 @@ def test_sharded_recording_merges_into_one_trace(model_dirs, tmp_path, monkeypat
     merged = Trace.open(tmp_path / "all")
     assert sorted(merged.samples.column("dataset_index").to_pylist()) == [0, 1, 2]
     assert check_trace(tmp_path / "all")["ok"]
+
+
+def test_cycle_logits_agree_with_the_cycles_they_describe(tmp_path):
+    """Greedy: along the chosen path the target's top-1 at offset o is the token committed
+    at S[start+o+1], the draft's top-1 at offset o >= 1 is the drafted token, and every
+    kept logit lies below its row's log-sum-exp."""
+    import numpy as np
+    target, draft = tiny_pair()
+    Recorder(target, draft, _settings(tmp_path / "t", policy="fixed(b=6)+tree(topk=2, depth=2)",
+                                      check_ar=False), _info()).record(PROMPT_SET, progress=False)
+    out = {r["sample"]: r["output_ids"] for r in _table(tmp_path / "t", "samples", ["sample", "output_ids"])}
+    cycles = {(r["sample"], r["cycle"]): r for r in
+              _table(tmp_path / "t", "cycles", ["sample", "cycle", "start", "tau", "block_size", "drafted"])}
+    rows = _table(tmp_path / "t", "cycle_logits", None)
+    assert len(rows) == sum(c["block_size"] for c in cycles.values())
+    for r in rows:
+        c = cycles[(r["sample"], r["cycle"])]
+        o = r["offset"]
+        if o < c["tau"]:
+            assert r["target_ids"][0] == out[r["sample"]][c["start"] + o + 1]
+            assert max(r["target_logits"]) <= r["target_lse"] + 1e-5
+        if o >= 1:
+            assert r["draft_ids"][0] == c["drafted"][o - 1]
+            assert np.all(np.diff(r["draft_logits"]) <= 0) and max(r["draft_logits"]) <= r["draft_lse"] + 1e-5
+        else:
+            assert r["draft_ids"] is None
