@@ -3,21 +3,21 @@
 # record the sample trace (oracle, probes, AR check) and a latency profile of the same
 # setup, record the two extra live traces, then promote a matrix of policies on the same
 # and on held-out prompts, appending predicted and measured to a ledger, and write the
-# report. Every step is a specreplay command; each one's output lands under OUT.
+# report. Every step is a specreplay command; each one's output lands under DIR.
 #
-#   scripts/validate_fixture_pair.sh OUT [TARGET DRAFT]
+#   scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]
 #
-# Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (OUT/ledger.csv).
+# Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (DIR/ledger.csv).
 set -euo pipefail
-OUT=${1:?usage: scripts/validate_fixture_pair.sh OUT [TARGET DRAFT]}
+DIR=${1:?usage: scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]}
 TARGET=${2:-models/fixtures/target}
 DRAFT=${3:-models/fixtures/draft}
 SAMPLES=${SAMPLES:-24}
 TOKENS=${TOKENS:-128}
-LEDGER=${LEDGER:-$OUT/ledger.csv}
+LEDGER=${LEDGER:-$DIR/ledger.csv}
 SR="python3 -m specreplay"
-SAMPLE=$OUT/humaneval-fixed16
-mkdir -p "$OUT"
+SAMPLE=$DIR/humaneval-fixed16
+mkdir -p "$DIR"
 step() { echo "=== $(date -u +%T) $*"; }
 
 step "record the sample trace"
@@ -35,8 +35,8 @@ for spec in 'ewma(candidates=8|12|16)' 'fixed(b=16)+tree(topk=2, depth=4)'; do
     name=$(echo "$spec" | tr -c 'A-Za-z0-9' '-' | tr -s '-' | sed 's/-$//')
     $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy "$spec" \
         --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-        --out "$OUT/humaneval-$name" --quiet
-    $SR trace compact "$OUT/humaneval-$name"
+        --out "$DIR/humaneval-$name" --quiet
+    $SR trace compact "$DIR/humaneval-$name"
 done
 
 POLICIES=(ar 'fixed(b=4)' 'fixed(b=8)' 'fixed(b=12)' 'fixed(b=16)' 'ewma(candidates=8|12|16)'
@@ -48,8 +48,8 @@ for p in "${POLICIES[@]}"; do ARGS+=(--policy "$p"); done
 [ -f "$LEDGER" ] || head -1 reports/ledger.csv > "$LEDGER"
 for prompts in same heldout; do
     step "promote on $prompts prompts"
-    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$OUT/promoted" "${ARGS[@]}"
+    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/promoted" "${ARGS[@]}"
 done
 
 step "report"
-$SR report "$SAMPLE" --ledger "$LEDGER" --out "$OUT/report"
+$SR report "$SAMPLE" --ledger "$LEDGER" --out "$DIR/report"
