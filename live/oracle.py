@@ -1,4 +1,4 @@
-"""The oracle pass (ARCHITECTURE.md section 3): for every output position p of a
+"""The oracle pass: for every output position p of a
 recorded sample and every block size b, what the draft would propose if a cycle started
 at p, without running the decode loop again.
 

@@ -1,4 +1,4 @@
-"""The break-even scheduler (backlog idea 6): move between ADJACENT block sizes when the
+"""The break-even scheduler: move between ADJACENT block sizes when the
 measured cycle times say the neighbour pays for itself."""
 from __future__ import annotations
 

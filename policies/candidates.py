@@ -1,5 +1,5 @@
 """Candidate blocks: several whole blocks built from ONE draft pass, verified as a batch
-or as a packed tree (backlog ideas 7, 8 and 10; seed script
+or as a packed tree (as in the research script
 ``benchmark_candidate_solutions.py``).
 
 Every generator reads only the draft's kept top-k log-probabilities, so the candidates

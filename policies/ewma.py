@@ -1,5 +1,5 @@
 """The EWMA throughput scheduler: choose the block size whose measured tokens per
-second, tau_hat(b) / cycle_hat(b), is best (backlog idea 1), with the seed script's
+second, tau_hat(b) / cycle_hat(b), is best, with the seed script's
 warmup, probes, switch margin, streak, cooldown, low-accept fallback and ADL mode."""
 from __future__ import annotations
 

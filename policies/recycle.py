@@ -1,4 +1,4 @@
-"""Suffix recycling (backlog idea 4): the previous cycle's rejected draft tokens, seeded
+"""Suffix recycling: the previous cycle's rejected draft tokens, seeded
 into the next block as hints, at the offsets they belong to."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Selective refinement (backlog idea 5): extra draft passes over the same block that
+"""Selective refinement: extra draft passes over the same block that
 redraft only the offsets the draft was unsure of."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tree verification over draft ranks: several continuations verified in one target
-pass, packed as a trie with an ancestor-only mask (backlog ideas 8 and 9)."""
+pass, packed as a trie with an ancestor-only mask."""
 from __future__ import annotations
 
 import itertools

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's own validation study on its fixture pair (ARCHITECTURE section 6):
+# The project's own validation study on its fixture pair (predicted against measured):
 # record the sample trace (oracle, probes, AR check) and a latency profile of the same
 # setup, record the two extra live traces, then promote a matrix of policies on the same
 # and on held-out prompts, appending predicted and measured to a ledger, and write the
