@@ -7,7 +7,8 @@
 #
 #   scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]
 #
-# Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (DIR/ledger.csv).
+# Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (DIR/ledger.csv),
+# PROBES (recycle,refine), DTYPE (the checkpoint's; float32 makes CPU runs exact), DEVICE.
 set -euo pipefail
 DIR=${1:?usage: scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]}
 TARGET=${2:-models/fixtures/target}
@@ -15,6 +16,8 @@ DRAFT=${3:-models/fixtures/draft}
 SAMPLES=${SAMPLES:-24}
 TOKENS=${TOKENS:-128}
 LEDGER=${LEDGER:-$DIR/ledger.csv}
+PROBES=${PROBES:-recycle,refine}
+MODEL_ARGS=(--dtype "${DTYPE:-auto}" ${DEVICE:+--device "$DEVICE"})
 SR="python3 -m specreplay"
 SAMPLE=$DIR/humaneval-fixed16
 mkdir -p "$DIR"
@@ -23,9 +26,9 @@ step() { echo "=== $(date -u +%T) $*"; }
 step "record the sample trace"
 $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy 'fixed(b=16)' \
     --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-    --probes recycle,refine --probe-block-sizes 16 --check-ar --out "$SAMPLE" --quiet
+    --probes "$PROBES" --probe-block-sizes 16 --check-ar --out "$SAMPLE" --quiet "${MODEL_ARGS[@]}"
 step "profile the same setup"
-$SR profile --target "$TARGET" --draft "$DRAFT" --out "$SAMPLE" \
+$SR profile --target "$TARGET" --draft "$DRAFT" --out "$SAMPLE" "${MODEL_ARGS[@]}" \
     --q 1,2,4,8,16,32,64 --context 128,256,512,1024 --batch 1,2,4,8 --block-sizes 4,8,12,16
 $SR trace compact "$SAMPLE"
 $SR trace check "$SAMPLE"
@@ -35,7 +38,7 @@ for spec in 'ewma(candidates=8|12|16)' 'fixed(b=16)+tree(topk=2, depth=4)'; do
     name=$(echo "$spec" | tr -c 'A-Za-z0-9' '-' | tr -s '-' | sed 's/-$//')
     $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy "$spec" \
         --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-        --out "$DIR/humaneval-$name" --quiet
+        --out "$DIR/humaneval-$name" --quiet "${MODEL_ARGS[@]}"
     $SR trace compact "$DIR/humaneval-$name"
 done
 
