@@ -38,7 +38,7 @@ for spec in 'ewma(candidates=8|12|16)' 'fixed(b=16)+tree(topk=2, depth=4)'; do
     name=$(echo "$spec" | tr -c 'A-Za-z0-9' '-' | tr -s '-' | sed 's/-$//')
     $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy "$spec" \
         --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-        --out "$DIR/humaneval-$name" --quiet "${MODEL_ARGS[@]}"
+        --no-logits --out "$DIR/humaneval-$name" --quiet "${MODEL_ARGS[@]}"
     $SR trace compact "$DIR/humaneval-$name"
 done
 
