@@ -8,7 +8,9 @@
 #   scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]
 #
 # Knobs (environment): SAMPLES (24 prompts), TOKENS (128 new tokens), LEDGER (DIR/ledger.csv),
-# PROBES (recycle,refine), DTYPE (the checkpoint's; float32 makes CPU runs exact), DEVICE.
+# PROBES (recycle,refine), DTYPE (the checkpoint's; float32 makes CPU runs exact), DEVICE,
+# REPORT (DIR/report). Layout: DIR/humaneval-fixed16 (the sample trace with its profile),
+# DIR/validation/ (the extra live traces and the promoted runs the ledger points to).
 set -euo pipefail
 DIR=${1:?usage: scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]}
 TARGET=${2:-models/fixtures/target}
@@ -38,8 +40,8 @@ for spec in 'ewma(candidates=8|12|16)' 'fixed(b=16)+tree(topk=2, depth=4)'; do
     name=$(echo "$spec" | tr -c 'A-Za-z0-9' '-' | tr -s '-' | sed 's/-$//')
     $SR record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy "$spec" \
         --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-        --no-logits --out "$DIR/humaneval-$name" --quiet "${MODEL_ARGS[@]}"
-    $SR trace compact "$DIR/humaneval-$name"
+        --no-logits --out "$DIR/validation/humaneval-$name" --quiet "${MODEL_ARGS[@]}"
+    $SR trace compact "$DIR/validation/humaneval-$name"
 done
 
 POLICIES=(ar 'fixed(b=4)' 'fixed(b=8)' 'fixed(b=12)' 'fixed(b=16)' 'ewma(candidates=8|12|16)'
@@ -51,8 +53,8 @@ for p in "${POLICIES[@]}"; do ARGS+=(--policy "$p"); done
 [ -f "$LEDGER" ] || head -1 reports/ledger.csv > "$LEDGER"
 for prompts in same heldout; do
     step "promote on $prompts prompts"
-    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/promoted" "${ARGS[@]}"
+    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/validation/promoted" "${ARGS[@]}"
 done
 
 step "report"
-$SR report "$SAMPLE" --ledger "$LEDGER" --out "$DIR/report"
+$SR report "$SAMPLE" --ledger "$LEDGER" --out "${REPORT:-$DIR/report}"
