@@ -56,5 +56,7 @@ for prompts in same heldout; do
     $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/validation/promoted" "${ARGS[@]}"
 done
 
+for d in "$DIR"/validation/promoted/*/; do $SR trace compact "$d" > /dev/null; done
+
 step "report"
 $SR report "$SAMPLE" --ledger "$LEDGER" --out "${REPORT:-$DIR/report}"
