@@ -94,6 +94,7 @@ def _promote(args: argparse.Namespace) -> int:
                      setup=describe_setup(target, device), dataset=dataset)
     ledger = Path(args.ledger) if args.ledger else SHIPPED_LEDGER
     out_root = Path(args.out)
+    runs = []
     for pred in preds:
         out = out_root / f"{_slug(pred.policy)}-{args.prompts}"
         settings = RecordSettings(
@@ -104,7 +105,16 @@ def _promote(args: argparse.Namespace) -> int:
             oracle_top_k=int((run.get("oracle") or {}).get("top_k") or 4),
             oracle=False, record_logits=False, resume=args.resume,
             stop_token_ids=tuple(sampling.get("stop_token_ids") or ()))
-        Recorder(target, draft, settings, info).record(prompts, progress=sys.stderr.isatty())
+        runs.append((pred, out, Recorder(target, draft, settings, info)))
+    if args.warmup and prompts:
+        # one untimed decode per policy first: kernel selection, allocator growth and
+        # lazy initialisation then land on no measured cycle, in particular not all on
+        # the first policy's first prompt
+        for _, _, rec in runs:
+            rec.decoder.run(0, list(prompts[0].ids))
+    progress = sys.stderr.isatty()
+
+    def conclude(pred, out) -> None:
         m = measured(out)
         row = {
             "policy": pred.policy, "prompts": args.prompts,
@@ -114,12 +124,30 @@ def _promote(args: argparse.Namespace) -> int:
             "trace": str(args.trace), "profile": str(profile or "live cycles of the trace"),
             "setup": _setup_text(run), "measured_trace": str(out),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "note": pred.fidelity if pred.fidelity != "exact" else "",
+            "note": "; ".join(n for n in (pred.fidelity if pred.fidelity != "exact" else "",
+                                          f"order={args.order}" if len(runs) > 1 else "") if n),
         }
         append_ledger_row(ledger, row)
         print(f"{pred.policy} [{args.prompts}]: predicted {pred.tokens_per_s:.1f} tok/s tau "
               f"{pred.tau_mean:.3f}; measured {m['tokens_per_s']:.1f} tok/s tau {m['tau_mean']:.3f} "
-              f"-> {ledger}")
+              f"-> {ledger}", flush=True)
+
+    if args.order == "sequential":
+        for pred, out, rec in runs:
+            rec.record(prompts, progress=progress)
+            conclude(pred, out)
+        return 0
+    # Interleaved: prompt by prompt, every policy in turn (the first one rotating), so
+    # that slow phases of the machine (host load, clock changes) fall on all policies
+    # alike instead of on whichever policy happened to run then.
+    sessions = [rec.open(len(prompts)) for _, _, rec in runs]
+    for i, prompt in enumerate(prompts):
+        for j in range(len(runs)):
+            k = (i + j) % len(runs)
+            sessions[k].add(i, prompt, progress)
+    for (pred, out, _), session in zip(runs, sessions):
+        session.finish()
+        conclude(pred, out)
     return 0
 
 
@@ -153,4 +181,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attn", help="attention implementation")
     p.add_argument("--device", help="cuda, cuda:N or cpu")
     p.add_argument("--resume", action="store_true", help="continue interrupted live runs")
+    p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                   help="interleaved (default): each prompt is decoded by every policy in turn, "
+                        "so drifts of the machine's speed hit all policies alike; sequential: "
+                        "one policy after another, each appended to the ledger when it finishes")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the untimed decode of the first prompt by each policy")
     p.set_defaults(func=_promote)

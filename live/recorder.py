@@ -112,38 +112,40 @@ class Recorder:
         ``out_dir`` (default settings.out); samples already on disk are skipped when
         resuming. Returns a summary {samples, recorded, skipped, tokens, tau_mean,
         divergent}."""
+        session = self.open(len(prompts), out_dir)
+        for sample, prompt in enumerate(prompts):
+            session.add(sample, prompt, progress, after_sample)
+        return session.finish()
+
+    def open(self, n_prompts: int, out_dir: Path | None = None) -> "RecordingSession":
+        """A recording into ``out_dir`` that takes one prompt at a time (``add``), so that
+        several recorders can take turns on the same prompts (promote interleaves them)."""
         from traces.writer import TraceWriter
         out = Path(out_dir or self.settings.out)
         writer = TraceWriter(out, run_meta(self.settings, self.info, self.policy),
                              resume=self.settings.resume)
-        done = writer.done_samples()
-        summary = {"samples": len(prompts), "recorded": 0, "skipped": 0, "tokens": 0,
-                   "cycles": 0, "tau_sum": 0, "divergent": 0, "block_sizes": set()}
-        for sample, prompt in enumerate(prompts):
-            if sample in done:
-                summary["skipped"] += 1
-                continue
-            result = self.decoder.run(sample, list(prompt.ids), self._bar(sample, progress))
-            ar_div = None
-            if self.ar is not None:
-                ar_div = first_divergence(result.output_ids, self.ar.run(sample, list(prompt.ids)).output_ids)
-                summary["divergent"] += ar_div >= 0
-            oracle_rows = target_rows = None
-            if self.oracle is not None:
-                oracle_rows, target_rows = self.oracle.rows(sample, result.prompt_ids, result.output_ids)
-            writer.add_sample(result.sample_row(prompt.dataset_index, ar_div), result.cycles,
-                              result.cycle_logits, oracle_rows, target_rows)
-            summary["recorded"] += 1
-            summary["tokens"] += len(result.output_ids)
-            summary["cycles"] += len(result.cycles)
-            summary["tau_sum"] += sum(c["tau"] for c in result.cycles)
-            summary["block_sizes"].update(c["block_size"] for c in result.cycles if c["block_size"] > 1)
-            if after_sample is not None:
-                after_sample(result)
-        writer.finish(complete=True)
-        summary["tau_mean"] = summary["tau_sum"] / summary["cycles"] if summary["cycles"] else 0.0
-        summary["block_sizes"] = sorted(summary["block_sizes"])
-        return summary
+        return RecordingSession(self, writer, n_prompts)
+
+    def record_one(self, writer, sample: int, prompt, summary: dict,
+                   progress: bool = False, after_sample: Callable[[SampleResult], None] | None = None) -> None:
+        """Decode one prompt (and its AR check and oracle pass when asked) into ``writer``."""
+        result = self.decoder.run(sample, list(prompt.ids), self._bar(sample, progress))
+        ar_div = None
+        if self.ar is not None:
+            ar_div = first_divergence(result.output_ids, self.ar.run(sample, list(prompt.ids)).output_ids)
+            summary["divergent"] += ar_div >= 0
+        oracle_rows = target_rows = None
+        if self.oracle is not None:
+            oracle_rows, target_rows = self.oracle.rows(sample, result.prompt_ids, result.output_ids)
+        writer.add_sample(result.sample_row(prompt.dataset_index, ar_div), result.cycles,
+                          result.cycle_logits, oracle_rows, target_rows)
+        summary["recorded"] += 1
+        summary["tokens"] += len(result.output_ids)
+        summary["cycles"] += len(result.cycles)
+        summary["tau_sum"] += sum(c["tau"] for c in result.cycles)
+        summary["block_sizes"].update(c["block_size"] for c in result.cycles if c["block_size"] > 1)
+        if after_sample is not None:
+            after_sample(result)
 
     def _bar(self, sample: int, enabled: bool):
         """A per-prompt tqdm bar showing tokens, tokens/s and the running mean tau."""
@@ -163,3 +165,28 @@ class Recorder:
             if state.stop_reason:
                 bar.close()
         return update
+
+
+class RecordingSession:
+    """One open recording (see ``Recorder.open``): ``add`` prompts in any order of
+    turns with other sessions, then ``finish``."""
+
+    def __init__(self, recorder: Recorder, writer, n_prompts: int):
+        self.recorder, self.writer = recorder, writer
+        self.done = writer.done_samples()
+        self.summary = {"samples": n_prompts, "recorded": 0, "skipped": 0, "tokens": 0,
+                        "cycles": 0, "tau_sum": 0, "divergent": 0, "block_sizes": set()}
+
+    def add(self, sample: int, prompt, progress: bool = False,
+            after_sample: Callable[[SampleResult], None] | None = None) -> None:
+        if sample in self.done:
+            self.summary["skipped"] += 1
+            return
+        self.recorder.record_one(self.writer, sample, prompt, self.summary, progress, after_sample)
+
+    def finish(self) -> dict:
+        self.writer.finish(complete=True)
+        summary = self.summary
+        summary["tau_mean"] = summary["tau_sum"] / summary["cycles"] if summary["cycles"] else 0.0
+        summary["block_sizes"] = sorted(summary["block_sizes"])
+        return summary

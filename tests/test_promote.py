@@ -61,3 +61,29 @@ def test_promote_heldout_prompts_and_refuses_unreplayable(recorded, tmp_path, ca
                 "--policy", "fixed(b=12)", "--device", "cpu") == 2
     assert "not replayable" in capsys.readouterr().err
     assert len(read_ledger(ledger)) == 1
+
+
+def test_interleaved_and_sequential_orders_decode_the_same(recorded, tmp_path):
+    """The order of turns changes only when each cycle ran, never what it decoded: both
+    orders give every policy the same outputs and cycles, and the ledger says which
+    order measured a row."""
+    from traces.reader import Trace
+    root, trace = recorded
+    specs = ["fixed(b=4)", "fixed(b=8)+tree(topk=2, depth=2)"]
+    outputs = {}
+    for order in ("interleaved", "sequential"):
+        ledger = tmp_path / f"ledger-{order}.csv"
+        ledger.write_text(SHIPPED_LEDGER.read_text().splitlines()[0] + "\n")
+        argv = ["promote", "--trace", trace, "--ledger", ledger, "--out", tmp_path / order,
+                "--device", "cpu", "--order", order]
+        for s in specs:
+            argv += ["--policy", s]
+        assert _cli(*argv) == 0
+        rows = read_ledger(ledger)
+        assert [r["policy"] for r in rows] == specs
+        assert all(f"order={order}" in r["note"] for r in rows)
+        outputs[order] = [
+            (Trace.open(r["measured_trace"]).samples.column("output_ids").to_pylist(),
+             Trace.open(r["measured_trace"]).cycles.column("accepted").to_pylist())
+            for r in rows]
+    assert outputs["interleaved"] == outputs["sequential"]
