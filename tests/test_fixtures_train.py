@@ -122,6 +122,35 @@ def test_model_card_renders_every_file_and_the_tau_table(run):
     assert log["replay_command"] in card
 
 
+def test_draft_only_run_keeps_the_target_files_and_the_card_says_so(run, tmp_path):
+    """``--target_from`` trains only a draft: the target folder it writes holds the very
+    files it loaded (same checksums), and the card, rendered from the folder, lists the
+    files there and names the earlier run that trained the target."""
+    from models.fixtures.model_card import main as card_main
+    from models.loading import file_hashes
+
+    out, first = run
+    second = tmp_path / "draft-only"
+    proc = subprocess.run([sys.executable, "-m", "models.fixtures.train", "--preset=tiny",
+                           f"--target_from={out / 'target'}", f"--out_dir={second}",
+                           "--eval_humaneval=False"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert file_hashes(second / "target") == file_hashes(out / "target")
+    log = json.loads((second / "train_log.json").read_text())
+    assert log["target"]["loaded_from"] == str(out / "target")
+    (second / "target_train_log.json").write_text(json.dumps(first))
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert card_main([str(second / "train_log.json")]) == 0
+    card = buf.getvalue()
+    assert "trained by an earlier run" in card and first["command"] in card
+    for name, digest in file_hashes(second / "draft").items():
+        assert f"| draft/{name} | {(second / 'draft' / name).stat().st_size:,} | `{digest}` |" in card
+
+
 def test_bad_knob_is_one_sentence_and_exit_2():
     proc = subprocess.run([sys.executable, "-m", "models.fixtures.train", "--block_sise=8"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
