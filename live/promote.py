@@ -66,7 +66,7 @@ def _promote(args: argparse.Namespace) -> int:
     run = trace.run
     profile = args.profile or (args.trace if (Path(args.trace) / "profile.parquet").exists() else None)
     preds = replay(trace, args.policy, profile=profile, other_setup=args.profile_from_other_setup,
-                   states=False)
+                   timing=args.timing, states=False)
     for p in preds:
         if not p.replayable:
             raise CLIError(f"cannot promote {p.policy}: {p.reason}")
@@ -125,7 +125,9 @@ def _promote(args: argparse.Namespace) -> int:
             "setup": _setup_text(run), "measured_trace": str(out),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "note": "; ".join(n for n in (pred.fidelity if pred.fidelity != "exact" else "",
-                                          f"order={args.order}" if len(runs) > 1 else "") if n),
+                                          f"order={args.order}" if len(runs) > 1 else "",
+                                          "timing=calibrated" if args.timing == "calibrated" else "")
+                               if n),
         }
         append_ledger_row(ledger, row)
         print(f"{pred.policy} [{args.prompts}]: predicted {pred.tokens_per_s:.1f} tok/s tau "
@@ -172,6 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="cost profile directory (default: the trace's own)")
     p.add_argument("--profile-from-other-setup", action="store_true",
                    help="allow a profile measured on another setup (labelled in the prediction)")
+    p.add_argument("--timing", choices=("model", "calibrated"), default="model",
+                   help="how the prediction costs time: model (the profile, default) or "
+                        "calibrated (the profile scaled to the trace's plain live cycles)")
     p.add_argument("--ledger", help="ledger CSV to append to (default: the shipped reports/ledger.csv)")
     p.add_argument("--out", default="runs/promoted", help="where the live traces go (default runs/promoted)")
     p.add_argument("--target", help="target model (default: run.json's)")

@@ -11,7 +11,8 @@
 # PROBES (recycle,refine), DTYPE (the checkpoint's; float32 makes CPU runs exact), DEVICE,
 # REPORT (DIR/report), STEPS (which steps run: "sample extra same heldout report", all by
 # default, so a study can be split across machine sessions), POLICIES (the promoted specs,
-# separated by ";", default the matrix below). Layout: DIR/humaneval-fixed16 (the sample trace with its profile),
+# separated by ";", default the matrix below), TIMING (promote's prediction timing: model or
+# calibrated). Layout: DIR/humaneval-fixed16 (the sample trace with its profile),
 # DIR/validation/ (the extra live traces and the promoted runs the ledger points to).
 set -euo pipefail
 DIR=${1:?usage: scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]}
@@ -64,7 +65,8 @@ for p in "${PROMOTED[@]}"; do ARGS+=(--policy "$p"); done
 for prompts in same heldout; do
     wanted "$prompts" || continue
     step "promote on $prompts prompts"
-    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/validation/promoted" "${ARGS[@]}"
+    $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/validation/promoted" \
+        ${TIMING:+--timing "$TIMING"} "${ARGS[@]}"
 done
 
 if wanted same || wanted heldout; then

@@ -128,9 +128,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                       help="serving: N requests in flight (closed loop), batched on one GPU")
     load.add_argument("--rate", type=_positive_float, metavar="R",
                       help="serving: Poisson arrivals at R requests per second")
-    p.add_argument("--timing", choices=("model", "recorded"), default="model",
+    p.add_argument("--timing", choices=("model", "recorded", "calibrated"), default="model",
                    help="model: every cycle's seconds from the cost model (default); "
-                        "recorded: cycles the live run ran take their recorded seconds")
+                        "recorded: cycles the live run ran take their recorded seconds; "
+                        "calibrated: the cost model scaled to the trace's plain live cycles "
+                        "(the live loop's own host work and the machine's slow phases)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of Monte Carlo acceptance, arrivals and the bootstrap (default 0)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",

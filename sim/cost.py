@@ -171,6 +171,7 @@ class CostModel:
         self._tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._lists: dict[tuple[str, int, int], tuple[list, list]] = {}
         self._L_max = 0
+        self.scale: dict[str, float] = {}
 
     # -- construction
     @classmethod
@@ -203,6 +204,44 @@ class CostModel:
         return cls(table, label="fitted to the trace's live cycles (no profile)",
                    overhead_fallback=float(np.median(over)) if over.size else None)
 
+    def calibrate(self, cycles: pa.Table) -> dict[str, float]:
+        """Scale the profile to the live loop that recorded ``cycles`` on this setup: the
+        profile times bare forwards in a tight loop, the live loop also does its own host
+        work inside the draft and verify steps and runs whenever the machine is slow. Over
+        the plain cycles (chain verify, one row, no probe, no seeds), draft seconds are
+        multiplied by sum(measured draft_s) / sum(profile draft) and verify seconds (chain
+        and tree) by the same ratio of target_s; the shape over q, L and batch stays the
+        profile's. Returns the factors (a kind without plain cycles keeps 1)."""
+        c = {n: cycles[n].to_numpy(zero_copy_only=False) for n in
+             ("context_len", "block_size", "verify_mode", "verify_tokens", "verify_batch",
+              "probe", "n_seeds", "draft_s", "target_s")}
+        plain = ((np.asarray(c["verify_mode"]) == "chain") & (np.asarray(c["verify_batch"]) <= 1)
+                 & (np.asarray(c["probe"]) == "") & (np.asarray(c["n_seeds"]) == 0))
+        ctx = np.asarray(c["context_len"], np.int64)
+        self.scale = {}
+        sums = {"draft": [0.0, 0.0, 0], "target": [0.0, 0.0, 0]}
+        for i in np.flatnonzero(plain):
+            L, b = int(ctx[i]), int(c["block_size"][i])
+            if b > 1:
+                d = sums["draft"]
+                d[0] += float(c["draft_s"][i])
+                d[1] += self.seconds("draft", b, L)[0]
+                d[2] += 1
+            t = sums["target"]
+            t[0] += float(c["target_s"][i])
+            t[1] += self.seconds("target", int(c["verify_tokens"][i]), L)[0]
+            t[2] += 1
+        factors = {k: (m / p if p > 0 and n else 1.0) for k, (m, p, n) in sums.items()}
+        self.scale = {"draft": factors["draft"], "target": factors["target"],
+                      "tree_verify": factors["target"]}
+        self._tables.clear()
+        self._lists.clear()
+        self.calibration = {**factors, "draft_cycles": sums["draft"][2],
+                            "target_cycles": sums["target"][2]}
+        self.label += (f", calibrated to {sums['target'][2]} plain live cycles of the trace "
+                       f"(draft x{factors['draft']:.3f}, verify x{factors['target']:.3f})")
+        return factors
+
     # -- queries
     def _table(self, kind: str, q: int, batch: int, L_need: int) -> tuple[np.ndarray, np.ndarray]:
         """Seconds and sources over every context length 0..L_max for one (kind, q, batch),
@@ -222,7 +261,7 @@ class CostModel:
                                   f"'{kind}' rows; pass --profile with a profile that measured "
                                   f"{kind} passes")
             val, src = surf.predict(float(q), L, batch)
-        out = (np.maximum(val, 0.0), src)
+        out = (np.maximum(val, 0.0) * self.scale.get(kind, 1.0), src)
         self._tables[key] = out
         return out
 

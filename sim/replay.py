@@ -64,7 +64,7 @@ from traces.identity import setup_identity
 from traces.io import TraceError
 from traces.reader import Profile, Trace, check_profile_matches
 
-TIMINGS = ("model", "recorded")
+TIMINGS = ("model", "recorded", "calibrated")
 
 
 class CycleTable:
@@ -246,7 +246,8 @@ def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -
         tau_sample_mean=float(tau_per_sample.mean()),
         tau_hist=np.bincount(tau.astype(np.int64)).tolist(),
         fidelity="; ".join(flags) or "exact", cycles=int(len(tau)), tokens=int(tokens.sum()),
-        samples=data.n_samples, timing="recorded" if s.timer.recorded else "model",
+        samples=data.n_samples,
+        timing="recorded" if s.timer.recorded else "calibrated" if cost.scale else "model",
         recorded_cycles=int(np.count_nonzero(cols["recorded"])),
         cost=f"{cost.label}; overhead from {cost.overhead_source}"
              + "".join(f"; {n}" for n in sorted(cost.notes)),
@@ -367,8 +368,9 @@ def replay(trace: str | Path | Trace | TraceData, policies: list[str],
     ``profile``: a profile directory (default: the trace's own profile, else a model
     fitted to its live cycles); ``other_setup`` allows a profile measured on another
     setup (labelled). ``concurrency``/``rate``: serving runs (see sim.engine); the SLOs
-    (seconds) define goodput. ``timing``: "model" (every cycle from the cost model) or
-    "recorded" (cycles the live run ran take their recorded seconds). ``seed`` drives
+    (seconds) define goodput. ``timing``: "model" (every cycle from the cost model),
+    "recorded" (cycles the live run ran take their recorded seconds) or "calibrated"
+    (the cost model scaled to the trace's plain live cycles, see CostModel.calibrate). ``seed`` drives
     Monte Carlo acceptance, Poisson arrivals and the bootstrap. A policy the trace cannot
     replay gets ``replayable=False`` and the reason; a malformed spec raises PolicyError
     before anything runs. ``states=False`` skips capturing the policy's state every cycle
@@ -386,6 +388,12 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
             slo_ttft_s=None, slo_tpot_s=None) -> Setting:
     """Build the shared pieces of a replay (cost model, oracle arrays) once."""
     cost, flags, own = cost_model_for(data, profile, other_setup)
+    if timing == "calibrated":
+        if not own or data.trace.cycles.num_rows == 0:
+            raise TraceError(f"calibrated timing scales the profile to the live cycles of {data.path}, "
+                             "so it needs a profile of the trace's own setup and a trace with live "
+                             "cycles; use --timing model")
+        cost.calibrate(data.trace.cycles)
     recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
     acc = Acceptance(data, seed)
     if acc.sampling:
