@@ -106,7 +106,7 @@ def describe_skipped(skipped, target_max, draft_max) -> list[str]:
 def run_profile(args) -> int:
     from tqdm import tqdm
 
-    from live.profiler import Profiler, describe_setup, estimate_seconds, max_positions
+    from live.profiler import DRAFT_TOP_K, Profiler, describe_setup, estimate_seconds, max_positions
     from models.loading import file_hashes, load_draft, load_target
     from traces.writer import write_profile
 
@@ -135,6 +135,8 @@ def run_profile(args) -> int:
         "target": {"id": args.target, "files": file_hashes(args.target)},
         "draft": {"id": args.draft, "files": file_hashes(args.draft),
                   "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
+        # what a draft row times (profiles before this field timed the bare pass + argmax)
+        "draft_row": f"loop draft step: host-built block, pass, top-{DRAFT_TOP_K} to host",
     }
     out = write_profile(args.out, result.rows, meta)
     print(f"wrote {len(result.rows)} points to {out}/profile.parquet in {result.elapsed_s:.0f} s")

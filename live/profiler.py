@@ -9,9 +9,11 @@ The simulator's cost model (traces/schema.py PROFILE_SCHEMA) reads four kinds of
     tree_verify  the same forward with q nodes of a packed token tree (a binary trie,
                  node i the child of node (i-1)//2, position context_len + depth) under
                  an ancestor-only 4D attention mask; equal q to the target rows
-    draft        draft pass with q = block size: one new context row and the block
-                 (anchor + mask tokens) over a draft cache of context_len - 1 rows, then
-                 the target's LM head (float32 logits) and argmax on the b-1 drafted rows
+    draft        the live loop's draft step with q = block size: the block (anchor + mask
+                 tokens) built on the host, one pass with one new context row over a
+                 draft cache of context_len - 1 rows, the target's LM head (float32
+                 logits) on the b-1 drafted rows, and their top-4 ids and log-probs
+                 copied to the host
     overhead     the host part of a cycle with no model forward (q = 0): argmax of the
                  verify logits over the vocabulary, compare with the drafted tokens,
                  cumprod, accepted lengths to the host, cut the KV cache back; measured at
@@ -38,12 +40,15 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from live.drafting import topk_logprobs
 from models.draft import crop_cache, new_cache
 
 KINDS = ("target", "tree_verify", "draft", "overhead")
 
 # Prefill chunk when building a cache: bounds attention memory at long contexts.
 _CHUNK = 1024
+# k of the top-k a timed draft step copies to the host: the recorder's default oracle top-k
+DRAFT_TOP_K = 4
 
 
 @dataclass(frozen=True)
@@ -330,15 +335,21 @@ class Profiler:
             return call, lambda: crop_cache(tc, L), None
         if p.kind == "draft":
             new = min(L, 1)
-            block = torch.full((B, p.q), self.draft.config.mask_token_id, device=dev)
-            block[:, 0] = torch.randint(0, self.vocab, (B,), generator=self.gen).to(dev)
+            mask_id = self.draft.config.mask_token_id
+            anchors = torch.randint(0, self.vocab, (B,), generator=self.gen).tolist()
+            rows = [[a] + [mask_id] * (p.q - 1) for a in anchors]
             ctx = torch.randn(B, new, self.draft.config.num_context_features, generator=self.gen)
             ctx = ctx.to(device=dev, dtype=self.dtype)
-            pos = torch.arange(L - new, L + p.q, device=dev)[None]
 
             def call():
+                # what the live loop's draft step does (live/drafting.py draft_block +
+                # topk_logprobs): the block built on the host, the pass, and the top-k
+                # proposals copied back to the host, which waits for the device
+                block = torch.tensor(rows, dtype=torch.long, device=dev)
+                pos = torch.arange(L - new, L + p.q, device=dev)[None]
                 hidden = self.draft(block, ctx, pos, past_key_values=dc)
-                return self.draft.logits(hidden[:, 1:]).float().argmax(dim=-1)
+                logits = self.draft.logits(hidden[:, 1:]).float()
+                return topk_logprobs(logits.reshape(-1, logits.shape[-1]), DRAFT_TOP_K)
             return call, lambda: crop_cache(dc, L - new), None
         b = max(self.grid.block_sizes)
         state = {}
