@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -86,9 +87,10 @@ def paragraph(text: str, muted: bool = False) -> str:
 
 
 def markdown_lite(text: str) -> str:
-    """Findings notes: '#' lines become headings, '- ' lines list items, blank lines
+    """Findings notes: '#' lines become headings, '- ' lines list items, runs of '|'
+    lines a table (the first row its header, '|---|' rows skipped, '\\|' a literal bar), blank lines
     separate paragraphs; everything else is escaped text."""
-    out, para, items = [], [], []
+    out, para, items, rows = [], [], [], []
 
     def flush() -> None:
         if para:
@@ -97,9 +99,26 @@ def markdown_lite(text: str) -> str:
         if items:
             out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
             items.clear()
+        if rows:
+            head, *body = rows
+            out.append("<table class=\"findings\"><thead><tr>"
+                       + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
+                                 for r in body) + "</tbody></table>")
+            rows.clear()
 
     for line in text.splitlines():
         s = line.strip()
+        if s.startswith("|"):
+            if para or items:
+                flush()
+            # a cell may hold a literal '|' written as '\\|' (policy specs list values so)
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", s[1:].rstrip("|"))]
+            if not all(set(c) <= set("-: ") for c in cells):
+                rows.append(cells)
+            continue
+        if rows:
+            flush()
         if not s:
             flush()
         elif s.startswith("#"):

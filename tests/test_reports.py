@@ -272,3 +272,15 @@ def test_reports_never_import_torch():
             "print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert res.stdout.strip() == "False", res.stderr
+
+
+def test_findings_markdown_tables_keep_policy_bars():
+    """Findings tables: '|' rows become a table, '\\|' stays a literal bar inside a cell
+    (policy specs separate list values with it), and text around stays escaped."""
+    from reports.page import markdown_lite
+    out = markdown_lite("intro <b>\n\n| policy | error |\n|---|---|\n"
+                        "| ewma(candidates=8\\|12\\|16) | +13.1 % |\n\n- after")
+    assert "<p>intro &lt;b&gt;</p>" in out
+    assert "<th>policy</th><th>error</th>" in out
+    assert "<td>ewma(candidates=8|12|16)</td><td>+13.1 %</td>" in out
+    assert out.endswith("<ul><li>after</li></ul>")
