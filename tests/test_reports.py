@@ -284,3 +284,27 @@ def test_findings_markdown_tables_keep_policy_bars():
     assert "<th>policy</th><th>error</th>" in out
     assert "<td>ewma(candidates=8|12|16)</td><td>+13.1 %</td>" in out
     assert out.endswith("<ul><li>after</li></ul>")
+
+
+@pytest.mark.skipif(not read_ledger(SHIPPED_LEDGER), reason="the shipped ledger has no rows yet")
+def test_demo_renders_the_shipped_ledger_and_its_findings(demo):
+    """The shipped validation study: at least 10 policies promoted on the same and on
+    held-out prompts, every row in the demo's ledger table with its numbers, every
+    measured trace it names shipped with the repo, and the findings on the page."""
+    html, _, _ = demo
+    rows = read_ledger(SHIPPED_LEDGER)
+    for prompts in ("same", "heldout"):
+        assert len({r["policy"] for r in rows if r["prompts"] == prompts}) >= 10
+    root = SHIPPED_LEDGER.resolve().parents[1]
+    for r in rows:
+        assert (root / r["measured_trace"] / "run.json").exists(), r["measured_trace"]
+        assert (root / r["trace"] / "run.json").exists(), r["trace"]
+    page = Page(html.read_text())
+    table = page.tables["ledger-table"][1:]
+    assert len(table) == len(rows)
+    for cells, r in zip(table, rows):
+        assert float(cells[6][1]["data-value"]) == r["predicted_tokens_per_s"]
+    findings = findings_path(SHIPPED_LEDGER)
+    if findings.exists():
+        first = next(line for line in findings.read_text().splitlines() if line.startswith("#"))
+        assert f"<h3>{first.lstrip('#').strip()}</h3>" in html.read_text()
