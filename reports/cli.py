@@ -22,7 +22,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise CLIError(str(e)) from None
     specs = args.policy or parseable(DEFAULT_POLICIES, _log)
     replays = replay_traces(args.traces, specs, profile_dir=args.profile,
-                            other_setup=args.profile_from_other_setup, log=_log)
+                            other_setup=args.profile_from_other_setup, log=_log,
+                            timing=args.timing)
     _log(leaderboard_text(replays))
     html = build_report(replays, args.out, ledger_path=args.ledger)
     _log(f"report written to {html.parent.resolve()} (open {html.resolve()})")
@@ -71,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile-from-other-setup", action="store_true",
                    help="allow a --profile measured on another GPU/backend/models than the "
                         "trace (predictions are labelled with the profile's setup)")
+    p.add_argument("--timing", choices=("model", "calibrated"), default="model",
+                   help="model: time from the profile (default); calibrated: the profile scaled "
+                        "to each trace's plain live cycles (needs the trace's own profile)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR",
                    help="folder for index.html and the PNG figures (created if missing)")
     p.set_defaults(func=cmd_report)

@@ -129,8 +129,9 @@ def leaderboard(entries: Sequence[dict[str, Any]], ar_tokens_per_s: float | None
     order = sorted(entries, key=lambda e: e["tokens_per_s"])
     y = np.arange(len(order))
     x = np.array([e["tokens_per_s"] for e in order])
-    lo = np.array([e["ci_low"] for e in order])
-    hi = np.array([e["ci_high"] for e in order])
+    # a replay without bootstrap has no interval: a bare point
+    lo = np.array([e["tokens_per_s"] if e["ci_low"] is None else e["ci_low"] for e in order])
+    hi = np.array([e["tokens_per_s"] if e["ci_high"] is None else e["ci_high"] for e in order])
     ax.errorbar(x, y, xerr=np.vstack([np.maximum(x - lo, 0), np.maximum(hi - x, 0)]),
                 fmt="o", color=_SAME, capsize=3, label="predicted tokens/s (bootstrap interval "
                                                       "over prompts)")

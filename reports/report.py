@@ -63,8 +63,9 @@ def _profile_for(trace: Trace, profile_dir: Path | None) -> tuple[Profile | None
 
 def replay_traces(trace_dirs: Sequence[Path], specs: Sequence[str], profile_dir: Path | None = None,
                   other_setup: bool = False, bootstrap: int = 1000,
-                  log: Callable[[str], None] = print) -> list[Replayed]:
-    """Replay every trace over ``specs`` (single stream, modelled timing) with the given
+                  log: Callable[[str], None] = print, timing: str = "model") -> list[Replayed]:
+    """Replay every trace over ``specs`` (single stream; ``timing`` "model" or
+    "calibrated", see sim.replay.replay) with the given
     profile, or each trace's own; ``other_setup`` allows a profile measured on another
     setup (the predictions are labelled). Policies the trace cannot replay come back
     with ``replayable`` false and the reason; they are printed, not dropped."""
@@ -75,7 +76,10 @@ def replay_traces(trace_dirs: Sequence[Path], specs: Sequence[str], profile_dir:
     out = []
     for (d, trace), (profile, profile_label) in zip(opened, profiles):
         preds = replay(trace, list(specs), profile=profile, bootstrap=bootstrap,
-                       other_setup=other_setup)
+                       other_setup=other_setup, timing=timing)
+        if timing != "model" and preds:
+            # the factors behind every number on the page, e.g. "draft x1.353, verify x1.169"
+            profile_label += f"; timing {timing}: {preds[0].cost}"
         rep = Replayed(trace=trace, label=str(d), profile=profile, profile_label=profile_label,
                        predictions=preds, results=[p.to_dict() for p in preds])
         for r in rep.results:

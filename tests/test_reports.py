@@ -259,6 +259,20 @@ def test_report_command_end_to_end(tmp_path, ledger):
         f"{f}.png" for f in ["leaderboard", "predicted-vs-measured"] + [f"{b}-1" for b in PER_TRACE])
 
 
+def test_report_with_calibrated_timing_shows_its_factors(tmp_path):
+    """--timing calibrated: the leaderboard numbers are the calibrated replay's, and the
+    page says what scaled them."""
+    from reports.report import build_report, replay_traces
+    from sim.replay import replay
+    trace = make_trace(tmp_path / "trace", output_lengths=(30, 30), block_sizes=(4, 8),
+                       live_policy="fixed(b=8)")
+    (rep,) = replay_traces([trace], ["fixed(b=4)"], timing="calibrated", bootstrap=0, log=lambda _: None)
+    (pred,) = replay(trace, ["fixed(b=4)"], timing="calibrated", bootstrap=0)
+    assert rep.results[0]["tokens_per_s"] == pred.tokens_per_s
+    html = build_report([rep], tmp_path / "out").read_text()
+    assert "calibrated to" in html and "timing calibrated" in html
+
+
 def test_report_command_refuses_a_missing_trace(tmp_path):
     res = subprocess.run([sys.executable, "-m", "specreplay", "report", str(tmp_path / "nope"),
                           "--out", str(tmp_path / "out")],
