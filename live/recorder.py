@@ -126,27 +126,6 @@ class Recorder:
                              resume=self.settings.resume)
         return RecordingSession(self, writer, n_prompts)
 
-    def record_one(self, writer, sample: int, prompt, summary: dict,
-                   progress: bool = False, after_sample: Callable[[SampleResult], None] | None = None) -> None:
-        """Decode one prompt (and its AR check and oracle pass when asked) into ``writer``."""
-        result = self.decoder.run(sample, list(prompt.ids), self._bar(sample, progress))
-        ar_div = None
-        if self.ar is not None:
-            ar_div = first_divergence(result.output_ids, self.ar.run(sample, list(prompt.ids)).output_ids)
-            summary["divergent"] += ar_div >= 0
-        oracle_rows = target_rows = None
-        if self.oracle is not None:
-            oracle_rows, target_rows = self.oracle.rows(sample, result.prompt_ids, result.output_ids)
-        writer.add_sample(result.sample_row(prompt.dataset_index, ar_div), result.cycles,
-                          result.cycle_logits, oracle_rows, target_rows)
-        summary["recorded"] += 1
-        summary["tokens"] += len(result.output_ids)
-        summary["cycles"] += len(result.cycles)
-        summary["tau_sum"] += sum(c["tau"] for c in result.cycles)
-        summary["block_sizes"].update(c["block_size"] for c in result.cycles if c["block_size"] > 1)
-        if after_sample is not None:
-            after_sample(result)
-
     def _bar(self, sample: int, enabled: bool):
         """A per-prompt tqdm bar showing tokens, tokens/s and the running mean tau."""
         if not enabled:
@@ -179,10 +158,29 @@ class RecordingSession:
 
     def add(self, sample: int, prompt, progress: bool = False,
             after_sample: Callable[[SampleResult], None] | None = None) -> None:
+        """Decode one prompt (and its AR check and oracle pass when asked) into the trace;
+        a sample already on disk (resuming) is skipped."""
+        summary, rec = self.summary, self.recorder
         if sample in self.done:
-            self.summary["skipped"] += 1
+            summary["skipped"] += 1
             return
-        self.recorder.record_one(self.writer, sample, prompt, self.summary, progress, after_sample)
+        result = rec.decoder.run(sample, list(prompt.ids), rec._bar(sample, progress))
+        ar_div = None
+        if rec.ar is not None:
+            ar_div = first_divergence(result.output_ids, rec.ar.run(sample, list(prompt.ids)).output_ids)
+            summary["divergent"] += ar_div >= 0
+        oracle_rows = target_rows = None
+        if rec.oracle is not None:
+            oracle_rows, target_rows = rec.oracle.rows(sample, result.prompt_ids, result.output_ids)
+        self.writer.add_sample(result.sample_row(prompt.dataset_index, ar_div), result.cycles,
+                               result.cycle_logits, oracle_rows, target_rows)
+        summary["recorded"] += 1
+        summary["tokens"] += len(result.output_ids)
+        summary["cycles"] += len(result.cycles)
+        summary["tau_sum"] += sum(c["tau"] for c in result.cycles)
+        summary["block_sizes"].update(c["block_size"] for c in result.cycles if c["block_size"] > 1)
+        if after_sample is not None:
+            after_sample(result)
 
     def finish(self) -> dict:
         self.writer.finish(complete=True)

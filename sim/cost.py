@@ -212,33 +212,29 @@ class CostModel:
         multiplied by sum(measured draft_s) / sum(profile draft) and verify seconds (chain
         and tree) by the same ratio of target_s; the shape over q, L and batch stays the
         profile's. Returns the factors (a kind without plain cycles keeps 1)."""
-        c = {n: cycles[n].to_numpy(zero_copy_only=False) for n in
+        c = {n: np.asarray(cycles[n].to_numpy(zero_copy_only=False)) for n in
              ("context_len", "block_size", "verify_mode", "verify_tokens", "verify_batch",
               "probe", "n_seeds", "draft_s", "target_s")}
-        plain = ((np.asarray(c["verify_mode"]) == "chain") & (np.asarray(c["verify_batch"]) <= 1)
-                 & (np.asarray(c["probe"]) == "") & (np.asarray(c["n_seeds"]) == 0))
-        ctx = np.asarray(c["context_len"], np.int64)
-        self.scale = {}
-        sums = {"draft": [0.0, 0.0, 0], "target": [0.0, 0.0, 0]}
-        for i in np.flatnonzero(plain):
-            L, b = int(ctx[i]), int(c["block_size"][i])
-            if b > 1:
-                d = sums["draft"]
-                d[0] += float(c["draft_s"][i])
-                d[1] += self.seconds("draft", b, L)[0]
-                d[2] += 1
-            t = sums["target"]
-            t[0] += float(c["target_s"][i])
-            t[1] += self.seconds("target", int(c["verify_tokens"][i]), L)[0]
-            t[2] += 1
-        factors = {k: (m / p if p > 0 and n else 1.0) for k, (m, p, n) in sums.items()}
+        plain = ((c["verify_mode"] == "chain") & (c["verify_batch"] <= 1)
+                 & (c["probe"] == "") & (c["n_seeds"] == 0))
+        self.scale = {}  # the profile's own seconds, unscaled, for the ratios
+        self._tables.clear()
+        self._lists.clear()
+
+        def ratio(kind: str, q: np.ndarray, measured: np.ndarray, L: np.ndarray) -> float:
+            profiled = sum(float(self.seconds_array(kind, int(v), L[q == v])[0].sum()) for v in np.unique(q))
+            return float(measured.sum()) / profiled if len(q) and profiled > 0 else 1.0
+
+        drafted = plain & (c["block_size"] > 1)
+        factors = {
+            "draft": ratio("draft", c["block_size"][drafted], c["draft_s"][drafted], c["context_len"][drafted]),
+            "target": ratio("target", c["verify_tokens"][plain], c["target_s"][plain], c["context_len"][plain]),
+        }
         self.scale = {"draft": factors["draft"], "target": factors["target"],
                       "tree_verify": factors["target"]}
         self._tables.clear()
         self._lists.clear()
-        self.calibration = {**factors, "draft_cycles": sums["draft"][2],
-                            "target_cycles": sums["target"][2]}
-        self.label += (f", calibrated to {sums['target'][2]} plain live cycles of the trace "
+        self.label += (f", calibrated to {int(plain.sum())} plain live cycles of the trace "
                        f"(draft x{factors['draft']:.3f}, verify x{factors['target']:.3f})")
         return factors
 
