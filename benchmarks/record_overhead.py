@@ -35,11 +35,11 @@ def main() -> int:
     args = ap.parse_args()
 
     import torch
-    from live.loop import Decoder, LoopConfig
-    from policies import parse_policy
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.policies import parse_policy
 
     if args.tiny or args.random:
-        from models.loading import build_tiny_pair
+        from specreplay.models.loading import build_tiny_pair
         if args.tiny:
             target, draft = build_tiny_pair(seed=0, vocab=512, hidden=128, target_layers=4)
         else:
@@ -53,8 +53,8 @@ def main() -> int:
     else:
         if not (args.target and args.draft):
             ap.error("pass --target and --draft, or --tiny")
-        from live.prompts import load_prompts
-        from models.loading import load_draft, load_target, load_tokenizer
+        from specreplay.live.prompts import load_prompts
+        from specreplay.models.loading import load_draft, load_target, load_tokenizer
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         target = load_target(args.target, dtype=args.dtype, device=device)
         draft = load_draft(args.draft, target, device=device)

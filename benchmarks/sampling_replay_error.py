@@ -28,7 +28,7 @@ class Prompt:
 
 def record(target, draft, policy: str, prompts, out: Path, temperature: float, seed: int,
            oracle: bool) -> Path:
-    from live.recorder import ModelInfo, RecordSettings, Recorder
+    from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder
     vocab = target.config.vocab_size
     settings = RecordSettings(out=out, policy=policy, max_new_tokens=ARGS.tokens,
                               temperature=temperature, seed=seed, oracle_top_k=vocab,
@@ -47,7 +47,7 @@ def main() -> int:
     import numpy as np
     import torch
 
-    from sim.replay import measured, replay
+    from specreplay.sim.replay import measured, replay
     from tests.live_pair import tiny_pair
     torch.manual_seed(0)
     target, draft = tiny_pair()

@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sim.replay import Replayer  # noqa: E402
-from traces.synthetic import make_trace, random_ranks  # noqa: E402
+from specreplay.sim.replay import Replayer  # noqa: E402
+from specreplay.traces.synthetic import make_trace, random_ranks  # noqa: E402
 
 SAMPLES, LENGTH = 48, 2000
 EWMA = "ewma(candidates=8|12|16)"

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from specreplay.cli import CLIError
+from specreplay.errors import CLIError
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -23,8 +23,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 def _probe_keys(text: str | None) -> tuple[str, ...]:
     """Probe keys from ``recycle,refine(steps=3, only_below=0.5)`` (commas inside
     parentheses belong to a key)."""
-    from live.oracle import default_probe_keys
-    from policies.spec import split_top
+    from specreplay.live.oracle import default_probe_keys
+    from specreplay.policies.spec import split_top
     return tuple(default_probe_keys(split_top(text, ","))) if text else ()
 
 
@@ -40,7 +40,7 @@ def _stop_ids(tokenizer, target) -> tuple[int, ...]:
 
 
 def _device(args):
-    from live.profile_cli import pick_device
+    from specreplay.live.profile_cli import pick_device
     import torch
     rank, world = _shard()
     if world > 1 and args.device is None and torch.cuda.is_available():
@@ -49,16 +49,16 @@ def _device(args):
 
 
 def _shard():
-    from live.recorder import shard
+    from specreplay.live.recorder import shard
     return shard()
 
 
 def _record(args: argparse.Namespace) -> int:
-    from live.profiler import describe_setup
-    from live.prompts import load_prompts
-    from live.recorder import ModelInfo, RecordSettings, Recorder
-    from models.loading import file_hashes, load_draft, load_target, load_tokenizer
-    from policies.spec import parse_policy
+    from specreplay.live.profiler import describe_setup
+    from specreplay.live.prompts import load_prompts
+    from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder
+    from specreplay.models.loading import file_hashes, load_draft, load_target, load_tokenizer
+    from specreplay.policies.spec import parse_policy
 
     if args.max_new_tokens < 1:
         raise CLIError(f"--max-new-tokens must be at least 1, not {args.max_new_tokens}")
@@ -120,10 +120,10 @@ def _print_summary(out: Path, s: dict, args) -> None:
 
 
 def _oracle(args: argparse.Namespace) -> int:
-    from live.oracle import Oracle
-    from models.loading import load_draft, load_target
-    from traces.reader import Trace
-    from traces.writer import TraceWriter
+    from specreplay.live.oracle import Oracle
+    from specreplay.models.loading import load_draft, load_target
+    from specreplay.traces.reader import Trace
+    from specreplay.traces.writer import TraceWriter
 
     trace = Trace.open(args.trace)
     run = trace.run
@@ -142,7 +142,7 @@ def _oracle(args: argparse.Namespace) -> int:
     draft = load_draft(draft_id, target, device=device)
     live_spec = run.get("live_policy")
     if live_spec:
-        from policies.spec import parse_policy
+        from specreplay.policies.spec import parse_policy
         probes = tuple(dict.fromkeys([*probes, *parse_policy(live_spec).probes()]))
     max_new = (run.get("sampling") or {}).get("max_new_tokens")
     oracle = Oracle(target, draft, block_sizes, top_k, probes, max_new)

@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from live.drafting import block_input, cycle_proposals, draft_block, topk_logprobs
-from live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
-from live.timing import CycleClock, wall_sync
-from live.verify import Verified, keep_committed, prefill, verify_nodes
-from models.draft import new_cache
-from policies.base import Composite, CycleContext, CycleOutcome, DraftView, VerifyPlan, trie_nodes
+from specreplay.live.drafting import block_input, cycle_proposals, draft_block, topk_logprobs
+from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
+from specreplay.live.timing import CycleClock, wall_sync
+from specreplay.live.verify import Verified, keep_committed, prefill, verify_nodes
+from specreplay.models.draft import new_cache
+from specreplay.policies.base import Composite, CycleContext, CycleOutcome, DraftView, VerifyPlan, trie_nodes
 
 SAMPLING_MODES = ("rejection", "multiround")
 
@@ -338,7 +338,7 @@ class Decoder:
             return
         import pyarrow as pa
 
-        from traces.schema import SCHEMAS
+        from specreplay.traces.schema import SCHEMAS
         cycle, offset, t_idx, d_idx = [], [], [], []
         t_parts, d_parts, n_t = [], [], 0
         n_d = 0

@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from live.drafting import block_input, merge_refined, refine_block, topk_logprobs
-from policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
-from policies.spec import PolicyError, parse_policy
-from traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
+from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs
+from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
+from specreplay.policies.spec import PolicyError, parse_policy
+from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
 
 # Memory for the draft logits of one chunk of blocks (float32).
 _LOGIT_BYTES = 1 << 28

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from specreplay.cli import CLIError
+from specreplay.errors import CLIError
 
 KINDS_SHOWN = ("target", "tree_verify", "draft", "overhead")
 
@@ -59,7 +59,7 @@ def int_list(text: str | None, flag: str, least: int) -> tuple[int, ...] | None:
 def grid_from_args(args):
     """The grid to measure: --quick or the default one, with any grid flags replacing
     its fields."""
-    from live.profiler import DEFAULT_GRID, QUICK_GRID, with_overrides
+    from specreplay.live.profiler import DEFAULT_GRID, QUICK_GRID, with_overrides
 
     if args.repeats is not None and args.repeats < 1:
         raise CLIError(f"--repeats must be at least 1, not {args.repeats}")
@@ -106,9 +106,9 @@ def describe_skipped(skipped, target_max, draft_max) -> list[str]:
 def run_profile(args) -> int:
     from tqdm import tqdm
 
-    from live.profiler import DRAFT_TOP_K, Profiler, describe_setup, estimate_seconds, max_positions
-    from models.loading import file_hashes, load_draft, load_target
-    from traces.writer import write_profile
+    from specreplay.live.profiler import DRAFT_TOP_K, Profiler, describe_setup, estimate_seconds, max_positions
+    from specreplay.models.loading import file_hashes, load_draft, load_target
+    from specreplay.traces.writer import write_profile
 
     grid = grid_from_args(args)
     if Path(args.out).exists() and not Path(args.out).is_dir():

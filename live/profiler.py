@@ -40,8 +40,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
-from live.drafting import topk_logprobs
-from models.draft import crop_cache, new_cache
+from specreplay.live.drafting import topk_logprobs
+from specreplay.models.draft import crop_cache, new_cache
 
 KINDS = ("target", "tree_verify", "draft", "overhead")
 

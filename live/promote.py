@@ -16,7 +16,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from specreplay.cli import CLIError
+from specreplay.errors import CLIError
 
 
 def _slug(spec: str) -> str:
@@ -24,7 +24,7 @@ def _slug(spec: str) -> str:
 
 
 def _prompts_same(trace):
-    from live.prompts import Prompt
+    from specreplay.live.prompts import Prompt
     rows = trace.samples.to_pylist()
     return [Prompt(dataset_index=int(r["dataset_index"]), ids=list(r["prompt_ids"]), text="")
             for r in sorted(rows, key=lambda r: r["sample"])]
@@ -33,7 +33,7 @@ def _prompts_same(trace):
 def _prompts_heldout(trace, tokenizer, n: int | None):
     """Prompts of the trace's dataset it did not use: ``n`` of them, or by default as
     many as the trace has (fewer if the dataset has fewer left)."""
-    from live.prompts import dataset_rows, heldout_prompts
+    from specreplay.live.prompts import dataset_rows, heldout_prompts
     ds = trace.run.get("dataset") or {}
     if not ds.get("name"):
         raise CLIError(f"{trace.path}/run.json names no dataset, so held-out prompts cannot be chosen")
@@ -55,12 +55,12 @@ def _setup_text(run: dict) -> str:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from live.profiler import describe_setup
-    from live.recorder import ModelInfo, RecordSettings, Recorder
-    from models.loading import file_hashes, load_draft, load_target, load_tokenizer
-    from reports.ledger import SHIPPED_LEDGER, append_ledger_row
-    from sim.replay import measured, replay
-    from traces.reader import Trace
+    from specreplay.live.profiler import describe_setup
+    from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder
+    from specreplay.models.loading import file_hashes, load_draft, load_target, load_tokenizer
+    from specreplay.reports.ledger import SHIPPED_LEDGER, append_ledger_row
+    from specreplay.sim.replay import measured, replay
+    from specreplay.traces.reader import Trace
 
     trace = Trace.open(args.trace)
     run = trace.run
@@ -76,7 +76,7 @@ def _promote(args: argparse.Namespace) -> int:
     if not target_id or not draft_id:
         raise CLIError(f"{args.trace}/run.json names no target or draft; pass --target and --draft")
     dtype = args.dtype or (run.get("setup") or {}).get("dtype") or "auto"
-    from live.cli import _device
+    from specreplay.live.cli import _device
     device = _device(args)
     target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
     draft = load_draft(draft_id, target, device=device)

@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from specreplay.cli import CLIError
+from specreplay.errors import CLIError
 
 TEMPLATES = ("chat", "plain", "raw")
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from live.loop import Decoder, LoopConfig, SampleResult
-from policies.base import Composite
-from policies.spec import parse_policy
+from specreplay.live.loop import Decoder, LoopConfig, SampleResult
+from specreplay.policies.base import Composite
+from specreplay.policies.spec import parse_policy
 
 
 @dataclass
@@ -102,7 +102,7 @@ class Recorder:
             record=False)) if settings.check_ar else None
         self.oracle = None
         if settings.oracle:
-            from live.oracle import Oracle
+            from specreplay.live.oracle import Oracle
             self.oracle = Oracle(target, draft, settings.oracle_block_sizes, settings.oracle_top_k,
                                  probes, settings.max_new_tokens, settings.probe_block_sizes)
 
@@ -120,7 +120,7 @@ class Recorder:
     def open(self, n_prompts: int, out_dir: Path | None = None) -> "RecordingSession":
         """A recording into ``out_dir`` that takes one prompt at a time (``add``), so that
         several recorders can take turns on the same prompts (promote interleaves them)."""
-        from traces.writer import TraceWriter
+        from specreplay.traces.writer import TraceWriter
         out = Path(out_dir or self.settings.out)
         writer = TraceWriter(out, run_meta(self.settings, self.info, self.policy),
                              resume=self.settings.resume)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models.draft import crop_cache
-from policies.base import trie_nodes
+from specreplay.models.draft import crop_cache
+from specreplay.policies.base import trie_nodes
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from models.checkpoint import read_state_dict, write_state_dict
-from models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
+from specreplay.models.checkpoint import read_state_dict, write_state_dict
+from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
 
 __all__ = ["DFlashDraftModel", "DraftConfig", "build_target_layer_ids", "crop_cache", "new_cache"]
 
@@ -232,7 +232,7 @@ class DFlashDraftModel(nn.Module):
         dtype or its name; None or "auto" keeps the stored dtype. Bind a target next."""
         folder = Path(path)
         if not folder.is_dir():
-            from models.loading import resolve_folder  # loading imports this module
+            from specreplay.models.loading import resolve_folder  # loading imports this module
 
             folder = resolve_folder(str(path), "draft model", allow_patterns=["*.json", "*.safetensors"])
         config_path = folder / "config.json"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from models.checkpoint import CheckpointError
-from models.draft import DFlashDraftModel
-from models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
-from specreplay.cli import CLIError
+from specreplay.models.checkpoint import CheckpointError
+from specreplay.models.draft import DFlashDraftModel
+from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
+from specreplay.errors import CLIError
 
 __all__ = ["ModelLoadError", "build_tiny_pair", "file_hashes", "load_draft", "load_target",
            "load_tokenizer", "resolve_folder"]

@@ -176,7 +176,7 @@ class Policy:
     # -- identity
     def spec(self) -> str:
         """Canonical spec string: every knob, defaults included, in declaration order."""
-        from policies.spec import format_component
+        from specreplay.policies.spec import format_component
         return format_component(self.name, self.kw, self.params)
 
     def __eq__(self, other: object) -> bool:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from policies.base import CycleContext, CycleOutcome, Policy
-from policies.ewma import block_candidates, ewma_update
-from policies.spec import register
+from specreplay.policies.base import CycleContext, CycleOutcome, Policy
+from specreplay.policies.ewma import block_candidates, ewma_update
+from specreplay.policies.spec import register
 
 
 @register

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import CycleOutcome, DraftView, Path, Policy, VerifyPlan
-from policies.spec import register
+from specreplay.policies.base import CycleOutcome, DraftView, Path, Policy, VerifyPlan
+from specreplay.policies.spec import register
 
 Scored = list[tuple[Path, float]]
 

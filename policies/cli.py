@@ -6,7 +6,7 @@ import inspect
 import json
 from typing import Any
 
-from policies.spec import format_value
+from specreplay.policies.spec import format_value
 
 ROLES = ("block", "input", "verify")
 
@@ -28,7 +28,7 @@ def component_info(cls: type) -> dict[str, Any]:
 
 def spec_info(spec: str) -> dict[str, Any]:
     """What a spec string resolves to: canonical spec, probes, ranks, time use."""
-    from policies.spec import parse_policy
+    from specreplay.policies.spec import parse_policy
     policy = parse_policy(spec)
     return {"spec": policy.spec(), "components": [c.name for c in policy.components()],
             "probes": list(policy.probes()), "max_rank": policy.max_rank(),
@@ -61,7 +61,7 @@ def run_policies(args: argparse.Namespace) -> int:
                 shown = ", ".join(map(str, value)) if isinstance(value, list) else value
                 print(f"{key:<11} {shown if shown != '' else '-'}")
         return 0
-    from policies import known_policies
+    from specreplay.policies import known_policies
     infos = [component_info(cls) for cls in known_policies().values()]
     if args.json:
         print(json.dumps(infos, indent=2))

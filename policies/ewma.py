@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from policies.base import CycleContext, CycleOutcome, Policy
-from policies.spec import register
+from specreplay.policies.base import CycleContext, CycleOutcome, Policy
+from specreplay.policies.spec import register
 
 
 def ewma_update(prev: float | None, x: float, alpha: float) -> float:

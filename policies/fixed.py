@@ -1,8 +1,8 @@
 """Fixed block size, and plain autoregressive decoding."""
 from __future__ import annotations
 
-from policies.base import CycleContext, Policy
-from policies.spec import register
+from specreplay.policies.base import CycleContext, Policy
+from specreplay.policies.spec import register
 
 
 @register

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import CycleOutcome, DraftView, Policy, VerifyPlan
-from policies.spec import register
+from specreplay.policies.base import CycleOutcome, DraftView, Policy, VerifyPlan
+from specreplay.policies.spec import register
 
 
 def threshold_verify_len(top1_probs: np.ndarray, min_prob: float) -> int:

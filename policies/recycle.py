@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView, Policy
-from policies.spec import register
+from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView, Policy
+from specreplay.policies.spec import register
 
 
 def recycle_seeds(prev_view: DraftView, shift: int, block_size: int, mode: str,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from policies.base import CycleContext, DraftRequest, Policy
-from policies.spec import register
+from specreplay.policies.base import CycleContext, DraftRequest, Policy
+from specreplay.policies.spec import register
 
 
 @register

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from policies.base import Composite, Policy
+from specreplay.policies.base import Composite, Policy
 
 
 class PolicyError(ValueError):
@@ -189,7 +189,7 @@ def _load_all() -> None:
     import importlib
     import pkgutil
 
-    import policies
+    from specreplay import policies
     for mod in pkgutil.iter_modules(policies.__path__):
         if mod.name not in ("base", "spec"):
-            importlib.import_module(f"policies.{mod.name}")
+            importlib.import_module(f"specreplay.policies.{mod.name}")

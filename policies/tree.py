@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from policies.base import CycleOutcome, DraftView, Path, Policy, VerifyPlan, trie_nodes
-from policies.spec import register
+from specreplay.policies.base import CycleOutcome, DraftView, Path, Policy, VerifyPlan, trie_nodes
+from specreplay.policies.spec import register
 
 
 def parse_rank_paths(text: str) -> tuple[Path, ...]:

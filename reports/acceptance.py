@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from traces.schema import RANK_BEYOND_END
+from specreplay.traces.schema import RANK_BEYOND_END
 
 
 def plain_true_ranks(oracle_arrays: dict) -> dict[int, np.ndarray]:

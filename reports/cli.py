@@ -10,10 +10,10 @@ def _log(msg: str) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reports.demo import DEFAULT_POLICIES, parseable
-    from reports.ledger import LedgerError, read_ledger
-    from reports.report import build_report, leaderboard_text, replay_traces
-    from specreplay.cli import CLIError
+    from specreplay.reports.demo import DEFAULT_POLICIES, parseable
+    from specreplay.reports.ledger import LedgerError, read_ledger
+    from specreplay.reports.report import build_report, leaderboard_text, replay_traces
+    from specreplay.errors import CLIError
 
     if args.ledger is not None:
         try:
@@ -31,9 +31,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from reports.demo import run_demo
-    from reports.ledger import LedgerError
-    from specreplay.cli import CLIError
+    from specreplay.reports.demo import run_demo
+    from specreplay.reports.ledger import LedgerError
+    from specreplay.errors import CLIError
 
     if args.trace is not None and not args.trace.is_dir():
         raise CLIError(f"--trace {args.trace} is not a directory; pass a trace directory "
@@ -46,7 +46,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from reports.demo import DEFAULT_OUT, DEFAULT_POLICIES
+    from specreplay.reports.demo import DEFAULT_OUT, DEFAULT_POLICIES
 
     p = sub.add_parser(
         "report", help="replay traces and write an HTML report with figures",

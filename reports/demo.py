@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import traces
-from policies import PolicyError, parse_policy
+from specreplay import traces
+from specreplay.policies import PolicyError, parse_policy
 
 # The demo's policy matrix, and the default of `specreplay report`: fixed block sizes,
 # the two block-size schedulers, confidence gating, trees of a few widths, a candidate
@@ -52,7 +52,7 @@ def synthetic_trace(out: Path) -> Path:
     matrix needs, a profile, live policy fixed(b=16)."""
     import shutil
 
-    from traces.synthetic import make_trace
+    from specreplay.traces.synthetic import make_trace
     d = out / "synthetic-trace"
     if d.exists():
         shutil.rmtree(d)
@@ -87,8 +87,8 @@ def run_demo(out: Path = DEFAULT_OUT, trace_dir: Path | None = None,
     skipped with their reasons, write the report with the shipped ledger into ``out``.
     Returns the path of ``index.html`` and the replays (``reports.report.Replayed``)
     behind it."""
-    from reports.ledger import SHIPPED_LEDGER
-    from reports.report import build_report, leaderboard_text, replay_traces
+    from specreplay.reports.ledger import SHIPPED_LEDGER
+    from specreplay.reports.report import build_report, leaderboard_text, replay_traces
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from reports import figures as F
-from reports import page as H
-from reports.acceptance import acceptance_curves, plain_true_ranks
-from reports.ledger import findings_path, ledger_summary, read_ledger
-from traces.reader import Profile, Trace
+from specreplay.reports import figures as F
+from specreplay.reports import page as H
+from specreplay.reports.acceptance import acceptance_curves, plain_true_ranks
+from specreplay.reports.ledger import findings_path, ledger_summary, read_ledger
+from specreplay.traces.reader import Profile, Trace
 
 # Leaderboard columns: (replay field, header, decimals).
 LEADERBOARD_NUMBERS = (
@@ -72,7 +72,7 @@ def replay_traces(trace_dirs: Sequence[Path], specs: Sequence[str], profile_dir:
     # open every trace and profile first, so a bad path fails before any replay runs
     opened = [(d, Trace.open(d)) for d in trace_dirs]
     profiles = [_profile_for(t, Path(profile_dir) if profile_dir else None) for _, t in opened]
-    from sim.replay import replay
+    from specreplay.sim.replay import replay
     out = []
     for (d, trace), (profile, profile_label) in zip(opened, profiles):
         preds = replay(trace, list(specs), profile=profile, bootstrap=bootstrap,
@@ -126,7 +126,7 @@ def tau_hist(result: dict[str, Any]) -> dict[int, int]:
 
 def _is_scheduler(spec: str) -> bool:
     """A policy whose block size may change from cycle to cycle."""
-    from policies import parse_policy
+    from specreplay.policies import parse_policy
     return parse_policy(spec).block.name not in ("fixed", "ar")
 
 
@@ -172,7 +172,7 @@ def cost_model_curve(profile: Profile | None) -> Callable | None:
     profile or when the profile lacks that kind."""
     if profile is None:
         return None
-    from sim.cost import CostModel
+    from specreplay.sim.cost import CostModel
     try:
         model = CostModel(profile.table, label=str(profile.dir), setup=profile.meta)
     except ValueError:

@@ -1,6 +1,6 @@
 """Replay recorded speculative-decoding traces to predict any policy, on a CPU.
 
-    from sim.replay import replay
+    from specreplay.sim.replay import replay
     preds = replay("traces/samples/humaneval-fixed16", ["fixed(b=8)", "ewma"])
 
 * ``sim.acceptance``: what a cycle accepts, looked up in the trace's oracle (exact for

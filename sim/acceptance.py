@@ -27,10 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from policies.base import DraftView, VerifyPlan
-from sim.tracedata import TraceData
-from traces.io import TraceError
-from traces.schema import RANK_BEYOND_END
+from specreplay.policies.base import DraftView, VerifyPlan
+from specreplay.sim.tracedata import TraceData
+from specreplay.traces.io import TraceError
+from specreplay.traces.schema import RANK_BEYOND_END
 
 NOT_REPLAYABLE = "not replayable from this trace: "
 

@@ -74,7 +74,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 
 def _check_trace_args(args: argparse.Namespace) -> None:
-    from specreplay.cli import CLIError
+    from specreplay.errors import CLIError
     if args.bootstrap < 0:
         raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if (args.slo_ttft is not None or args.slo_tpot is not None) and \
@@ -84,7 +84,7 @@ def _check_trace_args(args: argparse.Namespace) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from sim.replay import replay
+    from specreplay.sim.replay import replay
     _check_trace_args(args)
     preds = replay(policies=args.policy, **_replay_kwargs(args))
     results = [p.to_dict() for p in preds]
@@ -95,9 +95,9 @@ def _replay(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sim.sweep import expand_grid, run_sweep
-    from sim.tracedata import load_trace
-    from specreplay.cli import CLIError
+    from specreplay.sim.sweep import expand_grid, run_sweep
+    from specreplay.sim.tracedata import load_trace
+    from specreplay.errors import CLIError
     _check_trace_args(args)
     specs = [s for g in args.grid for s in expand_grid(g)] + list(args.policy or [])
     if not specs:

@@ -40,11 +40,11 @@ import numpy as np
 import simpy
 from simpy.events import Event
 
-from policies import parse_policy
-from policies.base import Composite, CycleContext, CycleOutcome, DraftRequest, VerifyPlan
-from sim.acceptance import Acceptance
-from sim.cost import CostModel, RecordedTiming
-from sim.tracedata import TraceData
+from specreplay.policies import parse_policy
+from specreplay.policies.base import Composite, CycleContext, CycleOutcome, DraftRequest, VerifyPlan
+from specreplay.sim.acceptance import Acceptance
+from specreplay.sim.cost import CostModel, RecordedTiming
+from specreplay.sim.tracedata import TraceData
 
 NO_SOURCE = -2  # a pass that did not run (no draft at b = 1), or recorded seconds
 

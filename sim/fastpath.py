@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies.base import Composite, CycleContext
-from sim.acceptance import Acceptance
-from sim.engine import NO_SOURCE, CYCLE_FIELDS, RunLog, Timer
-from sim.tracedata import TraceData
+from specreplay.policies.base import Composite, CycleContext
+from specreplay.sim.acceptance import Acceptance
+from specreplay.sim.engine import NO_SOURCE, CYCLE_FIELDS, RunLog, Timer
+from specreplay.sim.tracedata import TraceData
 
 
 def fixed_block_size(policy: Composite, data: TraceData) -> int | None:

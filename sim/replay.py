@@ -1,6 +1,6 @@
 """Predict what policies would have done on a recorded trace.
 
-    from sim.replay import replay
+    from specreplay.sim.replay import replay
     for p in replay("traces/samples/humaneval-fixed16", ["fixed(b=8)", "ewma"]):
         print(p.to_dict())
 
@@ -54,15 +54,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from policies import parse_policy
-from sim.acceptance import Acceptance, NotReplayable
-from sim.cost import FITTED, CostModel, MissingCost, RecordedTiming
-from sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer
-from sim.fastpath import fixed_block_size, replay_fixed
-from sim.tracedata import TraceData, load_trace
-from traces.identity import setup_identity
-from traces.io import TraceError
-from traces.reader import Profile, Trace, check_profile_matches
+from specreplay.policies import parse_policy
+from specreplay.sim.acceptance import Acceptance, NotReplayable
+from specreplay.sim.cost import FITTED, CostModel, MissingCost, RecordedTiming
+from specreplay.sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer
+from specreplay.sim.fastpath import fixed_block_size, replay_fixed
+from specreplay.sim.tracedata import TraceData, load_trace
+from specreplay.traces.identity import setup_identity
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Profile, Trace, check_profile_matches
 
 TIMINGS = ("model", "recorded", "calibrated")
 

@@ -16,8 +16,8 @@ import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable
 
-from policies import PolicyError, known_policies, parse_policy
-from policies.spec import split_top
+from specreplay.policies import PolicyError, known_policies, parse_policy
+from specreplay.policies.spec import split_top
 
 _COMPONENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_\-]*)\s*(?:\((.*)\))?\s*$", re.S)
 
@@ -65,7 +65,7 @@ _worker = None
 
 def _init_worker(kwargs: dict[str, Any]) -> None:
     global _worker
-    from sim.replay import Replayer
+    from specreplay.sim.replay import Replayer
     _worker = Replayer(**kwargs)
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from traces.io import TraceError
-from traces.reader import Profile, Trace
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Profile, Trace
 
 
 def _lengths(col: pa.ChunkedArray) -> np.ndarray:

@@ -8,13 +8,10 @@ import importlib
 import sys
 
 from specreplay import __version__
+from specreplay.errors import CLIError
 
 # Stage modules, in the order their commands are listed in --help.
-STAGES = ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli", "live.promote")
-
-
-class CLIError(Exception):
-    """Bad input: printed as one sentence, exit status 2."""
+STAGES = tuple(f"specreplay.{m}" for m in ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli", "live.promote"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # errors with a clear message from the stages
-        from traces.io import TraceError
-        from policies import PolicyError
+        from specreplay.traces.io import TraceError
+        from specreplay.policies import PolicyError
         if isinstance(e, (TraceError, PolicyError)):
             print(f"specreplay {args.command}: {e}", file=sys.stderr)
             return 2

@@ -9,7 +9,7 @@ PROMPTS = [[i % (VOCAB - 1) for i in range(3, 20)], [5, 1, 4, 1, 5, 9, 2, 6, 5, 
 
 def tiny_pair():
     import torch
-    from models.loading import build_tiny_pair
+    from specreplay.models.loading import build_tiny_pair
     # tiny matrices: one thread is fastest and immune to a busy machine
     torch.set_num_threads(1)
     return build_tiny_pair(seed=0, vocab=VOCAB, std=0.3, block_size=8)

@@ -11,10 +11,10 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
-from live.recorder import ModelInfo, RecordSettings, Recorder  # noqa: E402
-from sim.replay import replay  # noqa: E402
-from tests.live_pair import PROMPTS, VOCAB, tiny_pair  # noqa: E402
-from traces.reader import Trace  # noqa: E402
+from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder  # noqa: E402
+from specreplay.sim.replay import replay  # noqa: E402
+from live_pair import PROMPTS, VOCAB, tiny_pair  # noqa: E402
+from specreplay.traces.reader import Trace  # noqa: E402
 
 
 @dataclass
@@ -60,7 +60,7 @@ def test_replaying_the_recorded_policy_reproduces_its_cycles(pair, tmp_path, spe
     for col in ("sample", "start", "block_size", "accepted"):
         assert np.array_equal(np.asarray(got[col]), live.column(col).to_numpy()), col
     assert pred.recorded_cycles == live.num_rows  # every cycle timed by its recorded seconds
-    from traces.check import check_trace
+    from specreplay.traces.check import check_trace
     report = check_trace(tmp_path / "t")
     assert report["ok"], report["problems"]
     if report["oracle_live_compared"]:  # every plain greedy cycle: oracle == live draft

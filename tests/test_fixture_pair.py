@@ -40,10 +40,10 @@ def test_target_and_tokenizer_load_with_transformers():
 @pytest.mark.skipif(not (DRAFT / "config.json").exists(),
                     reason="the fixture draft is not shipped yet (models/fixtures/draft)")
 def test_dflash_equals_greedy_and_accepts_more_than_two_tokens_a_cycle():
-    from live.loop import Decoder, LoopConfig
-    from live.prompts import load_prompts
-    from models.loading import load_draft, load_target, load_tokenizer
-    from policies import parse_policy
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.live.prompts import load_prompts
+    from specreplay.models.loading import load_draft, load_target, load_tokenizer
+    from specreplay.policies import parse_policy
     torch.set_num_threads(2)
     target = load_target(str(TARGET), dtype="float32", device="cpu")
     draft = load_draft(str(DRAFT), target)

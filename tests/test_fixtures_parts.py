@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from models.fixtures import corpus
+from specreplay.models.fixtures import corpus
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -72,7 +72,7 @@ def test_split_depends_on_the_name_only():
 
 def test_tokenizer_specials_and_stream_layout():
     pytest.importorskip("tokenizers")
-    from models.fixtures import bpe
+    from specreplay.models.fixtures import bpe
 
     texts = ["def add(a, b):\n    return a + b\n", "import os\nprint(os.sep)\n"] * 20
     tok = bpe.train_tokenizer(texts, vocab_size=300)
@@ -85,7 +85,7 @@ def test_tokenizer_specials_and_stream_layout():
 
 
 def test_configure_applies_preset_then_overrides():
-    from models.fixtures import train
+    from specreplay.models.fixtures import train
 
     cfg = train.configure(["--preset=tiny", "--seed=7", "--compile=false", "--gamma=5"])
     assert cfg.seed == 7 and cfg.compile is False and cfg.gamma == 5.0
@@ -98,7 +98,7 @@ def test_configure_applies_preset_then_overrides():
 
 def test_file_start_prompts_are_distinct_file_heads():
     np = pytest.importorskip("numpy")
-    from models.fixtures.draft_data import file_start_prompts
+    from specreplay.models.fixtures.draft_data import file_start_prompts
 
     # three files of 10, 3 and 8 tokens, each followed by end-of-text (id 0)
     stream = np.array(list(range(1, 11)) + [0] + [21, 22, 23, 0] + list(range(31, 39)) + [0])
@@ -116,7 +116,7 @@ def test_file_start_prompts_are_distinct_file_heads():
 @pytest.fixture(scope="module")
 def pair():
     torch = pytest.importorskip("torch")
-    from models.loading import build_tiny_pair
+    from specreplay.models.loading import build_tiny_pair
 
     torch.set_num_threads(1)
     return build_tiny_pair(seed=3, vocab=40, std=0.3, block_size=8)
@@ -126,7 +126,7 @@ def pair():
 def test_batched_blocks_equal_forward_blocks(pair):
     import torch
 
-    from models.fixtures.dflash_training import block_inputs, draw_anchors, forward_blocks_batched
+    from specreplay.models.fixtures.dflash_training import block_inputs, draw_anchors, forward_blocks_batched
 
     target, draft = pair
     gen = torch.Generator().manual_seed(0)
@@ -144,7 +144,7 @@ def test_batched_blocks_equal_forward_blocks(pair):
 @pytest.mark.live
 def test_anchors_are_distinct_and_leave_room_for_the_block():
     torch = pytest.importorskip("torch")
-    from models.fixtures.dflash_training import draw_anchors
+    from specreplay.models.fixtures.dflash_training import draw_anchors
 
     prompt_lens, lengths = torch.tensor([5, 10]), torch.tensor([30, 20])
     anchors = draw_anchors(prompt_lens, lengths, 8, 3, torch.Generator().manual_seed(1))
@@ -159,7 +159,7 @@ def test_anchors_are_distinct_and_leave_room_for_the_block():
 @pytest.mark.live
 def test_block_inputs_and_loss_by_hand():
     torch = pytest.importorskip("torch")
-    from models.fixtures.dflash_training import block_inputs, block_loss, slot_weights
+    from specreplay.models.fixtures.dflash_training import block_inputs, block_loss, slot_weights
 
     tokens = torch.arange(10, 30)[None]  # token at position t is 10 + t
     block_ids, labels = block_inputs(tokens, torch.tensor([[3, 7]]), 4, mask_id=1)
@@ -188,7 +188,7 @@ def test_oracle_walk_by_hand():
     pytest.importorskip("torch")
     import torch
 
-    from models.fixtures.tau import accepted_at, cycle_taus, mean_tau, truncate_at_stop
+    from specreplay.models.fixtures.tau import accepted_at, cycle_taus, mean_tau, truncate_at_stop
 
     output = [5, 6, 7, 8, 9, 10]
     # block size 4: proposals for offsets 1..3 at each start p = 0..4
@@ -207,7 +207,7 @@ def test_oracle_walk_by_hand():
 def test_batched_greedy_equals_generate_per_prompt(pair):
     import torch
 
-    from models.fixtures.greedy import generate
+    from specreplay.models.fixtures.greedy import generate
 
     target, _ = pair
     gen = torch.Generator().manual_seed(5)

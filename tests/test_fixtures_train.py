@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fixtures")
-    proc = subprocess.run([sys.executable, "-m", "models.fixtures.train", "--preset=tiny",
+    proc = subprocess.run([sys.executable, "-m", "specreplay.models.fixtures.train", "--preset=tiny",
                            f"--out_dir={out}"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -27,7 +27,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(run):
-    from models.loading import load_draft, load_target, load_tokenizer
+    from specreplay.models.loading import load_draft, load_target, load_tokenizer
 
     out, _ = run
     torch.set_num_threads(1)
@@ -38,7 +38,7 @@ def loaded(run):
 def test_outputs_load_with_transformers_and_the_draft_loader(run, loaded):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models.draft import build_target_layer_ids
+    from specreplay.models.draft import build_target_layer_ids
 
     out, log = run
     target = AutoModelForCausalLM.from_pretrained(out / "target")
@@ -59,7 +59,7 @@ def test_outputs_load_with_transformers_and_the_draft_loader(run, loaded):
 
 
 def test_files_fit_the_limits_and_match_the_logged_hashes(run):
-    from models.loading import file_hashes
+    from specreplay.models.loading import file_hashes
 
     out, log = run
     files = log["checkpoints"]["files"]
@@ -90,9 +90,9 @@ def test_oracle_walk_equals_the_live_loop_and_output_equals_greedy(loaded):
     """On the CPU in float32 the tau the trainer reports (oracle walk over the greedy
     output) must be exactly what the live loop measures, cycle by cycle, and the live
     output must be plain greedy decoding."""
-    from live.loop import Decoder, LoopConfig
-    from models.fixtures.tau import greedy_taus
-    from policies import parse_policy
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.models.fixtures.tau import greedy_taus
+    from specreplay.policies import parse_policy
 
     target, draft, tok = loaded
     prompts = [tok("def fib(n):\n    ")["input_ids"], tok("import os\nimport sys\n\n\nclass ")["input_ids"]]
@@ -111,7 +111,7 @@ def test_oracle_walk_equals_the_live_loop_and_output_equals_greedy(loaded):
 
 
 def test_model_card_renders_every_file_and_the_tau_table(run):
-    from models.fixtures.model_card import render
+    from specreplay.models.fixtures.model_card import render
 
     _, log = run
     card = render(log)
@@ -126,12 +126,12 @@ def test_draft_only_run_keeps_the_target_files_and_the_card_says_so(run, tmp_pat
     """``--target_from`` trains only a draft: the target folder it writes holds the very
     files it loaded (same checksums), and the card, rendered from the folder, lists the
     files there and names the earlier run that trained the target."""
-    from models.fixtures.model_card import main as card_main
-    from models.loading import file_hashes
+    from specreplay.models.fixtures.model_card import main as card_main
+    from specreplay.models.loading import file_hashes
 
     out, first = run
     second = tmp_path / "draft-only"
-    proc = subprocess.run([sys.executable, "-m", "models.fixtures.train", "--preset=tiny",
+    proc = subprocess.run([sys.executable, "-m", "specreplay.models.fixtures.train", "--preset=tiny",
                            f"--target_from={out / 'target'}", f"--out_dir={second}",
                            "--eval_humaneval=False"], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
@@ -152,7 +152,7 @@ def test_draft_only_run_keeps_the_target_files_and_the_card_says_so(run, tmp_pat
 
 
 def test_bad_knob_is_one_sentence_and_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "models.fixtures.train", "--block_sise=8"],
+    proc = subprocess.run([sys.executable, "-m", "specreplay.models.fixtures.train", "--block_sise=8"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "block_sise" in proc.stderr

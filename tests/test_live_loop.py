@@ -6,11 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
-from live.loop import Decoder, LoopConfig, cache_length  # noqa: E402
-from live.verify import verify_nodes  # noqa: E402
-from models.draft import crop_cache  # noqa: E402
-from policies import parse_policy, trie_nodes  # noqa: E402
-from tests.live_pair import PROMPTS, hf_greedy, tiny_pair  # noqa: E402
+from specreplay.live.loop import Decoder, LoopConfig, cache_length  # noqa: E402
+from specreplay.live.verify import verify_nodes  # noqa: E402
+from specreplay.models.draft import crop_cache  # noqa: E402
+from specreplay.policies import parse_policy, trie_nodes  # noqa: E402
+from live_pair import PROMPTS, hf_greedy, tiny_pair  # noqa: E402
 
 MAX_NEW = 40
 SPECS = [
@@ -98,7 +98,7 @@ def test_packed_tree_logits_equal_each_path_alone(pair):
     """One tree pass with the ancestor-only mask gives every node the logits of its
     root-to-node path verified as a chain; the kept KV then equals the chain's."""
     from transformers import DynamicCache
-    from live.verify import keep_committed
+    from specreplay.live.verify import keep_committed
     target, draft = pair
     prompt = PROMPTS[0]
     paths = ((0, 0, 0), (1,), (0, 1), (2, 0, 1), (1, 2))
@@ -132,4 +132,6 @@ def test_packed_tree_logits_equal_each_path_alone(pair):
         for a, b in zip(keep.layers, alone.layers):
             torch.testing.assert_close(a.keys, b.keys, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(feats, chain.features[:, :3], atol=1e-5, rtol=1e-5)
+        # hidden features are unnormalised sums over layers: a tree and a chain reduce in a
+        # different order, so they agree to float32 rounding of their own scale, not to 1e-5
+        torch.testing.assert_close(feats, chain.features[:, :3], atol=1e-4, rtol=1e-4)

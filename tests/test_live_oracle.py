@@ -6,11 +6,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
-from live.loop import Decoder, LoopConfig  # noqa: E402
-from live.oracle import Oracle, default_probe_keys  # noqa: E402
-from policies import parse_policy  # noqa: E402
-from traces.schema import RANK_BEYOND_END  # noqa: E402
-from tests.live_pair import PROMPTS, tiny_pair  # noqa: E402
+from specreplay.live.loop import Decoder, LoopConfig  # noqa: E402
+from specreplay.live.oracle import Oracle, default_probe_keys  # noqa: E402
+from specreplay.policies import parse_policy  # noqa: E402
+from specreplay.traces.schema import RANK_BEYOND_END  # noqa: E402
+from live_pair import PROMPTS, tiny_pair  # noqa: E402
 
 MAX_NEW = 32
 
@@ -25,8 +25,13 @@ def _index(rows):
 
 
 def _same(row, view):
+    """Same proposals, and log-probs equal up to their float16 rounding: the oracle's
+    packed pass and the live pass reduce in a different order, so a value that lies on
+    a float16 rounding boundary may land one step apart."""
+    live = view.logprobs.reshape(-1)
+    ulp = np.abs(np.spacing(live.astype(np.float16))).astype(np.float32)
     return (row["draft_ids"] == view.ids.reshape(-1).tolist()
-            and np.array_equal(np.asarray(row["draft_logprobs"], np.float32), view.logprobs.reshape(-1)))
+            and bool(np.all(np.abs(np.asarray(row["draft_logprobs"], np.float32) - live) <= ulp)))
 
 
 @pytest.mark.parametrize("spec", ["fixed(b=6)", "ewma(candidates=4|6, probe=2)",

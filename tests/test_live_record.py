@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
-from live.recorder import ModelInfo, RecordSettings, Recorder, first_divergence  # noqa: E402
-from tests.live_pair import PROMPTS, VOCAB, save_pair, tiny_pair  # noqa: E402
+from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder, first_divergence  # noqa: E402
+from live_pair import PROMPTS, VOCAB, save_pair, tiny_pair  # noqa: E402
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _table(d, name, cols):
 
 
 def test_resume_after_an_interrupted_recording(tmp_path):
-    from traces.check import check_trace
+    from specreplay.traces.check import check_trace
     target, draft = tiny_pair()
     whole = tmp_path / "whole"
     summary = Recorder(target, draft, _settings(whole), _info()).record(PROMPT_SET, progress=False)
@@ -91,7 +91,7 @@ def _cli(*argv):
 
 
 def test_record_and_oracle_commands_end_to_end(model_dirs, tmp_path, capsys):
-    from traces.check import check_trace
+    from specreplay.traces.check import check_trace
     out = tmp_path / "trace"
     rc = _cli("record", "--target", model_dirs / "target", "--draft", model_dirs / "draft",
               "--dataset", model_dirs / "prompts.jsonl", "--policy", "fixed(b=6)+tree(topk=2, depth=2)",
@@ -129,8 +129,8 @@ def test_sharded_recording_merges_into_one_trace(model_dirs, tmp_path, monkeypat
     """Under torchrun each rank records prompts rank, rank+W, ... into OUT/rank-<r>
     (the ranks are run one after the other here, with the environment torchrun sets);
     `trace merge` joins them into a trace that holds every prompt once."""
-    from traces.check import check_trace
-    from traces.reader import Trace
+    from specreplay.traces.check import check_trace
+    from specreplay.traces.reader import Trace
     out = tmp_path / "run"
     for rank in (0, 1):
         monkeypatch.setenv("RANK", str(rank))

@@ -7,8 +7,8 @@ torch = pytest.importorskip("torch")
 stats = pytest.importorskip("scipy.stats")
 pytestmark = pytest.mark.live
 
-from live.sampling import chain_rejection, multiround  # noqa: E402
-from policies import trie_nodes  # noqa: E402
+from specreplay.live.sampling import chain_rejection, multiround  # noqa: E402
+from specreplay.policies import trie_nodes  # noqa: E402
 
 V = 5
 
@@ -89,8 +89,8 @@ def test_multiround_over_fixed_candidates_is_exact(tables):
 def test_live_loop_samples_the_target_distribution(spec, sampling):
     """S[1] over many seeds, decoded through the whole loop (draft, verify, accept, cap
     at max_new_tokens=2), against the exact target marginal sum_s0 p(s0) p(s1 | s0)."""
-    from live.loop import Decoder, LoopConfig
-    from policies import parse_policy
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.policies import parse_policy
     from tests.live_pair import PROMPTS, VOCAB, tiny_pair
     target, draft = tiny_pair()
     prompt = PROMPTS[1]

@@ -15,8 +15,8 @@ ref = pytest.importorskip("dflash.model")
 
 from transformers import DynamicCache, Qwen3Config  # noqa: E402
 
-from models.draft import DFlashDraftModel, crop_cache, new_cache  # noqa: E402
-from models.loading import build_tiny_pair  # noqa: E402
+from specreplay.models.draft import DFlashDraftModel, crop_cache, new_cache  # noqa: E402
+from specreplay.models.loading import build_tiny_pair  # noqa: E402
 
 pytestmark = pytest.mark.live
 ATOL = 1e-5
@@ -180,8 +180,8 @@ def test_reference_decode_loop_matches_ours(monkeypatch, decoding_pair, prompt_s
     assert sum(committed) == max_new_tokens - 1  # S[0] comes from prefill
     # The product's loop: same tokens; same commits in every cycle but the last, where
     # it drafts the full block while the reference cuts the block to what fits.
-    from live.loop import Decoder, LoopConfig
-    from policies import parse_policy
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.policies import parse_policy
     live = Decoder(target, ours, parse_policy(f"fixed(b={ours.block_size})"),
                    LoopConfig(max_new_tokens=max_new_tokens)).run(0, prompt[0].tolist())
     live_committed = [c["committed"] for c in live.cycles]

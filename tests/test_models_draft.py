@@ -6,10 +6,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.checkpoint import CheckpointError, parse_size  # noqa: E402
-from models.draft import DFlashDraftModel, crop_cache, new_cache  # noqa: E402
-from models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids  # noqa: E402
-from models.loading import build_tiny_pair, tiny_draft_config  # noqa: E402
+from specreplay.models.checkpoint import CheckpointError, parse_size  # noqa: E402
+from specreplay.models.draft import DFlashDraftModel, crop_cache, new_cache  # noqa: E402
+from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids  # noqa: E402
+from specreplay.models.loading import build_tiny_pair, tiny_draft_config  # noqa: E402
 
 pytestmark = pytest.mark.live
 ATOL = 1e-5

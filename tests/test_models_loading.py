@@ -7,8 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.draft import DFlashDraftModel  # noqa: E402
-from models.loading import (ModelLoadError, build_tiny_pair, file_hashes, load_draft,  # noqa: E402
+from specreplay.models.draft import DFlashDraftModel  # noqa: E402
+from specreplay.models.loading import (ModelLoadError, build_tiny_pair, file_hashes, load_draft,  # noqa: E402
                             load_target, load_tokenizer)
 
 pytestmark = pytest.mark.live

@@ -7,7 +7,7 @@ import textwrap
 def test_offline_half_never_imports_torch():
     code = textwrap.dedent("""
         import sys, importlib, pkgutil
-        for pkg in ("traces", "policies", "sim", "reports"):
+        for pkg in ("specreplay.traces", "specreplay.policies", "specreplay.sim", "specreplay.reports"):
             m = importlib.import_module(pkg)
             for info in pkgutil.walk_packages(m.__path__, pkg + "."):
                 importlib.import_module(info.name)

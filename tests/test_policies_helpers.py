@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from policies import CycleContext, CycleOutcome, DraftView
+from specreplay.policies import CycleContext, CycleOutcome, DraftView
 
 
 def view_from_probs(probs, start: int = 0, ids=None, rng=None, sample: int = 0) -> DraftView:

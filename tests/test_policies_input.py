@@ -1,5 +1,5 @@
 """Draft-input policies: recycle seed offsets and refine request fields."""
-from policies import DraftRequest, parse_policy
+from specreplay.policies import DraftRequest, parse_policy
 from test_policies_helpers import ctx, outcome, view_from_probs
 
 # The previous cycle started at 10 with b = 8 and ended with tau = 3 (2 accepted plus

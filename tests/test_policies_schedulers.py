@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from policies import parse_policy
+from specreplay.policies import parse_policy
 from test_policies_helpers import ctx, drive, outcome
 
 # Scores tau/cycle_s at alpha=1 (each estimate = the last observation): 8 -> 6,

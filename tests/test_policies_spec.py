@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from policies import PolicyError, known_policies, parse_policy
+from specreplay.policies import PolicyError, known_policies, parse_policy
 from specreplay.cli import main
 
 SPECS = [

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from policies import VerifyPlan, parse_policy, trie_nodes
-from policies.candidates import adaptive_budget
+from specreplay.policies import VerifyPlan, parse_policy, trie_nodes
+from specreplay.policies.candidates import adaptive_budget
 from test_policies_helpers import outcome, view_from_probs
 
 # Top-1 probabilities 0.9, 0.8, 0.5, 0.15, 0.9, 0.9, 0.9 at offsets 1..7 (b = 8).

@@ -4,13 +4,13 @@ import pytest
 pytestmark = pytest.mark.live
 torch = pytest.importorskip("torch")
 
-from live.profiler import (KINDS, QUICK_GRID, Grid, Point, Profiler, accept_step,  # noqa: E402
+from specreplay.live.profiler import (KINDS, QUICK_GRID, Grid, Point, Profiler, accept_step,  # noqa: E402
                            plan_points, tree_layout, tree_mask)
-from models.draft import crop_cache  # noqa: E402
-from models.loading import build_tiny_pair  # noqa: E402
+from specreplay.models.draft import crop_cache  # noqa: E402
+from specreplay.models.loading import build_tiny_pair  # noqa: E402
 from specreplay.cli import main  # noqa: E402
-from traces.reader import Profile  # noqa: E402
-from traces.writer import write_profile  # noqa: E402
+from specreplay.traces.reader import Profile  # noqa: E402
+from specreplay.traces.writer import write_profile  # noqa: E402
 
 
 @pytest.fixture(scope="module")

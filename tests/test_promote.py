@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("torch")
 pytestmark = pytest.mark.live
 
-from reports.ledger import SHIPPED_LEDGER, ledger_summary, read_ledger  # noqa: E402
-from tests.live_pair import save_pair  # noqa: E402
+from specreplay.reports.ledger import SHIPPED_LEDGER, ledger_summary, read_ledger  # noqa: E402
+from live_pair import save_pair  # noqa: E402
 
 
 def _cli(*argv):
@@ -67,7 +67,7 @@ def test_interleaved_and_sequential_orders_decode_the_same(recorded, tmp_path):
     """The order of turns changes only when each cycle ran, never what it decoded: both
     orders give every policy the same outputs and cycles, and the ledger says which
     order measured a row."""
-    from traces.reader import Trace
+    from specreplay.traces.reader import Trace
     root, trace = recorded
     specs = ["fixed(b=4)", "fixed(b=8)+tree(topk=2, depth=2)"]
     outputs = {}

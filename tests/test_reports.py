@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reports import demo as demo_mod
-from reports.figures import FIGURES
-from reports.ledger import SHIPPED_LEDGER, append_ledger_row, findings_path, ledger_summary, read_ledger
-from reports.report import LEADERBOARD_NUMBERS, build_report
-from traces.synthetic import make_trace
+from specreplay.reports import demo as demo_mod
+from specreplay.reports.figures import FIGURES
+from specreplay.reports.ledger import SHIPPED_LEDGER, append_ledger_row, findings_path, ledger_summary, read_ledger
+from specreplay.reports.report import LEADERBOARD_NUMBERS, build_report
+from specreplay.traces.synthetic import make_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_TRACE = ("tau-histograms", "timeline", "acceptance-by-offset", "cost-profile")
@@ -262,8 +262,8 @@ def test_report_command_end_to_end(tmp_path, ledger):
 def test_report_with_calibrated_timing_shows_its_factors(tmp_path):
     """--timing calibrated: the leaderboard numbers are the calibrated replay's, and the
     page says what scaled them."""
-    from reports.report import build_report, replay_traces
-    from sim.replay import replay
+    from specreplay.reports.report import build_report, replay_traces
+    from specreplay.sim.replay import replay
     trace = make_trace(tmp_path / "trace", output_lengths=(30, 30), block_sizes=(4, 8),
                        live_policy="fixed(b=8)")
     (rep,) = replay_traces([trace], ["fixed(b=4)"], timing="calibrated", bootstrap=0, log=lambda _: None)
@@ -291,7 +291,7 @@ def test_reports_never_import_torch():
 def test_findings_markdown_tables_keep_policy_bars():
     """Findings tables: '|' rows become a table, '\\|' stays a literal bar inside a cell
     (policy specs separate list values with it), and text around stays escaped."""
-    from reports.page import markdown_lite
+    from specreplay.reports.page import markdown_lite
     out = markdown_lite("intro <b>\n\n| policy | error |\n|---|---|\n"
                         "| ewma(candidates=8\\|12\\|16) | +13.1 % |\n\n- after")
     assert "<p>intro &lt;b&gt;</p>" in out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.ledger import (COLUMNS, REQUIRED, SHIPPED_LEDGER, LedgerError, append_ledger_row,
+from specreplay.reports.ledger import (COLUMNS, REQUIRED, SHIPPED_LEDGER, LedgerError, append_ledger_row,
                             ledger_summary, read_ledger)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.replay import replay
-from traces.check import check_trace
+from specreplay.sim.replay import replay
+from specreplay.traces.check import check_trace
 
 SAMPLES = Path(__file__).resolve().parent.parent / "traces" / "samples"
 TRACES = sorted(p for p in SAMPLES.glob("*") if (p / "run.json").exists()) if SAMPLES.exists() else []
@@ -24,7 +24,7 @@ def test_sample_trace_checks_and_replays_its_live_policy(path):
     live = report["live_policy"]
     (pred,) = replay(path, [live], timing="recorded", bootstrap=10)
     assert pred.replayable, pred.reason
-    from traces.reader import Trace
+    from specreplay.traces.reader import Trace
     cycles = Trace.open(path).cycles
     if report.get("oracle_live_agreement") == 1.0:
         for col in ("sample", "start", "block_size", "accepted"):

@@ -6,14 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from policies.base import VerifyPlan
-from sim.acceptance import Acceptance
-from sim.replay import replay
-from sim.tracedata import load_trace
-from traces.io import write_json
-from traces.reader import Trace
-from traces.schema import RANK_NOT_IN_TOPK
-from traces.synthetic import leading_zeros, make_trace
+from specreplay.policies.base import VerifyPlan
+from specreplay.sim.acceptance import Acceptance
+from specreplay.sim.replay import replay
+from specreplay.sim.tracedata import load_trace
+from specreplay.traces.io import write_json
+from specreplay.traces.reader import Trace
+from specreplay.traces.schema import RANK_NOT_IN_TOPK
+from specreplay.traces.synthetic import leading_zeros, make_trace
 
 LENGTHS = (60, 47, 33)
 

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from sim.replay import measured, replay
-from traces.io import TraceError
-from traces.reader import Trace
-from traces.synthetic import SyntheticCost, make_trace
-from traces.writer import write_profile
+from specreplay.sim.replay import measured, replay
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Trace
+from specreplay.traces.synthetic import SyntheticCost, make_trace
+from specreplay.traces.writer import write_profile
 
 PROFILE = SyntheticCost()
 DRAFT_X, VERIFY_X = 2.0, 1.5

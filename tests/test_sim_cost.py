@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from sim.cost import FITTED, CostModel
-from sim.replay import replay
-from traces.io import TraceError
-from traces.reader import Profile
-from traces.synthetic import SyntheticCost, leading_zeros, make_trace
-from traces.writer import write_profile
+from specreplay.sim.cost import FITTED, CostModel
+from specreplay.sim.replay import replay
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Profile
+from specreplay.traces.synthetic import SyntheticCost, leading_zeros, make_trace
+from specreplay.traces.writer import write_profile
 
 COST = SyntheticCost()
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from policies import PolicyError
-from sim.replay import Replayer, replay
-from sim.sweep import expand_grid
+from specreplay.policies import PolicyError
+from specreplay.sim.replay import Replayer, replay
+from specreplay.sim.sweep import expand_grid
 from specreplay.cli import main
-from traces.reader import Trace
-from traces.synthetic import leading_zeros, make_trace, random_ranks
+from specreplay.traces.reader import Trace
+from specreplay.traces.synthetic import leading_zeros, make_trace, random_ranks
 
 KEYS = {"policy", "tokens_per_s", "tpot_s", "tau_mean", "tau_hist", "speedup", "ci_low",
         "ci_high", "fidelity", "replayable", "reason", "cycles", "tokens", "samples"}
@@ -174,7 +174,7 @@ def test_sweep_command(ewma_trace, capsys):
 
 
 def test_sweep_in_parallel_processes_matches_one_process(ewma_trace):
-    from sim.sweep import run_sweep
+    from specreplay.sim.sweep import run_sweep
     specs = expand_grid("ewma(candidates=4|8|16, alpha=0.1|0.3)") + ["fixed(b=8)"]
     kw = {"trace": ewma_trace, "bootstrap": 20, "states": False}
     one = run_sweep(specs, kw, workers=1)

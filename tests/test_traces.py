@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from traces.io import TraceError
-from traces.reader import Trace
-from traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
-from traces.synthetic import leading_zeros, make_trace
-from traces.writer import TraceWriter
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Trace
+from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
+from specreplay.traces.synthetic import leading_zeros, make_trace
+from specreplay.traces.writer import TraceWriter
 
 RUN_META = {
     "setup": {"device": "cpu", "gpu": None, "backend": "hf", "dtype": "float32"},
@@ -189,7 +189,7 @@ def test_synthetic_ar_and_chain_cycles(tmp_path):
 def test_greedy_acceptance_over_rank_paths():
     """The generator's acceptance: longest prefix equal to the true ranks, max over
     paths, first such path chosen."""
-    from traces.synthetic import _accept
+    from specreplay.traces.synthetic import _accept
     true = np.array([1, 0, -1], np.int8)
     assert _accept(((0, 0, 0),), true) == (0, 0)
     assert _accept(((0, 0), (1, 0, 0), (1, 0, 1)), true) == (2, 1)

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from specreplay.cli import main
-from traces.reader import Trace
-from traces.synthetic import leading_zeros, make_trace
+from specreplay.traces.reader import Trace
+from specreplay.traces.synthetic import leading_zeros, make_trace
 
 PROBE = "recycle(mode=sparse)"
 

@@ -9,11 +9,11 @@ import pytest
 
 from specreplay import __version__
 from specreplay.cli import main
-from traces.io import TraceError
-from traces.reader import Profile, Trace, check_profile_matches
-from traces.schema import SCHEMA_VERSION
-from traces.synthetic import leading_zeros, make_trace
-from traces.writer import write_profile
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Profile, Trace, check_profile_matches
+from specreplay.traces.schema import SCHEMA_VERSION
+from specreplay.traces.synthetic import leading_zeros, make_trace
+from specreplay.traces.writer import write_profile
 
 
 @pytest.fixture(scope="module")

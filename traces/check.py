@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from traces.io import TraceError
-from traces.reader import Trace, check_profile_matches
-from traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK, TABLES
+from specreplay.traces.io import TraceError
+from specreplay.traces.reader import Trace, check_profile_matches
+from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK, TABLES
 
 
 class _Outputs:

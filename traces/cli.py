@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from traces.check import check_trace, format_report
+from specreplay.traces.check import check_trace, format_report
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -14,14 +14,14 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from traces.compact import compact
+    from specreplay.traces.compact import compact
     names = compact(args.dir)
     print(f"compacted {args.dir}: " + (", ".join(names) if names else "already one file per table"))
     return 0
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from traces.compact import merge
+    from specreplay.traces.compact import merge
     run = merge(args.out, args.parts)
     print(f"merged {len(args.parts)} traces into {args.out}: "
           f"{len(run['dataset']['indices'])} samples")

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from traces.identity import differences, recording_identity
-from traces.io import TraceError, _fsync_write, table_files, write_json
-from traces.reader import COMPACT_MARKER, Trace
-from traces.schema import TABLES
-from traces.writer import now_utc, read_json
+from specreplay.traces.identity import differences, recording_identity
+from specreplay.traces.io import TraceError, _fsync_write, table_files, write_json
+from specreplay.traces.reader import COMPACT_MARKER, Trace
+from specreplay.traces.schema import TABLES
+from specreplay.traces.writer import now_utc, read_json
 
 
 def _write_table(path: Path, table: pa.Table) -> None:

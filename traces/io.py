@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from traces.schema import SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces.schema import SCHEMA_VERSION, SCHEMAS, TABLES
 
 
 class TraceError(Exception):

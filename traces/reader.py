@@ -1,6 +1,6 @@
 """Reading traces and latency profiles.
 
-    from traces.reader import Trace
+    from specreplay.traces.reader import Trace
     trace = Trace.open("traces/samples/humaneval-fixed16")
     trace.run["live_policy"]          # run.json as a dict
     trace.cycles.to_pandas()          # any table as a pyarrow.Table
@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from traces.identity import differences, setup_identity
-from traces.io import TraceError, table_files
-from traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
-from traces.writer import read_json
+from specreplay.traces.identity import differences, setup_identity
+from specreplay.traces.io import TraceError, table_files
+from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces.writer import read_json
 
 # The oldest trace schema this version still reads.
 OLDEST_SCHEMA_VERSION = 1

@@ -33,9 +33,9 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from policies import CycleContext, CycleOutcome, DraftView, parse_policy
-from traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK, SCHEMAS
-from traces.writer import TraceWriter, write_profile
+from specreplay.policies import CycleContext, CycleOutcome, DraftView, parse_policy
+from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK, SCHEMAS
+from specreplay.traces.writer import TraceWriter, write_profile
 
 RankFn = Callable[..., Any]
 

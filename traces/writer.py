@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from traces.identity import differences, recording_identity
-from traces.io import TraceError, table_files, table_from_rows, write_json, write_part, _fsync_write
-from traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces.identity import differences, recording_identity
+from specreplay.traces.io import TraceError, table_files, table_from_rows, write_json, write_part, _fsync_write
+from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 
 Rows = list[dict[str, Any]] | pa.Table  # dicts keyed by column, or an Arrow table
 _PART = re.compile(r"part-(\d+)\.parquet$")
