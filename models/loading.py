@@ -1,7 +1,8 @@
 """Loading targets, drafts and tokenizers from a Hugging Face hub id or a local folder,
 hashing their files for the trace's run.json, and building a tiny random pair for tests.
 
-Nothing is downloaded unless the user named a hub id. A name is a local path when it
+Nothing is downloaded unless the user named a hub id. A ``twin:SHAPE`` id (``twin:qwen3-8b``)
+is a cost twin built in memory from the shipped fixture pair (``models.twin``). A name is a local path when it
 exists, or when it is written like one (absolute, starting with ``.`` or ``~``, or with
 more than one ``/``); it must then exist. Otherwise it is a hub id ``owner/name``.
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from specreplay.models import twin
 from specreplay.models.checkpoint import CheckpointError
 from specreplay.models.draft import DFlashDraftModel
 from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
@@ -83,6 +85,8 @@ def load_target(id_or_path, dtype="auto", attn=None, device=None):
     from transformers import AutoModelForCausalLM
 
     name = str(id_or_path)
+    if twin.is_twin_id(name):
+        return twin.build_target(name, device=device or "cpu", dtype=_torch_dtype(dtype), attn=attn)
     source = str(resolve_folder(name, "target model")) if _is_local(name) else name
     kwargs = {"dtype": _torch_dtype(dtype)}
     if attn is not None:
@@ -120,6 +124,8 @@ def load_draft(id_or_path, target, dtype=None, device=None) -> DFlashDraftModel:
     ``dtype``/``device`` default to the target's (the draft computes with the target's
     embedding and LM head, so they must agree)."""
     name = str(id_or_path)
+    if twin.is_twin_id(name):
+        return _twin_draft(name, target, dtype, device)
     folder = resolve_folder(name, "draft model", allow_patterns=["*.json", "*.safetensors"])
     embed = target.get_input_embeddings().weight
     try:
@@ -130,6 +136,24 @@ def load_draft(id_or_path, target, dtype=None, device=None) -> DFlashDraftModel:
         raise ModelLoadError(f"cannot load the draft {name!r}: {e}") from None
     check_pair(target, draft.config, name)
     return draft.bind_target(target)
+
+
+def _twin_draft(name: str, target, dtype, device) -> DFlashDraftModel:
+    """The twin draft of ``name``, which needs the twin target of the same shape (built
+    in memory, or loaded from a folder ``specreplay twin`` wrote)."""
+    shape = twin.shape_of(name)
+    built = getattr(target.config, "specreplay_twin", None) or {}
+    if built.get("shape") != shape.name:
+        have = f"the {built['shape']} twin" if built.get("shape") else "not a twin"
+        raise ModelLoadError(
+            f"the draft {name!r} needs the target twin:{shape.name}, but the target is {have}; "
+            f"pass --target twin:{shape.name} (or a folder written by specreplay twin --shape "
+            f"{shape.name}).")
+    plan = getattr(target, "twin_plan", None) or twin.plan_twin(shape)
+    draft = twin.build_draft(shape, target, plan=plan)
+    if dtype is not None or device is not None:
+        draft.to(device=device, dtype=_torch_dtype(dtype))
+    return draft
 
 
 def check_pair(target, config: DraftConfig, draft_name: str = "draft") -> None:
@@ -159,6 +183,9 @@ def load_tokenizer(id_or_path):
     from transformers import AutoTokenizer
 
     name = str(id_or_path)
+    if twin.is_twin_id(name):
+        twin.shape_of(name)
+        name = str(twin.fixture_dirs()[0])
     source = str(resolve_folder(name, "tokenizer")) if _is_local(name) else name
     try:
         return _from_cache_then_hub(AutoTokenizer, source, local=_is_local(name))
@@ -173,6 +200,11 @@ def file_hashes(path) -> dict[str, str]:
     id's snapshot in the local cache (never downloads). Files in the Hugging Face cache
     whose blob is named by its sha256 (large LFS files) are not re-read."""
     name = str(path)
+    if twin.is_twin_id(name):
+        # a twin is a function of the fixture pair and its shape (named by the id)
+        twin.shape_of(name)
+        return {f"{part.name}/{rel}": digest for part in twin.fixture_dirs()
+                for rel, digest in file_hashes(part).items()}
     if _is_local(name):
         folder = resolve_folder(name, "model")
     else:

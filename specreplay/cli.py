@@ -11,7 +11,7 @@ from specreplay import __version__
 from specreplay.errors import CLIError
 
 # Stage modules, in the order their commands are listed in --help.
-STAGES = tuple(f"specreplay.{m}" for m in ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli", "live.promote"))
+STAGES = tuple(f"specreplay.{m}" for m in ("traces.cli", "policies.cli", "sim.cli", "reports.cli", "live.cli", "live.profile_cli", "live.promote", "models.cli"))
 
 
 def build_parser() -> argparse.ArgumentParser:
