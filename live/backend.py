@@ -21,16 +21,17 @@ from __future__ import annotations
 import torch
 
 from specreplay.live.drafting import draft_block
+from specreplay.live.profile_cli import BACKENDS
 from specreplay.live.verify import Packed, keep_committed, pack, packed_verified, prefill, verify_nodes
 
-BACKENDS = ("hf", "graph")
 
 # Query lengths a captured verify or context append is padded up to; longer ones are
 # rounded up to a multiple of the last bucket.
 BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Cache capacity is rounded up to a multiple of this, so requests of similar length
-# share captured graphs (a graph is tied to its cache's capacity).
-_CAPACITY_QUANTUM = 256
+# Cache capacity, and the cache rows a captured pass attends over, are rounded up to a
+# multiple of this: a captured graph serves every context length of its 256-row span,
+# and its cost follows the context in steps of that span.
+KV_QUANTUM = 256
 
 
 def bucket(n: int) -> int:
@@ -40,6 +41,11 @@ def bucket(n: int) -> int:
             return b
     top = BUCKETS[-1]
     return -(-n // top) * top
+
+
+def kv_span(rows: int, capacity: int) -> int:
+    """Cache rows a captured pass reading ``rows`` of them attends over."""
+    return min(capacity, -(-rows // KV_QUANTUM) * KV_QUANTUM)
 
 
 def graph_unsupported(target, draft) -> str | None:
@@ -68,6 +74,15 @@ def resolve_backend(name: str | None, target, draft=None) -> str:
         if reason:
             raise ValueError(reason)
     return name
+
+
+def cli_backend(name: str | None, target, draft) -> str:
+    """``resolve_backend`` for a command: a backend that cannot run the pair is a CLIError."""
+    from specreplay.errors import CLIError
+    try:
+        return resolve_backend(name, target, draft)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
 
 
 def backend_for(name: str | None, target, draft, capture: bool | None = None):
@@ -147,7 +162,7 @@ class GraphBackend:
         """Caches of at least ``rows`` rows; growing drops the graphs tied to the old ones."""
         if self.tc is not None and self.tc.capacity >= rows:
             return
-        capacity = -(-rows // _CAPACITY_QUANTUM) * _CAPACITY_QUANTUM
+        capacity = -(-rows // KV_QUANTUM) * KV_QUANTUM
         if self.fast.max_positions:
             capacity = max(rows, min(capacity, self.fast.max_positions + 2 * BUCKETS[-1]))
         if self.tc is None:
@@ -205,11 +220,12 @@ class GraphBackend:
 
     def _verify_captured(self, tc, packed: Packed, L: int):
         q_pad = bucket(len(packed.tokens))
-        key = ("verify", q_pad, tc.capacity)
-        inputs = self._verify_inputs(packed, L, q_pad, tc.capacity)
+        span = kv_span(L + q_pad, tc.capacity)
+        key = ("verify", q_pad, span, tc.capacity)
+        inputs = self._verify_inputs(packed, L, q_pad, span)
         step = self.graphs.get(key)
         if step is None:
-            step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, tc.capacity), inputs)
+            step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
         else:
             for buf, new in zip(step.inputs, inputs):
                 buf.copy_(new)
@@ -263,11 +279,12 @@ class GraphBackend:
         if not self.capture:
             mask = None if self.fdraft.plain else self.fdraft.block_mask(b, context_len, context_len, dev)
             return self.fdraft.block_logits(dc, ids, pos, mask, context_len)
-        key = ("block", b, dc.capacity)
-        inputs = (ids, pos, self.fdraft.block_mask(b, context_len, dc.capacity, dev))
+        span = kv_span(max(context_len, 1), dc.capacity)
+        key = ("block", b, span, dc.capacity)
+        inputs = (ids, pos, self.fdraft.block_mask(b, context_len, span, dev))
         step = self.graphs.get(key)
         if step is None:
-            step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, dc.capacity), inputs)
+            step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span), inputs)
         else:
             for buf, new in zip(step.inputs, inputs):
                 buf.copy_(new)
