@@ -54,6 +54,7 @@ def _shard():
 
 
 def _record(args: argparse.Namespace) -> int:
+    from specreplay.live.backend import cli_backend
     from specreplay.live.profiler import describe_setup
     from specreplay.live.prompts import load_prompts
     from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder
@@ -77,6 +78,7 @@ def _record(args: argparse.Namespace) -> int:
     device = _device(args)
     target = load_target(args.target, dtype=args.dtype, attn=args.attn, device=device)
     draft = load_draft(args.draft, target, device=device)
+    backend = cli_backend(args.backend, target, draft)
     tokenizer = load_tokenizer(args.tokenizer or args.target)
     prompts = load_prompts(args.dataset, tokenizer, max_samples=args.max_samples, split=args.split,
                            template=args.template)
@@ -87,7 +89,7 @@ def _record(args: argparse.Namespace) -> int:
         target={"id": args.target, "files": file_hashes(args.target)},
         draft={"id": args.draft, "files": file_hashes(args.draft),
                "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
-        setup=describe_setup(target, device), dataset=dataset)
+        setup=describe_setup(target, device, backend), dataset=dataset)
     stop = tuple(args.stop_token_ids) if args.stop_token_ids is not None else _stop_ids(tokenizer, target)
     settings = RecordSettings(
         out=out, policy=args.policy, max_new_tokens=args.max_new_tokens,
@@ -99,7 +101,7 @@ def _record(args: argparse.Namespace) -> int:
         check_ar=args.check_ar, resume=args.resume, record_logits=not args.no_logits,
         stop_token_ids=stop)
     try:
-        recorder = Recorder(target, draft, settings, info)
+        recorder = Recorder(target, draft, settings, info, backend)
     except ValueError as e:
         raise CLIError(str(e)) from None
     summary = recorder.record(mine, progress=not args.quiet and sys.stderr.isatty())
@@ -159,6 +161,7 @@ def _oracle(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``record`` and ``oracle`` to the specreplay command."""
+    from specreplay.live.profile_cli import add_backend_flag
     fmt = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser(
         "record", help="decode prompts live with a policy and write a trace",
@@ -205,6 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float16, float32")
     p.add_argument("--attn", help="attention implementation (sdpa, eager, ...; tree verify needs a mask-capable one)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    add_backend_flag(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_record)

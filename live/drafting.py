@@ -3,7 +3,8 @@
 Both compute a drafted block's proposals the same way: ``topk_logprobs`` turns draft
 logits into the top-k ids and float16-rounded log-probabilities a trace stores (and a
 policy sees), and ``refine_block`` / ``merge_refined`` decide what a refinement pass
-redrafts. The live loop runs the draft with its KV cache (``draft_block``); the oracle
+redrafts. The live loop runs the draft with its KV cache (``draft_block``, or the
+graph backend's static-cache pass, live/backend.py); the oracle
 runs many blocks at once with ``forward_blocks``; with equal inputs the numbers agree.
 """
 from __future__ import annotations
@@ -68,22 +69,23 @@ def draft_block(draft, cache, block_ids: list[int], context: torch.Tensor | None
     return draft.logits(hidden[0, 1:]).float()
 
 
-def cycle_proposals(draft, cache, anchor: int, block_size: int, seeds, context, cached: int,
-                    context_len: int, k: int, refine_steps: int = 0,
+def cycle_proposals(draft_pass, mask_token_id: int, anchor: int, block_size: int, seeds, context,
+                    cached: int, context_len: int, k: int, refine_steps: int = 0,
                     refine_only_below: float = 1.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
     """Draft one live block, then up to ``refine_steps`` refinement passes over the
-    same cached context (no new context rows). Returns the final logits [b-1, V], the
-    top-k ids and rounded log-probs, and the passes run."""
-    mask = draft.mask_token_id
-    logits = draft_block(draft, cache, block_input(anchor, block_size, mask, seeds),
-                         context, cached, context_len)
+    same cached context (no new context rows). ``draft_pass(block_ids, context, cached,
+    context_len)`` is one draft pass with the request's cache (``draft_block`` or a live
+    backend's). Returns the final logits [b-1, V], the top-k ids and rounded log-probs,
+    and the passes run."""
+    mask = mask_token_id
+    logits = draft_pass(block_input(anchor, block_size, mask, seeds), context, cached, context_len)
     ids, lps = topk_logprobs(logits, k)
     passes = 1
     for _ in range(refine_steps):
         block, redraft = refine_block(anchor, ids, lps, refine_only_below, mask)
         if not redraft.any():
             break
-        new_logits = draft_block(draft, cache, block, None, context_len, context_len)
+        new_logits = draft_pass(block, None, context_len, context_len)
         new = topk_logprobs(new_logits, k)
         ids, lps = merge_refined((ids, lps), new, redraft)
         sel = torch.as_tensor(redraft, device=logits.device)

@@ -1,5 +1,8 @@
-"""The speculative decode loop: one target (any HF causal LM, ``DynamicCache``), one
-DFlash draft (its own cache), one policy (``policies.Composite``).
+"""The speculative decode loop: one target, one DFlash draft, one policy
+(``policies.Composite``), computed by a backend (live/backend.py: ``hf`` = transformers
+with a ``DynamicCache``, any causal LM; ``graph`` = the project's compact model over
+static caches, CUDA-graph replayed on a GPU). The loop and every policy action are the
+same for both; the backend only computes prefill, verify, commit and draft passes.
 
 A request is a prefill followed by cycles; each cycle is five explicit steps:
 
@@ -16,7 +19,8 @@ A request is a prefill followed by cycles; each cycle is five explicit steps:
 Positions follow traces/schema.py: S[0] comes from prefill, a cycle starting at p has
 anchor S[p] and context_len = len(prompt) + p. Block size 1 is plain autoregressive
 decoding through the same steps. Each step is timed (CUDA events on a GPU, the host
-clock on a CPU) and the policy observes the measured seconds.
+clock on a CPU) and the policy observes the measured seconds; seconds a backend spends
+capturing a CUDA graph are left out of every timed figure.
 """
 from __future__ import annotations
 
@@ -26,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from specreplay.live.drafting import block_input, cycle_proposals, draft_block, topk_logprobs
+from specreplay.live.backend import backend_for
+from specreplay.live.drafting import block_input, cycle_proposals, topk_logprobs
 from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from specreplay.live.timing import CycleClock, wall_sync
-from specreplay.live.verify import Verified, keep_committed, prefill, verify_nodes
-from specreplay.models.draft import new_cache
+from specreplay.live.verify import Verified
 from specreplay.policies.base import Composite, CycleContext, CycleOutcome, DraftView, VerifyPlan, trie_nodes
 
 SAMPLING_MODES = ("rejection", "multiround")
@@ -108,6 +112,8 @@ class DecodeState:
     cycle_logits: object = field(default_factory=list)  # rows, or the sample's Arrow table
     pending_logits: list[tuple] = field(default_factory=list)  # top-k tensors awaiting rows
     views: list[DraftView] = field(default_factory=list)
+    generation: int | None = None     # the graph backend's cache generation (one request at a time)
+    capture_s: float = 0.0            # graph capture seconds inside this request (not decode time)
 
     @property
     def start(self) -> int:
@@ -120,10 +126,13 @@ class DecodeState:
 
 class Decoder:
     """Runs requests with a (target, draft, policy) triple: ``run(sample, prompt_ids)``,
-    or ``begin`` / ``step`` / ``finish`` to drive it cycle by cycle."""
+    or ``begin`` / ``step`` / ``finish`` to drive it cycle by cycle. ``backend``: "hf",
+    "graph", None (graph on CUDA for the targets it runs, else hf) or a backend object
+    (live/backend.py)."""
 
-    def __init__(self, target, draft, policy: Composite, config: LoopConfig):
+    def __init__(self, target, draft, policy: Composite, config: LoopConfig, backend=None):
         self.target, self.draft, self.policy, self.cfg = target, draft, policy, config
+        self.backend = backend if hasattr(backend, "draft_pass") else backend_for(backend, target, draft)
         self.device = target.get_input_embeddings().weight.device
         self.stop_ids = frozenset(int(t) for t in config.stop_token_ids)
         self.clock = CycleClock(self.device)
@@ -156,12 +165,12 @@ class Decoder:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(_mix(self.cfg.seed, sample))
         t0 = wall_sync(self.device)
-        cache = _target_cache(self.target)
-        logits, feats = prefill(self.target, self.draft, prompt_ids, cache, self.drafts)
+        tc, dc = self.backend.start(len(prompt_ids), self.cfg.max_new_tokens)
+        logits, feats = self.backend.prefill(tc, prompt_ids, self.drafts)
         first = self._pick(logits, gen)
         t1 = wall_sync(self.device)
-        state = DecodeState(sample, list(prompt_ids), [first], cache, new_cache(), feats, 0, gen,
-                            prefill_s=t1 - t0, t0=t1)
+        state = DecodeState(sample, list(prompt_ids), [first], tc, dc, feats, 0, gen,
+                            prefill_s=t1 - t0, t0=t1, generation=getattr(tc, "generation", None))
         self._check_end(state)
         return state
 
@@ -170,6 +179,10 @@ class Decoder:
         """Run one cycle; False once the request has ended."""
         if state.stop_reason:
             return False
+        if state.generation is not None and state.target_cache.generation != state.generation:
+            raise RuntimeError(f"sample {state.sample}: its caches were handed to another request; "
+                               f"the graph backend decodes one request at a time")
+        captured0 = dict(self.backend.capture_s)
         clock = self.clock
         clock.reset()
         clock.mark("start")
@@ -187,8 +200,7 @@ class Decoder:
         self._check_plan(plan, b, view.k)
         tokens, q_rows = self._plan_tokens(state, plan, view, logits)
         clock.mark("target0")
-        ver = verify_nodes(self.target, self.draft, state.target_cache, plan.mode, plan.paths,
-                           anchor, tokens, L, self.drafts)
+        ver = self.backend.verify(state.target_cache, plan.mode, plan.paths, anchor, tokens, L, self.drafts)
         clock.mark("target1")
         acc = self._accept(state, ver, q_rows)
         path_tokens = [tokens[j] for j in ver.path_nodes(acc.path)]
@@ -200,9 +212,13 @@ class Decoder:
             self._logit_rows(state, ver, acc, b, logits)
         clock.mark("end")
         clock.sync()
-        draft_s = clock.seconds("draft0", "draft1")
-        target_s = clock.seconds("target0", "target1")
-        cycle_s = clock.seconds("start", "end")
+        # a graph captured inside this cycle ran between the phase's marks: not its cost
+        cap_d = self.backend.capture_s["draft"] - captured0["draft"]
+        cap_t = self.backend.capture_s["target"] - captured0["target"]
+        state.capture_s += cap_d + cap_t
+        draft_s = max(0.0, clock.seconds("draft0", "draft1") - cap_d)
+        target_s = max(0.0, clock.seconds("target0", "target1") - cap_t)
+        cycle_s = max(draft_s + target_s, clock.seconds("start", "end") - cap_d - cap_t)
         overhead_s = max(0.0, cycle_s - draft_s - target_s)
         tau = acc.accepted + 1
         outcome = CycleOutcome(state.sample, state.cycle, p, b, acc.accepted, tau, tau, acc.path,
@@ -224,7 +240,7 @@ class Decoder:
         return not state.stop_reason
 
     def finish(self, state: DecodeState) -> SampleResult:
-        decode_s = wall_sync(self.device) - state.t0
+        decode_s = wall_sync(self.device) - state.t0 - state.capture_s
         self._flush_logits(state)
         return SampleResult(state.sample, state.prompt_ids, list(state.output), state.stop_reason,
                             state.prefill_s, decode_s, state.cycles, state.cycle_logits, state.views)
@@ -240,9 +256,13 @@ class Decoder:
             state.seed_view = empty
             return None, empty
         self.clock.mark("draft0")
+        dc = state.draft_cache
+
+        def draft_pass(block_ids, context, cached, context_len):
+            return self.backend.draft_pass(dc, block_ids, context, cached, context_len)
         logits, ids, lps, _ = cycle_proposals(
-            self.draft, state.draft_cache, anchor, b, req.seeds, state.pending, state.draft_cached,
-            state.context_len, k, req.refine_steps, req.refine_only_below)
+            draft_pass, self.draft.mask_token_id, anchor, b, req.seeds, state.pending,
+            state.draft_cached, state.context_len, k, req.refine_steps, req.refine_only_below)
         state.pending, state.draft_cached = None, state.context_len
         view = DraftView(state.sample, state.start, b, ids, lps, rng)
         state.seed_view = view
@@ -250,9 +270,8 @@ class Decoder:
             # Recycling takes its seeds from the previous cycle's *plain* proposal, so the
             # oracle's recycle probe (seeds from the plain row at p-d) stays exact when
             # seeded cycles follow each other: one more pass over the cached context.
-            plain = draft_block(self.draft, state.draft_cache,
-                                block_input(anchor, b, self.draft.mask_token_id), None,
-                                state.context_len, state.context_len)
+            plain = draft_pass(block_input(anchor, b, self.draft.mask_token_id), None,
+                               state.context_len, state.context_len)
             state.seed_view = DraftView(state.sample, state.start, b, *topk_logprobs(plain, k), rng)
         self.clock.mark("draft1")
         return logits, view
@@ -302,7 +321,7 @@ class Decoder:
         return toks, amaxes
 
     def _commit(self, state: DecodeState, ver: Verified, acc: Acceptance, path_tokens, L: int) -> None:
-        feats = keep_committed(state.target_cache, ver, acc.path, acc.accepted, L)
+        feats = self.backend.commit(state.target_cache, ver, acc.path, acc.accepted, L)
         state.output.extend(path_tokens[:acc.accepted] + [acc.bonus])
         if self.drafts:
             state.pending = feats if state.pending is None else torch.cat((state.pending, feats), dim=1)
@@ -403,11 +422,6 @@ def _topk_raw(logits: torch.Tensor, k: int):
     k = min(k, logits.shape[-1])
     vals, ids = torch.topk(logits, k, dim=-1)
     return ids, vals, torch.logsumexp(logits, dim=-1)
-
-
-def _target_cache(target):
-    from transformers import DynamicCache
-    return DynamicCache(config=target.config)
 
 
 def _l_gen(drafted: list[int], b: int, stop_ids) -> int:

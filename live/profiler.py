@@ -374,8 +374,9 @@ def _groups(points: list[Point]) -> list[tuple[tuple[int, int], list[Point]]]:
 
 # --- provenance ----------------------------------------------------------------------
 
-def describe_setup(target, device: torch.device) -> dict:
-    """profile.json / run.json ``setup``: the hardware, software and numerics a time was
+def describe_setup(target, device: torch.device, backend: str = "hf") -> dict:
+    """profile.json / run.json ``setup``: the hardware, software, backend ("hf" or
+    "graph", and how it verifies batch plans: "rows" or "packed") and numerics a time was
     measured with."""
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -385,7 +386,8 @@ def describe_setup(target, device: torch.device) -> dict:
         "driver": gpu_driver() if cuda else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "backend": "hf",
+        "backend": backend,
+        "batch_verify": "packed" if backend == "graph" else "rows",
         "dtype": str(next(target.parameters()).dtype).removeprefix("torch."),
         "attn": getattr(target.config, "_attn_implementation", None),
     }

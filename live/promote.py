@@ -80,6 +80,8 @@ def _promote(args: argparse.Namespace) -> int:
     device = _device(args)
     target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
     draft = load_draft(draft_id, target, device=device)
+    from specreplay.live.backend import cli_backend
+    backend = cli_backend(args.backend, target, draft)
     tokenizer = load_tokenizer(args.tokenizer or target_id)
     if args.prompts == "same":
         prompts = _prompts_same(trace)
@@ -91,7 +93,7 @@ def _promote(args: argparse.Namespace) -> int:
                      draft={"id": draft_id, "files": file_hashes(draft_id),
                             "block_size": draft.config.block_size,
                             "mask_token_id": draft.config.mask_token_id},
-                     setup=describe_setup(target, device), dataset=dataset)
+                     setup=describe_setup(target, device, backend), dataset=dataset)
     ledger = Path(args.ledger) if args.ledger else SHIPPED_LEDGER
     out_root = Path(args.out)
     runs = []
@@ -105,7 +107,7 @@ def _promote(args: argparse.Namespace) -> int:
             oracle_top_k=int((run.get("oracle") or {}).get("top_k") or 4),
             oracle=False, record_logits=False, resume=args.resume,
             stop_token_ids=tuple(sampling.get("stop_token_ids") or ()))
-        runs.append((pred, out, Recorder(target, draft, settings, info)))
+        runs.append((pred, out, Recorder(target, draft, settings, info, backend)))
     if args.warmup and prompts:
         # one untimed decode per policy first: kernel selection, allocator growth and
         # lazy initialisation then land on no measured cycle, in particular not all on
@@ -185,6 +187,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="model dtype (default: the recording's)")
     p.add_argument("--attn", help="attention implementation")
     p.add_argument("--device", help="cuda, cuda:N or cpu")
+    from specreplay.live.profile_cli import add_backend_flag
+    add_backend_flag(p)
     p.add_argument("--resume", action="store_true", help="continue interrupted live runs")
     p.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                    help="interleaved (default): each prompt is decoded by every policy in turn, "

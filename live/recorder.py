@@ -84,9 +84,10 @@ def first_divergence(a: list[int], b: list[int]) -> int:
 
 
 class Recorder:
-    """Records prompts into a trace directory with loaded models."""
+    """Records prompts into a trace directory with loaded models, decoding through
+    ``backend`` (live/backend.py; None: graph on CUDA where it runs, else hf)."""
 
-    def __init__(self, target, draft, settings: RecordSettings, info: ModelInfo):
+    def __init__(self, target, draft, settings: RecordSettings, info: ModelInfo, backend=None):
         self.policy = parse_policy(settings.policy)
         # the live policy's own probes are always recorded, so it can be replayed
         probes = tuple(dict.fromkeys([*settings.probes, *self.policy.probes()]))
@@ -96,10 +97,10 @@ class Recorder:
                          seed=settings.seed, stop_token_ids=tuple(settings.stop_token_ids),
                          oracle_top_k=settings.oracle_top_k, top_k_logits=settings.top_k_logits,
                          record=settings.record_logits, sampling=settings.sampling)
-        self.decoder = Decoder(target, draft, self.policy, cfg)
+        self.decoder = Decoder(target, draft, self.policy, cfg, backend)
         self.ar = Decoder(target, draft, parse_policy("ar"), LoopConfig(
             max_new_tokens=settings.max_new_tokens, stop_token_ids=tuple(settings.stop_token_ids),
-            record=False)) if settings.check_ar else None
+            record=False), backend) if settings.check_ar else None
         self.oracle = None
         if settings.oracle:
             from specreplay.live.oracle import Oracle

@@ -26,6 +26,7 @@ class Verified:
     node_logits: torch.Tensor
     features: torch.Tensor
     rows: torch.Tensor | None = None
+    packed: "Packed | None" = None          # the graph backend's one-row layout
 
     def path_nodes(self, path_index: int) -> list[int]:
         """Trie node indices of a path, by depth 1..len."""
@@ -117,6 +118,84 @@ def _verify_batch(target, draft, cache, paths, nodes, anchor, node_tokens, L, de
     feats = draft.context_features(hidden) if want_features else logits.new_zeros(len(paths), width, 0)
     picks = [logits[0, 0]] + [logits[first_row[j][0], first_row[j][1]] for j in range(len(nodes))]
     return Verified("batch", tuple(paths), nodes, list(node_tokens), torch.stack(picks), feats, rows=logits)
+
+
+@dataclass
+class Packed:
+    """Every verify mode as ONE row of query tokens under an ancestor-only mask (the graph
+    backend's layout): a chain is a path, a tree its trie, a batch plan its paths side by
+    side as disjoint chains that each start with their own copy of the anchor. Row lists
+    index the packed row: ``node_rows`` [1+N] the anchor then each trie node (its first
+    occurrence), ``path_rows`` per path the anchor's row then its tokens' rows."""
+    tokens: list[int]
+    depths: list[int]
+    parents: list[int]          # packed parent row, -1 for a root (an anchor copy)
+    node_rows: list[int]
+    path_rows: list[list[int]]
+
+    def ancestors(self):
+        """Bool numpy [q, q]: row i sees row j iff j is i or one of its ancestors."""
+        import numpy as np
+        q = len(self.tokens)
+        allowed = np.zeros((q, q), dtype=bool)
+        for i, parent in enumerate(self.parents):
+            if parent >= 0:
+                allowed[i] = allowed[parent]
+            allowed[i, i] = True
+        return allowed
+
+
+def pack(mode: str, paths, anchor: int, node_tokens: list[int]) -> Packed:
+    """The packed layout of a verify pass (see ``Packed``)."""
+    paths = tuple(tuple(p) for p in paths)
+    nodes = trie_nodes(paths)
+    index = {(parent, rank): j for j, (parent, _, rank) in enumerate(nodes)}
+
+    def trie_path(path):
+        out, parent = [], -1
+        for rank in path:
+            parent = index[(parent, rank)]
+            out.append(parent)
+        return out
+
+    if mode in ("chain", "tree"):
+        tokens = [int(anchor)] + [int(t) for t in node_tokens]
+        depths = [0] + [d for _, d, _ in nodes]
+        parents = [-1] + [p + 1 for p, _, _ in nodes]
+        path_rows = [[0] + [j + 1 for j in trie_path(p)] for p in paths]
+        return Packed(tokens, depths, parents, list(range(len(tokens))), path_rows)
+    if mode != "batch":
+        raise ValueError(f"unknown verify mode {mode!r}")
+    tokens, depths, parents, path_rows, first = [], [], [], [], {}
+    for path in paths:
+        rows = [len(tokens)]
+        tokens.append(int(anchor))
+        depths.append(0)
+        parents.append(-1)
+        for d, j in enumerate(trie_path(path), start=1):
+            first.setdefault(j, len(tokens))
+            parents.append(rows[-1])
+            rows.append(len(tokens))
+            tokens.append(int(node_tokens[j]))
+            depths.append(d)
+        path_rows.append(rows)
+    return Packed(tokens, depths, parents, [0] + [first[j] for j in range(len(nodes))], path_rows)
+
+
+def packed_verified(mode: str, paths, node_tokens, packed: Packed, logits: torch.Tensor,
+                    feats: torch.Tensor) -> Verified:
+    """A Verified from one packed pass (logits [q, V], features [q, F]). Batch plans get
+    ``rows`` [n, width, V] per path like the hf backend's (short paths padded with
+    their last row, which no reader uses)."""
+    nodes = trie_nodes(tuple(paths))
+    node_logits = logits[torch.tensor(packed.node_rows, device=logits.device)]
+    rows = None
+    if mode == "batch":
+        width = max(len(r) for r in packed.path_rows)
+        grid = [r + [r[-1]] * (width - len(r)) for r in packed.path_rows]
+        rows = logits[torch.tensor(grid, device=logits.device)]
+    return Verified(mode, tuple(paths), nodes, list(node_tokens), node_logits, feats[None],
+                    rows=rows, packed=packed)
 
 
 def keep_committed(cache, verified: Verified, path_index: int, accepted: int, L: int) -> torch.Tensor:

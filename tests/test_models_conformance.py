@@ -165,8 +165,9 @@ def decoding_pair(tmp_path_factory):
     return target, ours, ref.DFlashDraftModel.from_pretrained(folder, dtype=torch.float32).eval()
 
 
+@pytest.mark.parametrize("backend", ["hf", "graph"])
 @pytest.mark.parametrize("prompt_seed, max_new_tokens", [(5, 45), (5, 38), (100, 45)])
-def test_reference_decode_loop_matches_ours(monkeypatch, decoding_pair, prompt_seed, max_new_tokens):
+def test_reference_decode_loop_matches_ours(monkeypatch, decoding_pair, prompt_seed, max_new_tokens, backend):
     # the reference's clock calls torch.cuda.synchronize(); on CPU use the plain clock
     monkeypatch.setattr(ref, "_cuda_time", time.perf_counter)
     target, ours, reference = decoding_pair
@@ -183,7 +184,7 @@ def test_reference_decode_loop_matches_ours(monkeypatch, decoding_pair, prompt_s
     from specreplay.live.loop import Decoder, LoopConfig
     from specreplay.policies import parse_policy
     live = Decoder(target, ours, parse_policy(f"fixed(b={ours.block_size})"),
-                   LoopConfig(max_new_tokens=max_new_tokens)).run(0, prompt[0].tolist())
+                   LoopConfig(max_new_tokens=max_new_tokens), backend=backend).run(0, prompt[0].tolist())
     live_committed = [c["committed"] for c in live.cycles]
     assert live.output_ids == plain
     assert live_committed[:-1] == expected.acceptance_lengths[:len(live_committed) - 1]

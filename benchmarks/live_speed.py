@@ -1,0 +1,279 @@
+"""Live engine speed: the graph backend's DFlash cycle against the memory floor, the hf
+backend's cycle, a plain AR step and the cost of recording, all measured in one run on
+one pair, interleaved (graph, graph without recording, hf, AR, repeated) so a slow
+phase of the machine hits every figure alike.
+
+    python benchmarks/live_speed.py                         # the fixture pair (CPU or GPU)
+    python benchmarks/live_speed.py --random-shape qwen3-8b # random weights, Qwen3-8B shape (GPU)
+    python benchmarks/live_speed.py --target ID --draft ID
+
+Prints ``live_speed backend=graph cycle_ms=… hf_cycle_ms=… floor_ms=… floor_ratio=…
+ar_step_ms=… record_overhead=…`` and, before it, the captured-vs-eager check (GPU), the
+copy bandwidth behind the floor, capture seconds and GPU utilisation (nvidia-smi).
+
+cycle_ms: median cycle seconds of ``fixed(b=B)`` through the graph backend, recording
+on. floor_ms: bytes of the target's weights plus the draft's own, read once, at the
+measured device copy bandwidth (read + write of a 1 GiB buffer, counted once each).
+floor_ratio = floor_ms / cycle_ms (1.0 = at the floor). ar_step_ms: median cycle of
+``ar``. record_overhead: (TPOT with recording - TPOT without) / TPOT without.
+Every phase runs under a time guard (``--phase-timeout``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FIXTURES = Path(__file__).resolve().parents[1] / "models" / "fixtures"
+# Qwen3-8B's published config (hidden, intermediate, layers, heads, kv heads, head dim,
+# vocabulary) and the shape of its DFlash draft (5 layers, block 16).
+SHAPES = {"qwen3-8b": dict(hidden=4096, intermediate=12288, layers=36, heads=32, kv_heads=8,
+                           head_dim=128, vocab=151936, draft_layers=5)}
+
+
+class PhaseTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def guard(name: str, seconds: float):
+    """Raise PhaseTimeout when the block runs past ``seconds``."""
+    def fire(*_):
+        raise PhaseTimeout(f"phase {name} ran past its {seconds:.0f} s guard")
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def random_pair(shape: str, device, dtype):
+    """Random weights of a named shape, built straight on ``device`` in ``dtype``."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from specreplay.models.draft import DFlashDraftModel
+    from specreplay.models.loading import tiny_draft_config
+    s = SHAPES[shape]
+    cfg = Qwen3Config(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=s["intermediate"],
+                      num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                      num_key_value_heads=s["kv_heads"], head_dim=s["head_dim"],
+                      max_position_embeddings=40960, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                      tie_word_embeddings=False, dtype=str(dtype).removeprefix("torch."))
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            target = Qwen3ForCausalLM(cfg).eval()
+            draft = DFlashDraftModel(tiny_draft_config(cfg, s["draft_layers"], 16, mask_token_id=s["vocab"] - 1))
+            draft.init_weights(0.02)
+    finally:
+        torch.set_default_dtype(old)
+    return target, draft.eval().bind_target(target)
+
+
+def copy_bandwidth(device) -> float | None:
+    """Bytes per second of a device-to-device copy (read + write counted), or None on a CPU."""
+    import torch
+    if device.type != "cuda":
+        return None
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device=device)
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(10):
+        start.record()
+        b.copy_(a)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    return 2 * n / statistics.median(times)
+
+
+class Utilisation:
+    """Median GPU utilisation (%) sampled by nvidia-smi while the block runs."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self.proc = None
+
+    def __enter__(self):
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            self.proc = subprocess.Popen([smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-lms", "200", "-i", "0"], stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            try:
+                self.samples.append(float(line.strip()))
+            except ValueError:
+                pass
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+
+def check_captured(target, draft, prompt: list[int], cycles: int) -> tuple[float, float, bool]:
+    """Captured vs eager graph backend on the same calls (prefill, then per cycle a chain
+    verify of a block and a draft pass), each eager call at exact sizes, each captured one
+    padded and replayed. Returns (max |logit diff| / max |logit|, top-1 agreement, ok)."""
+    import torch
+
+    from specreplay.live.backend import GraphBackend
+    eager, captured = GraphBackend(target, draft, capture=False), GraphBackend(target, draft, capture=True)
+    worst, agree, total = 0.0, 0, 0
+    states = []
+    for be in (eager, captured):
+        tc, dc = be.start(len(prompt), 16 * cycles + 16)
+        logits, feats = be.prefill(tc, prompt, True)
+        states.append((be, tc, dc, feats))
+    L, cached = len(prompt), 0
+    pending = [s[3] for s in states]
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for c in range(cycles):
+            tokens = torch.randint(0, draft.config.vocab_size - 1, (15,), generator=gen).tolist()
+            block = [tokens[0]] + [draft.mask_token_id] * 15
+            outs = []
+            for i, (be, tc, dc, _) in enumerate(states):
+                d = be.draft_pass(dc, block, pending[i], cached, L)
+                v = be.verify(tc, "chain", ((0,) * 15,), tokens[0], tokens, L, True)
+                pending[i] = be.commit(tc, v, 0, 3, L)
+                outs.append((d, v.node_logits))
+            for a, b in zip(outs[0], outs[1]):
+                worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
+                agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+                total += a.shape[0]
+            cached, L = L, L + 4
+    top1 = agree / total
+    return worst, top1, worst <= CHECK_REL and top1 >= CHECK_TOP1
+
+
+# bf16 tolerance of the captured-vs-eager check: the captured pass attends over a padded,
+# masked span with other kernels, so logits differ by bf16 rounding, not by more.
+CHECK_REL, CHECK_TOP1 = 3e-2, 0.95
+
+
+def decode(dec, prompts) -> tuple[list[float], float, int]:
+    """Cycle seconds, decode seconds and output tokens over ``prompts``."""
+    cycles, decode_s, tokens = [], 0.0, 0
+    for i, p in enumerate(prompts):
+        r = dec.run(i, p)
+        cycles += [c["cycle_s"] for c in r.cycles]
+        decode_s += r.decode_s
+        tokens += len(r.output_ids) - 1
+    return cycles, decode_s, tokens
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", help="target model (default: the fixture pair)")
+    ap.add_argument("--draft", help="DFlash draft (default: the fixture pair)")
+    ap.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of this shape instead")
+    ap.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--dtype", help="default bfloat16 on a GPU, float32 on a CPU")
+    ap.add_argument("--block-size", type=int, default=16)
+    ap.add_argument("--context", type=int, default=512, help="prompt tokens (default 512)")
+    ap.add_argument("--new-tokens", type=int, default=256, help="tokens per decode (default 256)")
+    ap.add_argument("--prompts", type=int, default=2, help="prompts per round (default 2)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase (default 300)")
+    args = ap.parse_args()
+
+    import torch
+
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.policies import parse_policy
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    try:
+        with guard("load", args.phase_timeout):
+            if args.random_shape:
+                target, draft = random_pair(args.random_shape, device, dtype)
+                pair = f"random {args.random_shape}"
+            else:
+                from specreplay.models.loading import load_draft, load_target
+                t_id = args.target or str(FIXTURES / "target")
+                d_id = args.draft or str(FIXTURES / "draft")
+                target = load_target(t_id, dtype=dtype, device=device)
+                draft = load_draft(d_id, target, device=device)
+                pair = f"{t_id} + {d_id}"
+        vocab = draft.config.vocab_size
+        gen = torch.Generator().manual_seed(0)
+        prompts = [torch.randint(0, vocab - 1, (args.context,), generator=gen).tolist() for _ in range(args.prompts)]
+        cfg = dict(max_new_tokens=args.new_tokens)
+        spec = f"fixed(b={args.block_size})"
+        runs = {
+            "graph": Decoder(target, draft, parse_policy(spec), LoopConfig(**cfg), backend="graph"),
+            "graph_norec": Decoder(target, draft, parse_policy(spec), LoopConfig(record=False, **cfg), backend="graph"),
+            "hf": Decoder(target, draft, parse_policy(spec), LoopConfig(**cfg), backend="hf"),
+            "ar": Decoder(target, draft, parse_policy("ar"), LoopConfig(**cfg), backend="graph"),
+        }
+        if device.type == "cuda":
+            with guard("captured-vs-eager check", args.phase_timeout):
+                rel, top1, ok = check_captured(target, draft, prompts[0], 4)
+            print(f"captured_vs_eager max_rel_diff={rel:.2e} top1_agree={top1:.3f} "
+                  f"tolerance rel<={CHECK_REL:g} top1>={CHECK_TOP1:g} {'ok' if ok else 'FAILED'}")
+        with guard("warm-up (captures graphs)", args.phase_timeout):
+            for dec in runs.values():
+                dec.run(0, prompts[0])
+        backend = runs["graph"].backend
+        print(f"graph capture: {len(backend.graphs)} graphs, "
+              f"{sum(backend.capture_s.values()):.2f} s (outside every timed figure)")
+        got = {name: ([], 0.0, 0) for name in runs}
+        with Utilisation() as util:
+            for r in range(args.rounds):
+                for name, dec in runs.items():
+                    with guard(f"{name} round {r}", args.phase_timeout):
+                        c, s, n = decode(dec, prompts)
+                    old = got[name]
+                    got[name] = (old[0] + c, old[1] + s, old[2] + n)
+        bw = copy_bandwidth(device)
+    except PhaseTimeout as e:
+        print(f"live_speed: {e}; lower --new-tokens/--rounds or raise --phase-timeout", file=sys.stderr)
+        return 1
+    med = {name: statistics.median(v[0]) * 1e3 for name, v in got.items()}
+    tpot = {name: v[1] / v[2] for name, v in got.items()}
+    own = [p for n, p in draft.named_parameters()]
+    weight_bytes = sum(p.numel() * p.element_size() for p in target.parameters()) + \
+        sum(p.numel() * p.element_size() for p in own)
+    floor_ms = weight_bytes / bw * 1e3 if bw else float("nan")
+    print(f"pair: {pair}; {device} {str(dtype).removeprefix('torch.')}; block {args.block_size}; "
+          f"context {args.context}; {args.new_tokens} new tokens x {args.prompts} prompts x {args.rounds} rounds")
+    if bw:
+        print(f"copy bandwidth {bw / 1e9:.0f} GB/s; weights read per cycle {weight_bytes / 1e9:.2f} GB")
+    print(f"gpu utilisation (median, nvidia-smi): {util.median() if util.median() is not None else 'n/a'}")
+    print(f"speedup graph vs hf cycle: {med['hf'] / med['graph']:.1f}x; tpot graph {tpot['graph'] * 1e3:.2f} ms, "
+          f"hf {tpot['hf'] * 1e3:.2f} ms, ar {tpot['ar'] * 1e3:.2f} ms")
+    record_overhead = (tpot["graph"] - tpot["graph_norec"]) / tpot["graph_norec"]
+    print(f"live_speed backend=graph cycle_ms={med['graph']:.3f} hf_cycle_ms={med['hf']:.3f} "
+          f"floor_ms={floor_ms:.3f} floor_ratio={floor_ms / med['graph']:.3f} "
+          f"ar_step_ms={med['ar']:.3f} record_overhead={record_overhead:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,300 @@
+"""How the decode loop's tensors are computed: the ``hf`` backend (transformers, a
+``DynamicCache``) and the ``graph`` backend (models/fast.py over static KV caches, each
+step replayed from a CUDA graph on a GPU, run eagerly elsewhere).
+
+Both give the loop (live/loop.py) the same five calls:
+
+    start(prompt_len, max_new_tokens) -> (target cache, draft cache) for one request
+    prefill(tc, prompt_ids, want_features) -> last logits [V], raw features [1, P, F]
+    verify(tc, mode, paths, anchor, node_tokens, L, want_features) -> Verified
+    commit(tc, verified, path_index, accepted, L) -> the kept tokens' features [1, a+1, F]
+    draft_pass(dc, block_ids, context, cached, context_len) -> draft logits [b-1, V]
+
+``batch_verify`` says how a batch plan is verified (traces/schema.py, profile.json
+setup): "rows" = B rows of a batch over a repeated cache (hf), "packed" = one row of
+disjoint paths under an ancestor-only mask (graph: no cache copies). ``capture_s``
+accumulates the seconds spent capturing graphs, per phase ("target", "draft"), so the
+loop can keep them out of every timed figure.
+"""
+from __future__ import annotations
+
+import torch
+
+from specreplay.live.drafting import draft_block
+from specreplay.live.profile_cli import BACKENDS
+from specreplay.live.verify import Packed, keep_committed, pack, packed_verified, prefill, verify_nodes
+
+
+# Query lengths a captured verify or context append is padded up to; longer ones are
+# rounded up to a multiple of the last bucket.
+BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Cache capacity, and the cache rows a captured pass attends over, are rounded up to a
+# multiple of this: a captured graph serves every context length of its 256-row span,
+# and its cost follows the context in steps of that span.
+KV_QUANTUM = 256
+
+
+def bucket(n: int) -> int:
+    """The captured size that serves n rows."""
+    for b in BUCKETS:
+        if n <= b:
+            return b
+    top = BUCKETS[-1]
+    return -(-n // top) * top
+
+
+def kv_span(rows: int, capacity: int) -> int:
+    """Cache rows a captured pass reading ``rows`` of them attends over."""
+    return min(capacity, -(-rows // KV_QUANTUM) * KV_QUANTUM)
+
+
+def graph_unsupported(target, draft) -> str | None:
+    """Why the graph backend cannot run this pair (one sentence), or None."""
+    from specreplay.models.fast import unsupported_reason
+    reason = unsupported_reason(target)
+    if reason is None and draft is not None:
+        kinds = {(l.self_attn.block_causal, l.self_attn.sliding_window) for l in draft.layers}
+        if len(kinds) > 1:
+            reason = ("the graph backend runs drafts whose layers share one attention pattern, and this "
+                      "draft mixes causal/sliding layers; use --backend hf for this pair.")
+    return reason
+
+
+def resolve_backend(name: str | None, target, draft=None) -> str:
+    """The backend to use: ``name`` when given ("hf" or "graph"; graph on a model it
+    cannot run raises ValueError with one sentence naming hf); None or "auto": graph on
+    CUDA for the architectures it runs, hf otherwise."""
+    device = target.get_input_embeddings().weight.device
+    if name in (None, "auto"):
+        return "graph" if device.type == "cuda" and graph_unsupported(target, draft) is None else "hf"
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; use hf or graph")
+    if name == "graph":
+        reason = graph_unsupported(target, draft)
+        if reason:
+            raise ValueError(reason)
+    return name
+
+
+def cli_backend(name: str | None, target, draft) -> str:
+    """``resolve_backend`` for a command: a backend that cannot run the pair is a CLIError."""
+    from specreplay.errors import CLIError
+    try:
+        return resolve_backend(name, target, draft)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def backend_for(name: str | None, target, draft, capture: bool | None = None):
+    """The backend object for a (target, draft) pair, shared by every decoder of the pair
+    in this process so graphs are captured once per shape. ``capture``: replay CUDA
+    graphs (default: on a GPU); False runs the graph backend's same code eagerly."""
+    name = resolve_backend(name, target, draft)
+    if name == "hf":
+        return HFBackend(target, draft)
+    device = target.get_input_embeddings().weight.device
+    capture = device.type == "cuda" if capture is None else bool(capture)
+    if capture and device.type != "cuda":
+        raise ValueError("graph capture needs a CUDA device")
+    shared = draft.__dict__.setdefault("_live_backends", {})
+    key = (id(target), capture)
+    if key not in shared:
+        shared[key] = GraphBackend(target, draft, capture)
+    return shared[key]
+
+
+class HFBackend:
+    """transformers' own forward with a DynamicCache (any causal LM)."""
+    name, batch_verify = "hf", "rows"
+
+    def __init__(self, target, draft):
+        self.target, self.draft = target, draft
+        self.capture_s = {"target": 0.0, "draft": 0.0}
+
+    def start(self, prompt_len: int, max_new_tokens: int):
+        from transformers import DynamicCache
+
+        from specreplay.models.draft import new_cache
+        return DynamicCache(config=self.target.config), new_cache()
+
+    def prefill(self, tc, prompt_ids, want_features):
+        return prefill(self.target, self.draft, prompt_ids, tc, want_features)
+
+    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
+        return verify_nodes(self.target, self.draft, tc, mode, paths, anchor, node_tokens, L, want_features)
+
+    def commit(self, tc, verified, path_index, accepted, L):
+        return keep_committed(tc, verified, path_index, accepted, L)
+
+    def draft_pass(self, dc, block_ids, context, cached, context_len):
+        return draft_block(self.draft, dc, block_ids, context, cached, context_len)
+
+
+class GraphBackend:
+    """models/fast.py's target and draft over static caches owned by the backend (one
+    request at a time: ``start`` hands the caches to a new request). With ``capture``
+    every verify, context append and block pass replays a CUDA graph captured lazily
+    for its padded size; without, the same functions run eagerly at exact sizes."""
+    name, batch_verify = "graph", "packed"
+
+    def __init__(self, target, draft, capture: bool):
+        from specreplay.models.fast import FastTarget
+        from specreplay.models.fast_draft import FastDraft
+        self.target, self.draft = target, draft
+        self.fast = FastTarget(target, draft.target_layer_ids)
+        self.fdraft = FastDraft(draft)
+        self.device = self.fast.device
+        self.capture = capture
+        self.tc = self.dc = None
+        self.graphs: dict[tuple, object] = {}
+        self.capture_s = {"target": 0.0, "draft": 0.0}
+        self.pool = torch.cuda.graph_pool_handle() if capture else None
+
+    # ---- caches
+    def start(self, prompt_len: int, max_new_tokens: int):
+        self._ensure(prompt_len + max_new_tokens + 2 * BUCKETS[-1])
+        for cache in (self.tc, self.dc):
+            cache.length = 0
+            cache.generation += 1
+        return self.tc, self.dc
+
+    def _ensure(self, rows: int) -> None:
+        """Caches of at least ``rows`` rows; growing drops the graphs tied to the old ones."""
+        if self.tc is not None and self.tc.capacity >= rows:
+            return
+        capacity = -(-rows // KV_QUANTUM) * KV_QUANTUM
+        if self.fast.max_positions:
+            capacity = max(rows, min(capacity, self.fast.max_positions + 2 * BUCKETS[-1]))
+        if self.tc is None:
+            self.tc, self.dc = self.fast.new_cache(capacity), self.fdraft.new_cache(capacity)
+        else:
+            self.tc.grow(capacity)
+            self.dc.grow(capacity)
+            self.graphs.clear()
+
+    def _check(self, cache) -> None:
+        if cache is not self.tc and cache is not self.dc:
+            raise RuntimeError("this cache does not belong to this graph backend")
+
+    # ---- target
+    def prefill(self, tc, prompt_ids, want_features):
+        self._check(tc)
+        P = len(prompt_ids)
+        dev = self.device
+        ids = torch.tensor([prompt_ids], dtype=torch.long, device=dev)
+        rows = torch.arange(P, device=dev)
+        mask = torch.ones(P, P, dtype=torch.bool, device=dev).tril()[None, None]
+        logits, feats = self.fast.forward(tc, ids, rows[None], rows, mask, P, last_logits=True)
+        tc.length = P
+        return logits[-1], feats[None]
+
+    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
+        self._check(tc)
+        packed = pack(mode, paths, anchor, node_tokens)
+        q = len(packed.tokens)
+        if self.capture:
+            self._ensure(L + bucket(q))
+            logits, feats = self._verify_captured(tc, packed, L)
+        else:
+            self._ensure(L + q)
+            ids, pos, rows, mask = self._verify_inputs(packed, L, q, L + q)
+            logits, feats = self.fast.forward(tc, ids, pos, rows, mask, L + q)
+        return packed_verified(mode, paths, node_tokens, packed, logits[:q], feats[:q])
+
+    def _verify_inputs(self, packed: Packed, L: int, q_pad: int, kv_len: int):
+        """ids/positions [1, q_pad], write rows [q_pad], mask [1, 1, q_pad, kv_len] of a
+        packed pass at cache length L. Padding rows write past the real ones and see
+        only themselves (never seen by a real row)."""
+        q = len(packed.tokens)
+        pad = q_pad - q
+        ids = torch.tensor([packed.tokens + [0] * pad], dtype=torch.long)
+        pos = torch.tensor([[L + d for d in packed.depths] + [L] * pad], dtype=torch.long)
+        rows = torch.arange(L, L + q_pad)
+        new = torch.eye(q_pad, dtype=torch.bool)
+        new[:q, :q] = torch.from_numpy(packed.ancestors())
+        mask = torch.zeros(q_pad, kv_len, dtype=torch.bool)
+        mask[:q, :L] = True
+        mask[:, L:L + q_pad] = new
+        dev = self.device
+        return ids.to(dev), pos.to(dev), rows.to(dev), mask[None, None].to(dev)
+
+    def _verify_captured(self, tc, packed: Packed, L: int):
+        q_pad = bucket(len(packed.tokens))
+        span = kv_span(L + q_pad, tc.capacity)
+        key = ("verify", q_pad, span, tc.capacity)
+        inputs = self._verify_inputs(packed, L, q_pad, span)
+        step = self.graphs.get(key)
+        if step is None:
+            step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
+        else:
+            for buf, new in zip(step.inputs, inputs):
+                buf.copy_(new)
+        return step.run()
+
+    def commit(self, tc, verified, path_index, accepted, L):
+        rows = verified.packed.path_rows[path_index][:accepted + 1]
+        idx = torch.tensor(rows, device=self.device)
+        if rows != list(range(accepted + 1)):
+            tc.move_rows(idx + L, L)
+        tc.length = L + accepted + 1
+        return verified.features[:, idx]
+
+    # ---- draft
+    def draft_pass(self, dc, block_ids, context, cached, context_len):
+        self._check(dc)
+        if context is not None and context.shape[1]:
+            if dc.length != cached:
+                raise RuntimeError(f"draft cache holds {dc.length} rows, the loop says {cached}")
+            self._append(dc, context, cached)
+            dc.length = context_len
+        return self._block(dc, block_ids, context_len)
+
+    def _append(self, dc, context: torch.Tensor, cached: int) -> None:
+        T = context.shape[1]
+        dev = self.device
+        if not self.capture or T > BUCKETS[-1]:
+            rows = torch.arange(cached, cached + T, device=dev)
+            self.fdraft.append_context(dc, context, rows[None], rows)
+            return
+        T_pad = bucket(T)
+        self._ensure(cached + T_pad)
+        ctx = torch.zeros(1, T_pad, context.shape[2], dtype=context.dtype, device=dev)
+        ctx[:, :T] = context
+        rows = torch.arange(cached, cached + T_pad, device=dev)
+        inputs = (ctx, rows[None], rows)
+        key = ("append", T_pad, dc.capacity)
+        step = self.graphs.get(key)
+        if step is None:
+            self._capture(key, "draft", lambda *a: self.fdraft.append_context(dc, *a), inputs)
+        else:
+            for buf, new in zip(step.inputs, inputs):
+                buf.copy_(new)
+            step.run()
+
+    def _block(self, dc, block_ids, context_len: int) -> torch.Tensor:
+        b = len(block_ids)
+        dev = self.device
+        ids = torch.tensor([block_ids], dtype=torch.long, device=dev)
+        pos = torch.arange(context_len, context_len + b, device=dev)[None]
+        if not self.capture:
+            mask = None if self.fdraft.plain else self.fdraft.block_mask(b, context_len, context_len, dev)
+            return self.fdraft.block_logits(dc, ids, pos, mask, context_len)
+        span = kv_span(max(context_len, 1), dc.capacity)
+        key = ("block", b, span, dc.capacity)
+        inputs = (ids, pos, self.fdraft.block_mask(b, context_len, span, dev))
+        step = self.graphs.get(key)
+        if step is None:
+            step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span), inputs)
+        else:
+            for buf, new in zip(step.inputs, inputs):
+                buf.copy_(new)
+        return step.run()
+
+    def _capture(self, key, phase: str, fn, inputs):
+        """Capture ``fn`` over ``inputs`` (they become its static buffers; the capture's
+        warm-up runs compute this call's result too)."""
+        from specreplay.models.fast import StepGraph
+        step = StepGraph(fn, inputs, capture=True, pool=self.pool)
+        self.graphs[key] = step
+        self.capture_s[phase] += step.capture_s
+        return step

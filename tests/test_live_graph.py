@@ -1,0 +1,163 @@
+"""The graph backend on CPU float32 (eager, the same model code a GPU replays from CUDA
+graphs): greedy output equals plain AR for every policy and action the hf backend's
+equality test covers; its logits and features equal the hf backend's on the fixture
+pair; the static caches hold exactly the committed tokens; a cycle's seconds add up."""
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.live
+
+from specreplay.live.backend import GraphBackend, HFBackend, backend_for, bucket, resolve_backend  # noqa: E402
+from specreplay.live.loop import Decoder, LoopConfig, cache_length  # noqa: E402
+from specreplay.policies import parse_policy, trie_nodes  # noqa: E402
+from live_pair import PROMPTS, hf_greedy, tiny_pair  # noqa: E402
+from test_live_loop import MAX_NEW, SPECS  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent.parent / "models" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair()
+
+
+@pytest.fixture(scope="module")
+def reference(pair):
+    target, _ = pair
+    stop = hf_greedy(target, PROMPTS[1], MAX_NEW)[20]
+    return stop, [hf_greedy(target, p, MAX_NEW) for p in PROMPTS], hf_greedy(target, PROMPTS[1], MAX_NEW, stop)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_graph_backend_greedy_equals_plain_ar(pair, reference, spec):
+    target, draft = pair
+    stop, refs, stopped = reference
+    dec = Decoder(target, draft, parse_policy(spec), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
+    assert isinstance(dec.backend, GraphBackend) and not dec.backend.capture
+    for i, (prompt, ref) in enumerate(zip(PROMPTS, refs)):
+        res = dec.run(i, prompt)
+        assert res.output_ids == ref, spec
+        for c in res.cycles:  # the three phases add up to the cycle
+            assert c["draft_s"] + c["target_s"] + c["overhead_s"] == pytest.approx(c["cycle_s"], rel=1e-9, abs=1e-12)
+    dec = Decoder(target, draft, parse_policy(spec), LoopConfig(max_new_tokens=MAX_NEW, stop_token_ids=(stop,)),
+                  backend="graph")
+    res = dec.run(1, PROMPTS[1])
+    assert res.output_ids == stopped and res.stop_reason == "eos"
+
+
+@pytest.mark.parametrize("spec", ["fixed(b=6)", "fixed(b=6)+tree(topk=3, depth=3)",
+                                  "candidates(mode=branch_beam, depth=3, topk=3, verify=batch)",
+                                  "refine(steps=2)", "fixed(b=6)+recycle(mode=dense)"])
+def test_static_caches_hold_the_committed_tokens(pair, spec):
+    """After every cycle the target cache's K/V rows equal a fresh hf prefill of prompt +
+    committed tokens (so tree paths and batch rows were moved into place), and the draft
+    cache holds the context it saw."""
+    from transformers import DynamicCache
+    target, draft = pair
+    dec = Decoder(target, draft, parse_policy(spec), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
+    state = dec.begin(0, PROMPTS[0])
+    P = len(PROMPTS[0])
+    assert cache_length(state.target_cache) == P
+    moved = False
+    while True:
+        context_len = state.context_len
+        more = dec.step(state)
+        moved |= state.cycles[-1]["chosen_path"] > 0 and state.cycles[-1]["accepted"] > 0
+        n = P + state.start
+        assert cache_length(state.target_cache) == n
+        assert cache_length(state.draft_cache) == context_len
+        ids = torch.tensor([state.prompt_ids + state.output[:-1]])
+        ref = DynamicCache(config=target.config)
+        with torch.inference_mode():
+            target(input_ids=ids, past_key_values=ref, use_cache=True)
+        for i, layer in enumerate(ref.layers):
+            torch.testing.assert_close(state.target_cache.k[i][:, :, :n], layer.keys, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(state.target_cache.v[i][:, :, :n], layer.values, atol=1e-5, rtol=1e-5)
+        if not more:
+            break
+    if "tree" in spec or "batch" in spec:
+        assert moved, "the test should commit off the first path at least once"
+
+
+def test_one_request_at_a_time(pair):
+    target, draft = pair
+    dec = Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
+    first = dec.begin(0, PROMPTS[0])
+    dec.begin(1, PROMPTS[1])
+    with pytest.raises(RuntimeError, match="one request at a time"):
+        dec.step(first)
+
+
+def test_decoders_of_a_pair_share_one_graph_backend(pair):
+    target, draft = pair
+    assert backend_for("graph", target, draft) is backend_for("graph", target, draft)
+    assert resolve_backend(None, target, draft) == "hf"  # CPU: hf unless asked
+    assert isinstance(backend_for(None, target, draft), HFBackend)
+
+
+def test_an_unsupported_target_names_the_hf_backend():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=20))
+    with pytest.raises(ValueError, match="--backend hf"):
+        resolve_backend("graph", model)
+    assert resolve_backend(None, model) == "hf"
+
+
+def test_buckets_pad_up():
+    assert [bucket(n) for n in (1, 2, 3, 5, 16, 17, 64, 65, 130)] == [1, 2, 4, 8, 16, 32, 64, 128, 192]
+
+
+def _fixture_pair():
+    from specreplay.models.loading import load_draft, load_target
+    if not (FIXTURES / "draft" / "config.json").exists():
+        pytest.skip("the fixture draft is not shipped")
+    target = load_target(str(FIXTURES / "target"), dtype="float32", device="cpu")
+    return target, load_draft(str(FIXTURES / "draft"), target)
+
+
+def test_graph_logits_equal_hf_on_the_fixture_pair():
+    """Prefill, chain, tree and batch verify, commit and draft passes through both
+    backends on the shipped pair: logits and features agree to 1e-5."""
+    target, draft = _fixture_pair()
+    hf, graph = HFBackend(target, draft), GraphBackend(target, draft, capture=False)
+    prompt = [int(t) for t in torch.randint(0, 1000, (40,), generator=torch.Generator().manual_seed(3))]
+    paths_by_mode = {"chain": ((0, 0, 0, 0, 0),), "tree": ((0, 0, 0), (1,), (0, 1), (2, 0, 1)),
+                     "batch": ((0, 0, 0), (1, 0), (0, 1))}
+    with torch.inference_mode():
+        for mode, paths in paths_by_mode.items():
+            caches = {}
+            for name, be in (("hf", hf), ("graph", graph)):
+                tc, dc = be.start(len(prompt), 64)
+                logits, feats = be.prefill(tc, prompt, True)
+                caches[name] = (be, tc, dc, logits, feats)
+            (hb, htc, hdc, hl, hfeat), (gb, gtc, gdc, gl, gfeat) = caches["hf"], caches["graph"]
+            torch.testing.assert_close(gl, hl, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(gfeat, hfeat, atol=1e-5, rtol=1e-5)
+            nodes = trie_nodes(paths)
+            tokens = [(37 * d + 11 * r + 5) % 1000 for _, d, r in nodes]
+            L = len(prompt)
+            hv = hb.verify(htc, mode, paths, 17, tokens, L, True)
+            gv = gb.verify(gtc, mode, paths, 17, tokens, L, True)
+            torch.testing.assert_close(gv.node_logits, hv.node_logits, atol=1e-5, rtol=1e-5)
+            if mode == "batch":
+                for i, path in enumerate(paths):
+                    n = len(path) + 1
+                    torch.testing.assert_close(gv.rows[i, :n], hv.rows[i, :n], atol=1e-5, rtol=1e-5)
+            hk = hb.commit(htc, hv, len(paths) - 1, 2, L)
+            gk = gb.commit(gtc, gv, len(paths) - 1, 2, L)
+            torch.testing.assert_close(gk, hk, atol=1e-4, rtol=1e-4)  # unnormalised feature sums
+            # draft passes: prompt context then the kept rows, with a refinement-style pass
+            ctx = torch.cat((hfeat, hk), dim=1)
+            block = [17] + [draft.mask_token_id] * 7
+            hd = hb.draft_pass(hdc, block, ctx, 0, L + 3)
+            gd = gb.draft_pass(gdc, block, ctx, 0, L + 3)
+            torch.testing.assert_close(gd, hd, atol=1e-5, rtol=1e-5)
+            block[3] = 42
+            torch.testing.assert_close(gb.draft_pass(gdc, block, None, L + 3, L + 3),
+                                       hb.draft_pass(hdc, block, None, L + 3, L + 3), atol=1e-5, rtol=1e-5)
+            # the next verify over the committed cache agrees too
+            hv = hb.verify(htc, "chain", ((0, 0),), 9, [4, 8], L + 3, True)
+            gv = gb.verify(gtc, "chain", ((0, 0),), 9, [4, 8], L + 3, True)
+            torch.testing.assert_close(gv.node_logits, hv.node_logits, atol=1e-5, rtol=1e-5)
