@@ -13,7 +13,7 @@
 #
 # Knobs (environment): TARGET, DRAFT (twin:qwen3-8b), BACKEND (graph; empty: the
 # command's default), DTYPE (bfloat16), DEVICE, SAMPLES (24 HumanEval prompts), TOKENS
-# (128 new tokens), REPEATS (3), HELDOUT (12 held-out prompts), GROUPS (2: the policy
+# (128 new tokens), REPEATS (3), HELDOUT (12 held-out prompts), POLICY_GROUPS (2: the policy
 # matrix is promoted in this many groups, each a step of its own, each with its own ar
 # baseline), POLICIES (the matrix, specs separated by ";"), TIMING (promote's prediction
 # timing: model or calibrated), STEP_TIMEOUT (seconds per step, 530), PROFILE_ARGS
@@ -31,7 +31,7 @@ SAMPLES=${SAMPLES:-24}
 TOKENS=${TOKENS:-128}
 REPEATS=${REPEATS:-3}
 HELDOUT=${HELDOUT:-12}
-GROUPS=${GROUPS:-2}
+POLICY_GROUPS=${POLICY_GROUPS:-2}
 STEP_TIMEOUT=${STEP_TIMEOUT:-530}
 LEDGER=${LEDGER:-$DIR/ledger.csv}
 SAMPLE=$DIR/humaneval-fixed16
@@ -51,8 +51,8 @@ if [ -n "${POLICIES:-}" ]; then IFS=';' read -r -a MATRIX <<< "$POLICIES"
 else MATRIX=("${DEFAULT_POLICIES[@]}"); fi
 
 ALL="record profile replay"
-for g in $(seq 1 "$GROUPS"); do ALL+=" same$g"; done
-for g in $(seq 1 "$GROUPS"); do ALL+=" heldout$g"; done
+for g in $(seq 1 "$POLICY_GROUPS"); do ALL+=" same$g"; done
+for g in $(seq 1 "$POLICY_GROUPS"); do ALL+=" heldout$g"; done
 STEPS=" ${STEPS:-$ALL compact summary} "
 wanted() { [[ "$STEPS" == *" $1 "* ]]; }
 
@@ -70,11 +70,11 @@ run() {
     fi
 }
 
-# the specs of group G (1-based) of GROUPS, round robin over the matrix
+# the specs of group G (1-based) of POLICY_GROUPS, round robin over the matrix
 group_args() {
     local g=$1 i=0 out=()
     for p in "${MATRIX[@]}"; do
-        [ $((i % GROUPS + 1)) -eq "$g" ] && out+=(--policy "$p")
+        [ $((i % POLICY_GROUPS + 1)) -eq "$g" ] && out+=(--policy "$p")
         i=$((i + 1))
     done
     printf '%s\0' "${out[@]}"
@@ -124,7 +124,7 @@ replay_step() {
 promote_step() {  # promote_step same|heldout G
     local kind=$1 g=$2 args=()
     mapfile -d '' -t args < <(group_args "$g")
-    [ "${#args[@]}" -gt 0 ] || { echo "group $g of $GROUPS is empty"; return 0; }
+    [ "${#args[@]}" -gt 0 ] || { echo "group $g of $POLICY_GROUPS is empty"; return 0; }
     local prompts=(--prompts same)
     if [ "$kind" = heldout ]; then
         [ -f "$HELDOUT_FILE" ] || python3 "$HERE/heldout_prompts.py" "$HELDOUT_FILE" --n "$HELDOUT"
@@ -137,6 +137,7 @@ promote_step() {  # promote_step same|heldout G
 }
 
 compact_step() {
+    shopt -s nullglob
     for d in "$DIR"/promoted/*/*/; do "${SR[@]}" trace compact "$d" > /dev/null; done
     du -sh "$DIR/promoted"
 }
@@ -147,8 +148,10 @@ import json, re, sys
 from specreplay.reports.ledger import ledger_summary, read_ledger
 rows = read_ledger(sys.argv[1])
 s = ledger_summary(rows)
-within = []
+within = []  # on the recorded prompts: tau inside the printed bound (1 % when exact)
 for r in rows:
+    if r["prompts"] != "same":
+        continue
     m = re.search(r"tau \+-([0-9.]+)", r.get("note") or "")
     bound = float(m.group(1)) if m else None
     err = abs(r["predicted_tau"] - r["measured_tau"])
@@ -164,7 +167,7 @@ for g in s["groups"]:
 sp = s["overall"]["speedup_abs_error"]
 if sp["median"] is not None:
     print(f"speedup |error| median {100 * sp['median']:.1f} % max {100 * sp['max']:.1f} %")
-print(f"tau inside its bound: {sum(w['inside'] for w in within)} of {len(within)} rows")
+print(f"same prompts: tau inside its bound {sum(w['inside'] for w in within)} of {len(within)} rows")
 PY
     "${SR[@]}" report "$SAMPLE" --ledger "$LEDGER" --out "$DIR/report"
 }
