@@ -99,7 +99,7 @@ def _record(args: argparse.Namespace) -> int:
         probe_block_sizes=_int_list(args.probe_block_sizes, "--probe-block-sizes")
         if args.probe_block_sizes else None,
         check_ar=args.check_ar, resume=args.resume, record_logits=not args.no_logits,
-        stop_token_ids=stop)
+        stop_token_ids=stop, warmup=args.warmup)
     try:
         recorder = Recorder(target, draft, settings, info, backend)
     except ValueError as e:
@@ -210,6 +210,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
     add_backend_flag(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the untimed decode of the first prompt before recording (its cold "
+                        "start then lands in the trace's timing)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_record)
 

@@ -37,6 +37,7 @@ class RecordSettings:
     resume: bool = False
     record_logits: bool = True
     stop_token_ids: tuple[int, ...] = ()
+    warmup: bool = True                   # one untimed decode before the first recorded one
 
 
 @dataclass
@@ -114,9 +115,19 @@ class Recorder:
         resuming. Returns a summary {samples, recorded, skipped, tokens, tau_mean,
         divergent}."""
         session = self.open(len(prompts), out_dir)
+        todo = [p for i, p in enumerate(prompts) if i not in session.done]
+        if self.settings.warmup and todo:
+            self.warm_up(todo[0])
         for sample, prompt in enumerate(prompts):
             session.add(sample, prompt, progress, after_sample)
         return session.finish()
+
+    def warm_up(self, prompt) -> None:
+        """Decode ``prompt`` once without recording it: kernel selection, allocator growth
+        and lazy initialisation (on a GPU a cold first prefill and draft step take several
+        times their steady seconds) then land on no recorded cycle, so they move neither
+        the trace's timing nor a calibration fitted to it."""
+        self.decoder.run(0, list(prompt.ids))
 
     def open(self, n_prompts: int, out_dir: Path | None = None) -> "RecordingSession":
         """A recording into ``out_dir`` that takes one prompt at a time (``add``), so that

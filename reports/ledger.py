@@ -16,6 +16,18 @@ Columns (``COLUMNS``; the first ten are required, the rest may be empty)::
     predicted_ci_high       upper end of it
     measured_trace          the trace the live confirmation run recorded
     note                    a validation finding about this row (why it missed, what fixes it)
+    measured_ci_low         lower end of the 95 % bootstrap interval of the measured tokens/s
+                            (over repeats and prompts: each decoded prompt is one unit)
+    measured_ci_high        upper end of it
+    measured_speedup        measured TPOT of ``ar`` in the same interleaved live run / the
+                            policy's measured TPOT
+    predicted_speedup       the simulator's speedup against ``ar`` (same cost model)
+    repeats                 how many times each prompt was decoded live (integer >= 1)
+    label                   the prediction's fidelity label: exact | approximate |
+                            extrapolated cost (sim.replay.Prediction.label)
+
+Older ledgers without the last six columns read with those cells empty; appending to
+one rewrites its header with every column (old rows keep empty cells).
 
 Only ``specreplay promote`` writes the ledger, through ``append_ledger_row``; every other
 part of the tool reads it with ``read_ledger``. Errors name the file, the line and the
@@ -36,11 +48,15 @@ from scipy.stats import kendalltau
 
 REQUIRED = ("policy", "prompts", "predicted_tokens_per_s", "measured_tokens_per_s",
             "predicted_tau", "measured_tau", "trace", "profile", "setup", "date")
-OPTIONAL = ("predicted_ci_low", "predicted_ci_high", "measured_trace", "note")
+OPTIONAL = ("predicted_ci_low", "predicted_ci_high", "measured_trace", "note",
+            "measured_ci_low", "measured_ci_high", "measured_speedup", "predicted_speedup",
+            "repeats", "label")
 COLUMNS = REQUIRED + OPTIONAL
 
 NUMERIC = ("predicted_tokens_per_s", "measured_tokens_per_s", "predicted_tau", "measured_tau",
-           "predicted_ci_low", "predicted_ci_high")
+           "predicted_ci_low", "predicted_ci_high", "measured_ci_low", "measured_ci_high",
+           "measured_speedup", "predicted_speedup", "repeats")
+LABELS = ("exact", "approximate", "extrapolated cost")
 PROMPT_SETS = ("same", "heldout")
 
 # How many of the best policies must keep their order for "top-3 preserved".
@@ -74,7 +90,12 @@ def _check_value(col: str, text: str, where: str) -> Any:
         if col.endswith("_tau") and value < 1:
             raise LedgerError(f"{where}, column {col}: {text!r} is below 1, and tau counts the "
                               "bonus token so it is at least 1")
+        if col == "repeats" and value != int(value):
+            raise LedgerError(f"{where}, column repeats: {text!r} must be a whole number of "
+                              "live decodes per prompt")
         return value
+    if col == "label" and text not in LABELS:
+        raise LedgerError(f"{where}, column label: {text!r} must be one of {', '.join(LABELS)}")
     if col == "prompts" and text not in PROMPT_SETS:
         raise LedgerError(f"{where}, column prompts: {text!r} must be one of "
                           f"{', '.join(PROMPT_SETS)}")
@@ -89,12 +110,13 @@ def _check_value(col: str, text: str, where: str) -> Any:
 
 def _check_row(raw: dict[str, str], where: str) -> dict[str, Any]:
     row = {col: _check_value(col, raw.get(col, ""), where) for col in COLUMNS}
-    lo, hi = row["predicted_ci_low"], row["predicted_ci_high"]
-    if (lo is None) != (hi is None):
-        raise LedgerError(f"{where}: predicted_ci_low and predicted_ci_high go together; "
-                          "fill both or neither")
-    if lo is not None and lo > hi:
-        raise LedgerError(f"{where}: predicted_ci_low {lo} is above predicted_ci_high {hi}")
+    for side in ("predicted", "measured"):
+        lo, hi = row[f"{side}_ci_low"], row[f"{side}_ci_high"]
+        if (lo is None) != (hi is None):
+            raise LedgerError(f"{where}: {side}_ci_low and {side}_ci_high go together; "
+                              "fill both or neither")
+        if lo is not None and lo > hi:
+            raise LedgerError(f"{where}: {side}_ci_low {lo} is above {side}_ci_high {hi}")
     return row
 
 
@@ -180,6 +202,14 @@ def append_ledger_row(path: str | Path, row: dict[str, Any]) -> dict[str, Any]:
             header = [h.strip() for h in next(csv.reader(io.StringIO(path.read_text("utf-8"))))]
             read_ledger(path)  # refuse to append to a file that is already malformed
             old = path.read_text("utf-8")
+            if [c for c in COLUMNS if c not in header]:
+                # an older ledger: give it every column, so no cell of the new row is lost
+                header = list(COLUMNS)
+                old_rows = read_ledger(path)
+                out = io.StringIO()
+                csv.writer(out, lineterminator="\n").writerows(
+                    [header] + [[_format(r.get(c)) for c in header] for r in old_rows])
+                old = out.getvalue()
         else:
             header, old = list(COLUMNS), ""
         buf = io.StringIO()
@@ -256,10 +286,12 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The error metrics of a ledger (rows as from ``read_ledger``).
 
     Returns a dict with
-    - ``rows``: per row, ``policy``, ``prompts``, ``trace``, ``tokens_per_s_error`` and
-      ``tau_error`` (relative: (predicted - measured) / measured) and ``note``;
+    - ``rows``: per row, ``policy``, ``prompts``, ``trace``, ``tokens_per_s_error``,
+      ``tau_error`` and ``speedup_error`` (relative: (predicted - measured) / measured;
+      speedup None where the row has no speedups) and ``note``;
     - ``overall``: ``rows`` and the median and max absolute relative errors over all rows
-      (``tokens_per_s_abs_error`` / ``tau_abs_error``: {"median", "max"}, None when empty);
+      (``tokens_per_s_abs_error`` / ``tau_abs_error`` / ``speedup_abs_error`` over the rows
+      that have speedups: {"median", "max"}, None when empty);
     - ``groups``: one entry per (trace, prompt set), in order of first appearance, with
       the same error statistics, ``kendall_tau`` and ``kendall_p`` (scipy.stats.kendalltau
       of predicted vs measured tokens/s; None for fewer than two policies or constant
@@ -273,6 +305,8 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_per_s_error": relative_error(r["predicted_tokens_per_s"],
                                              r["measured_tokens_per_s"]),
         "tau_error": relative_error(r["predicted_tau"], r["measured_tau"]),
+        "speedup_error": (relative_error(r["predicted_speedup"], r["measured_speedup"])
+                          if r.get("predicted_speedup") and r.get("measured_speedup") else None),
         "note": r.get("note"),
     } for r in rows]
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
@@ -287,6 +321,8 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "rows": len(rows),
             "tokens_per_s_abs_error": _abs_stats([p["tokens_per_s_error"] for p in per_row]),
             "tau_abs_error": _abs_stats([p["tau_error"] for p in per_row]),
+            "speedup_abs_error": _abs_stats([p["speedup_error"] for p in per_row
+                                             if p["speedup_error"] is not None]),
         },
         "groups": [_group_summary(list(g.values())) for g in groups.values()],
     }

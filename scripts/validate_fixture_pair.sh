@@ -12,7 +12,8 @@
 # REPORT (DIR/report), STEPS (which steps run: "sample extra same heldout report", all by
 # default, so a study can be split across machine sessions), POLICIES (the promoted specs,
 # separated by ";", default the matrix below), TIMING (promote's prediction timing: model or
-# calibrated). Layout: DIR/humaneval-fixed16 (the sample trace with its profile),
+# calibrated), REPEATS (live decodes of every prompt per promoted policy, 3), BACKEND (hf or
+# graph; empty: the commands' default). Layout: DIR/humaneval-fixed16 (the sample trace with its profile),
 # DIR/validation/ (the extra live traces and the promoted runs the ledger points to).
 set -euo pipefail
 DIR=${1:?usage: scripts/validate_fixture_pair.sh DIR [TARGET DRAFT]}
@@ -22,7 +23,8 @@ SAMPLES=${SAMPLES:-24}
 TOKENS=${TOKENS:-128}
 LEDGER=${LEDGER:-$DIR/ledger.csv}
 PROBES=${PROBES:-recycle,refine}
-MODEL_ARGS=(--dtype "${DTYPE:-auto}" ${DEVICE:+--device "$DEVICE"})
+MODEL_ARGS=(--dtype "${DTYPE:-auto}" ${DEVICE:+--device "$DEVICE"} ${BACKEND:+--backend "$BACKEND"})
+REPEATS=${REPEATS:-3}
 SR="python3 -m specreplay"
 SAMPLE=$DIR/humaneval-fixed16
 mkdir -p "$DIR"
@@ -61,11 +63,11 @@ if [ -n "${POLICIES:-}" ]; then IFS=';' read -r -a PROMOTED <<< "$POLICIES"
 else PROMOTED=("${DEFAULT_POLICIES[@]}"); fi
 ARGS=()
 for p in "${PROMOTED[@]}"; do ARGS+=(--policy "$p"); done
-[ -f "$LEDGER" ] || head -1 reports/ledger.csv > "$LEDGER"
 for prompts in same heldout; do
     wanted "$prompts" || continue
     step "promote on $prompts prompts"
     $SR promote --trace "$SAMPLE" --prompts "$prompts" --ledger "$LEDGER" --out "$DIR/validation/promoted" \
+        --repeats "$REPEATS" ${DEVICE:+--device "$DEVICE"} ${BACKEND:+--backend "$BACKEND"} \
         ${TIMING:+--timing "$TIMING"} "${ARGS[@]}"
 done
 

@@ -15,8 +15,21 @@ the draft), context length ``L`` and ``batch``.
 * Tree verification: the chain cost at the same (q, L, batch) times the measured ratio
   tree_verify / target at equal q (interpolated in q). Without tree rows the ratio is 1
   and flagged.
-* Overhead: the median of the profile's overhead rows, else the median ``overhead_s`` of
-  the trace's live cycles, else 0 (flagged).
+* Overhead (the host part of a cycle), per verify mode (chain, tree, batch; a gated chain
+  is a chain of its verify length, so it takes the chain figure): the median of the
+  profile's overhead rows of that ``mode`` (PROFILE_SCHEMA; a profile without the column
+  reads as chain rows), else of its chain rows, else the median ``overhead_s`` of the
+  trace's live cycles of that verify mode, else of all its live cycles, else 0 (flagged).
+  On the trace's own setup with a profile that has no ``mode`` column (its overhead
+  rows time only the acceptance tensor ops), the live cycles come first. The source of
+  each mode is named in ``overhead_source``.
+* Batch verification (a plan verifying n candidate rows) is costed as the live backend
+  runs it (profile.json setup ``batch_verify``): "packed" (one row of disjoint paths under
+  an ancestor-only mask) is a tree_verify of q = verify tokens; "rows" (the hf loop: n
+  rows of a batch) is a target pass of n rows of the longest candidate plus the copy of
+  the KV cache the loop makes to give each row its own cache (``kv_copy_s``: seconds per
+  cached token per row, fitted to the trace's batch cycles, whose target_s includes
+  that copy; without batch cycles the copy is left out and a note says so).
 
 Each query also returns a *source*: the id of the grid cell it interpolated in, or -1 for
 the fitted model; ``explain(source)`` names the profile rows behind it.
@@ -40,6 +53,7 @@ FITTED = -1
 class MissingCost(ValueError):
     """The cost model has no measurement of a kind of pass a replay needs."""
 KINDS = ("target", "tree_verify", "draft", "overhead")
+VERIFY_MODES = ("chain", "tree", "batch")
 
 
 @dataclass
@@ -142,7 +156,9 @@ class CostModel:
     (printed with every prediction); ``setup`` is the profile's setup (profile.json)."""
 
     def __init__(self, table: pa.Table, label: str = "profile", setup: dict[str, Any] | None = None,
-                 overhead_fallback: float | None = None) -> None:
+                 overhead_fallback: float | None = None,
+                 cycle_overheads: dict[str, float] | None = None,
+                 prefer_cycle_overheads: bool = False, batch_copy_measured: bool = False) -> None:
         cols = {c: table[c].to_numpy(zero_copy_only=False) for c in
                 ("kind", "q", "context_len", "batch", "median_s")}
         self.rows = {
@@ -152,6 +168,11 @@ class CostModel:
             "batch": np.asarray(cols["batch"], dtype=np.float64),
             "median_s": np.asarray(cols["median_s"], dtype=np.float64),
         }
+        has_mode = "mode" in table.column_names
+        mode = (np.asarray(table["mode"].to_pylist(), dtype=object) if has_mode
+                else np.full(table.num_rows, "", dtype=object))
+        # contract: an overhead row without a mode (older profiles) times the chain step
+        self.rows["mode"] = np.where((self.rows["kind"] == "overhead") & (mode == ""), "chain", mode)
         self.label = label
         self.setup = setup or {}
         self.cells: list[tuple[str, int, Grid]] = []
@@ -159,19 +180,100 @@ class CostModel:
         if self.surfaces["target"] is None:
             raise ValueError("the profile has no 'target' rows; re-run specreplay profile")
         self.notes: set[str] = set()
-        over = self.rows["median_s"][self.rows["kind"] == "overhead"]
-        if over.size:
-            self.overhead_s, self.overhead_source = float(np.median(over)), "profile overhead rows"
-        elif overhead_fallback is not None:
-            self.overhead_s = float(overhead_fallback)
-            self.overhead_source = "median overhead_s of the trace's live cycles"
-        else:
-            self.overhead_s, self.overhead_source = 0.0, "none (no overhead rows, no live cycles)"
-            self.notes.add("no overhead measured: 0 s per cycle")
+        cyc = dict(cycle_overheads or {})
+        if overhead_fallback is not None:
+            cyc.setdefault("all", float(overhead_fallback))
+        self._set_overheads(cyc, prefer_cycle_overheads and not has_mode)
+        run_setup = self.setup.get("setup") if isinstance(self.setup.get("setup"), dict) else {}
+        self.batch_verify = str(run_setup.get("batch_verify") or "rows")
+        # seconds per cached token per extra row of the hf batch verify's KV copy; None:
+        # not known (no batch cycles to fit it to), 0 with batch_copy_measured: the rows
+        # themselves are live batch cycles and hold the copy already
+        self.kv_copy_per_token_row: float | None = 0.0 if batch_copy_measured else None
+        self._batch_copy_measured = batch_copy_measured
         self._tables: dict[tuple[str, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._lists: dict[tuple[str, int, int], tuple[list, list]] = {}
         self._L_max = 0
         self.scale: dict[str, float] = {}
+        self.calibration_check: dict[str, Any] | None = None
+
+    def _set_overheads(self, cyc: dict[str, float], cycles_first: bool) -> None:
+        """Per verify mode: (seconds, source), in the order the class docstring gives."""
+        over = self.rows["kind"] == "overhead"
+        med = self.rows["median_s"]
+        self.overhead_by_mode: dict[str, tuple[float, str]] = {}
+        for mode in VERIFY_MODES:
+            prof = med[over & (self.rows["mode"] == mode)]
+            chain = med[over & (self.rows["mode"] == "chain")]
+            options = [
+                (cyc.get(mode), f"median overhead_s of the trace's live {mode} cycles"),
+                (cyc.get("all"), "median overhead_s of all the trace's live cycles"),
+            ]
+            prof_options = [
+                (float(np.median(prof)) if prof.size else None, f"profile {mode} overhead rows"),
+                (float(np.median(chain)) if chain.size else None,
+                 "profile chain overhead rows" + ("" if mode == "chain" else f" (no {mode} rows)")),
+            ]
+            chosen = next(((v, src) for v, src in (options + prof_options if cycles_first
+                                                    else prof_options + options)
+                           if v is not None), None)
+            if chosen is None:
+                chosen = (0.0, "none (no overhead rows, no live cycles)")
+                self.notes.add(f"no {mode} overhead measured: 0 s per cycle")
+            self.overhead_by_mode[mode] = (float(chosen[0]), chosen[1])
+        self.overhead_s = self.overhead_by_mode["chain"][0]
+        sources = {m: src for m, (_, src) in self.overhead_by_mode.items()}
+        if len(set(sources.values())) == 1:
+            self.overhead_source = sources["chain"]
+        else:
+            self.overhead_source = "; ".join(f"{m}: {src}" for m, src in sources.items())
+
+    def overhead(self, mode: str) -> float:
+        """Host seconds of one cycle that verifies in ``mode`` (chain | tree | batch)."""
+        return self.overhead_by_mode.get(mode, self.overhead_by_mode["chain"])[0]
+
+    def fit_kv_copy(self, cycles: pa.Table) -> None:
+        """Fit the hf batch verify's KV copy to the trace's batch cycles: their target_s
+        minus the profile's target pass of the same rows, per cached token per row
+        (least squares through 0, not below 0). Without batch cycles the copy stays
+        unknown and a batch plan is costed without it (noted)."""
+        if self.batch_verify != "rows" or self._batch_copy_measured:
+            return
+        self.notes = {n for n in self.notes if not n.startswith("batch")}
+        self.kv_copy_per_token_row = None
+        c = {n: np.asarray(cycles[n].to_numpy(zero_copy_only=False)) for n in
+             ("verify_mode", "verify_batch", "verify_tokens", "context_len", "target_s")}
+        sel = np.flatnonzero((c["verify_mode"] == "batch") & (c["verify_batch"] > 1))
+        if sel.size == 0:
+            self.notes.add("batch verification's KV copy (the hf loop copies the whole cache "
+                           "once per candidate row) not measured: no batch cycles in the "
+                           "trace, so batch plans are costed without it")
+            return
+        n = c["verify_batch"][sel].astype(np.int64)
+        q = np.maximum(np.rint(c["verify_tokens"][sel] / n), 1).astype(np.int64)
+        L = c["context_len"][sel].astype(np.int64)
+        bare = np.array([self.seconds("target", int(qi), int(li), int(ni))[0]
+                         for qi, li, ni in zip(q, L, n)])
+        x = (L * n).astype(np.float64)
+        resid = c["target_s"][sel].astype(np.float64) - bare
+        self.kv_copy_per_token_row = max(0.0, float((resid * x).sum() / max((x * x).sum(), 1e-300)))
+        self.notes.add(f"batch verification's KV copy fitted to {sel.size} batch cycles: "
+                       f"{self.kv_copy_per_token_row * 1e9:.3g} ns per cached token per row")
+
+    def kv_copy_s(self, L: int, rows: int) -> float:
+        """Seconds of the hf batch verify's copy of an L-token cache into ``rows`` rows
+        (0 when unknown, see ``fit_kv_copy``, or when the backend packs the batch)."""
+        if rows <= 1 or self.batch_verify != "rows" or not self.kv_copy_per_token_row:
+            return 0.0
+        return self.kv_copy_per_token_row * L * rows
+
+    def batch_verify_s(self, q_row: int, verify_tokens: int, L: int, rows: int) -> tuple[float, int]:
+        """(seconds, source) of verifying ``rows`` candidate rows of up to ``q_row``
+        tokens (``verify_tokens`` in all) the way the backend runs it."""
+        if self.batch_verify == "packed":
+            return self.seconds("tree_verify", verify_tokens, L, 1)
+        secs, src = self.seconds("target", q_row, L, rows)
+        return secs + self.kv_copy_s(L, rows), src
 
     # -- construction
     @classmethod
@@ -199,10 +301,9 @@ class CostModel:
             "batch": np.concatenate([batch, np.ones(drafted.sum())]).astype(np.int32),
             "median_s": np.concatenate([target_s, np.asarray(c["draft_s"])[drafted]]).astype(np.float64),
         })
-        over = np.asarray(c["overhead_s"], np.float64)
-        over = over[np.isfinite(over)]
         return cls(table, label="fitted to the trace's live cycles (no profile)",
-                   overhead_fallback=float(np.median(over)) if over.size else None)
+                   cycle_overheads=cycle_overheads(cycles), prefer_cycle_overheads=True,
+                   batch_copy_measured=True)
 
     def calibrate(self, cycles: pa.Table) -> dict[str, float]:
         """Scale the profile to the live loop that recorded ``cycles`` on this setup: the
@@ -211,30 +312,82 @@ class CostModel:
         the plain cycles (chain verify, one row, no probe, no seeds), draft seconds are
         multiplied by sum(measured draft_s) / sum(profile draft) and verify seconds (chain
         and tree) by the same ratio of target_s; the shape over q, L and batch stays the
-        profile's. Returns the factors (a kind without plain cycles keeps 1)."""
+        profile's.
+
+        The factors are fitted on half the samples (even sample ids) and checked on the
+        other half: ``calibration_check`` holds the relative error of the calibrated
+        draft, verify and cycle seconds (draft + verify + overhead) summed over the
+        held-out plain cycles, and a note prints it with every prediction. A trace of one
+        sample is fitted on it and the note says the fit is unchecked. Returns the
+        factors (a kind without plain cycles keeps 1)."""
         c = {n: np.asarray(cycles[n].to_numpy(zero_copy_only=False)) for n in
-             ("context_len", "block_size", "verify_mode", "verify_tokens", "verify_batch",
-              "probe", "n_seeds", "draft_s", "target_s")}
+             ("sample", "context_len", "block_size", "verify_mode", "verify_tokens",
+              "verify_batch", "probe", "n_seeds", "draft_s", "target_s", "overhead_s")}
         plain = ((c["verify_mode"] == "chain") & (c["verify_batch"] <= 1)
                  & (c["probe"] == "") & (c["n_seeds"] == 0))
+        samples = np.unique(c["sample"][plain])
+        split = samples.size >= 2
+        fit_ids = samples[::2] if split else samples
+        fit = plain & np.isin(c["sample"], fit_ids)
+        check = plain & ~np.isin(c["sample"], fit_ids)
         self.scale = {}  # the profile's own seconds, unscaled, for the ratios
         self._tables.clear()
         self._lists.clear()
 
-        def ratio(kind: str, q: np.ndarray, measured: np.ndarray, L: np.ndarray) -> float:
-            profiled = sum(float(self.seconds_array(kind, int(v), L[q == v])[0].sum()) for v in np.unique(q))
-            return float(measured.sum()) / profiled if len(q) and profiled > 0 else 1.0
+        def profiled(kind: str, q: np.ndarray, L: np.ndarray) -> float:
+            return sum(float(self.seconds_array(kind, int(v), L[q == v])[0].sum()) for v in np.unique(q))
 
-        drafted = plain & (c["block_size"] > 1)
+        def ratio(kind: str, q: np.ndarray, measured: np.ndarray, L: np.ndarray) -> float:
+            base = profiled(kind, q, L)
+            return float(measured.sum()) / base if len(q) and base > 0 else 1.0
+
+        def parts(sel: np.ndarray) -> tuple[float, float, float, float]:
+            """(profile draft, measured draft, profile verify, measured verify) over sel."""
+            d = sel & (c["block_size"] > 1)
+            return (profiled("draft", c["block_size"][d], c["context_len"][d]), float(c["draft_s"][d].sum()),
+                    profiled("target", c["verify_tokens"][sel], c["context_len"][sel]),
+                    float(c["target_s"][sel].sum()))
+
+        drafted = fit & (c["block_size"] > 1)
         factors = {
             "draft": ratio("draft", c["block_size"][drafted], c["draft_s"][drafted], c["context_len"][drafted]),
-            "target": ratio("target", c["verify_tokens"][plain], c["target_s"][plain], c["context_len"][plain]),
+            "target": ratio("target", c["verify_tokens"][fit], c["target_s"][fit], c["context_len"][fit]),
         }
+        if split and check.any():
+            pd, md, pv, mv = parts(check)
+            over = self.overhead("chain") * int(check.sum())
+            measured_cycle = md + mv + float(c["overhead_s"][check].sum())
+            predicted_cycle = pd * factors["draft"] + pv * factors["target"] + over
+
+            def err(p: float, m: float) -> float | None:
+                return (p - m) / m if m > 0 else None
+
+            self.calibration_check = {
+                "fit_samples": int(fit_ids.size), "check_samples": int(samples.size - fit_ids.size),
+                "check_cycles": int(check.sum()),
+                "draft_error": err(pd * factors["draft"], md),
+                "verify_error": err(pv * factors["target"], mv),
+                "cycle_error": err(predicted_cycle, measured_cycle)}
+            k = self.calibration_check
+
+            def pct(v):
+                return "n/a" if v is None else f"{100 * v:+.1f} %"
+
+            self.notes.add(f"calibration check: fitted on {k['fit_samples']} samples, on the other "
+                           f"{k['check_samples']} ({k['check_cycles']} plain cycles) draft "
+                           f"{pct(k['draft_error'])}, verify {pct(k['verify_error'])}, cycle "
+                           f"{pct(k['cycle_error'])}")
+        else:
+            self.calibration_check = None
+            self.notes.add("calibration unchecked: fewer than two samples with plain cycles, "
+                           "so no held-out half")
         self.scale = {"draft": factors["draft"], "target": factors["target"],
                       "tree_verify": factors["target"]}
         self._tables.clear()
         self._lists.clear()
-        self.label += (f", calibrated to {int(plain.sum())} plain live cycles of the trace "
+        if self.kv_copy_per_token_row:
+            self.fit_kv_copy(cycles)  # the copy is what the calibrated passes leave over
+        self.label += (f", calibrated to {int(fit.sum())} plain live cycles of the trace "
                        f"(draft x{factors['draft']:.3f}, verify x{factors['target']:.3f})")
         return factors
 
@@ -328,6 +481,19 @@ def _ranges(rows: list[int]) -> str:
         if r is not None:
             lo = prev = r
     return ", ".join(out)
+
+
+def cycle_overheads(cycles: pa.Table) -> dict[str, float]:
+    """Median live ``overhead_s`` per verify mode (chain, tree, batch) and over all cycles
+    ("all"), from a trace's cycles table; modes without cycles are absent."""
+    over = np.asarray(cycles["overhead_s"].to_numpy(zero_copy_only=False), np.float64)
+    mode = np.asarray(cycles["verify_mode"].to_pylist(), dtype=object)
+    ok = np.isfinite(over)
+    out = {m: float(np.median(over[ok & (mode == m)])) for m in VERIFY_MODES
+           if (ok & (mode == m)).any()}
+    if ok.any():
+        out["all"] = float(np.median(over[ok]))
+    return out
 
 
 class RecordedTiming:

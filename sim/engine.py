@@ -72,7 +72,7 @@ def new_outcome(*values) -> CycleOutcome:
 class Work:
     """One GPU job: a planned cycle, or a prefill. The GPU fills in the seconds."""
     __slots__ = ("sample", "start", "block_size", "context_len", "passes", "verify_q",
-                 "verify_rows", "verify_tokens", "tree", "recorded", "prefill",
+                 "verify_rows", "verify_tokens", "tree", "mode", "recorded", "prefill",
                  "draft_s", "target_s", "overhead_s", "step_s", "draft_src", "target_src",
                  "t_start")
 
@@ -84,6 +84,7 @@ class Work:
         self.verify_q, self.verify_rows, self.tree = verify_q, verify_rows, tree
         self.recorded, self.prefill = recorded, prefill
         self.verify_tokens = verify_tokens
+        self.mode = "tree" if tree else "chain"
 
 
 class Timer:
@@ -95,7 +96,6 @@ class Timer:
         self.recorded = recorded
         self.prefill_s = prefill_s
         self.prompt_len = prompt_len
-        self.overhead_s = cost.overhead_s
 
     def step(self, works: list[Work]) -> None:
         """Fill in the seconds of a step running ``works`` together."""
@@ -116,9 +116,10 @@ class Timer:
         kind = "tree_verify" if any(w.tree for w in works) else "target"
         rows = sum(w.verify_rows for w in works)
         target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
-        step_s = draft_s + target_s + self.overhead_s
+        overhead_s = max(self.cost.overhead(w.mode) for w in works)
+        step_s = draft_s + target_s + overhead_s
         for w in works:
-            w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, self.overhead_s, step_s
+            w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, overhead_s, step_s
             w.draft_src, w.target_src = draft_src, target_src
 
     def single(self, w: Work) -> None:
@@ -132,10 +133,15 @@ class Timer:
             draft_s *= w.passes
         else:
             draft_s, w.draft_src = 0.0, NO_SOURCE
-        target_s, w.target_src = self.cost.seconds("tree_verify" if w.tree else "target",
-                                                   w.verify_q, w.context_len, w.verify_rows)
-        w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, self.overhead_s
-        w.step_s = draft_s + target_s + self.overhead_s
+        if w.mode == "batch":
+            target_s, w.target_src = self.cost.batch_verify_s(w.verify_q, w.verify_tokens,
+                                                              w.context_len, w.verify_rows)
+        else:
+            target_s, w.target_src = self.cost.seconds("tree_verify" if w.tree else "target",
+                                                       w.verify_q, w.context_len, w.verify_rows)
+        overhead_s = self.cost.overhead(w.mode)
+        w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, overhead_s
+        w.step_s = draft_s + target_s + overhead_s
 
     def _prefill(self, works: list[Work]) -> None:
         if self.prefill_s is not None:
@@ -335,6 +341,7 @@ class Engine:
         # a seeded draft also runs the plain pass recycling needs next cycle
         work.passes = 1 + req.refine_steps + (1 if req.seeds else 0)
         work.tree = mode == "tree"
+        work.mode = mode
         work.verify_tokens = verify_tokens
         # recorded seconds only where the GPU runs this cycle alone, as the live loop did
         rec = self.timer.recorded if self.gpu.solo else None

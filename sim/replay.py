@@ -29,10 +29,16 @@ per-request rate, scaled to the run's throughput).
 Recorded timing (``timing="recorded"``) applies where the GPU runs one cycle alone, as
 live: single stream and concurrency 1.
 
-``fidelity``: "exact" when acceptance comes straight from a greedy oracle and every cost
-query interpolated inside the profile's grid; otherwise the reasons joined by "; ":
-"approximate (sampling: Monte Carlo, seed N)", "extrapolated cost", "other-setup
-profile: <setup>".
+``fidelity``: "exact" when acceptance comes straight from a greedy oracle that agrees with
+the live run and every cost query interpolated inside the profile's grid; otherwise the
+reasons joined by "; ": "approximate (sampling: Monte Carlo, seed N)", "approximate
+(oracle = live draft on A % of cycles, N AR divergences; tau +- B)" (see
+``tau_error_bound``), "extrapolated cost", "other-setup profile: <setup>". ``label`` is
+the one-word class of it: "approximate" (acceptance not exact), else "extrapolated cost"
+(a cost from the fitted model or another setup's profile), else "exact".
+``oracle_agreement`` is the measured share of the trace's plain greedy live cycles whose
+draft proposals the oracle reproduces, ``ar_divergences`` the trace's samples whose
+output left plain AR decoding, ``tau_bound`` the bound on |tau_mean error| they imply.
 
 ``Prediction.per_cycle`` (a ``CycleTable``, kept off ``to_dict()`` unless asked) has one
 row per replayed cycle, in the order the cycles ran (single stream: by sample, then
@@ -56,7 +62,7 @@ import pyarrow as pa
 
 from specreplay.policies import parse_policy
 from specreplay.sim.acceptance import Acceptance, NotReplayable
-from specreplay.sim.cost import FITTED, CostModel, MissingCost, RecordedTiming
+from specreplay.sim.cost import FITTED, CostModel, MissingCost, RecordedTiming, cycle_overheads
 from specreplay.sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer
 from specreplay.sim.fastpath import fixed_block_size, replay_fixed
 from specreplay.sim.tracedata import TraceData, load_trace
@@ -124,6 +130,10 @@ class Prediction:
     profile_rows: list[str] = field(default_factory=list)
     trace: str = ""
     serving: dict[str, Any] | None = None
+    label: str = ""
+    oracle_agreement: float | None = None
+    ar_divergences: int | None = None
+    tau_bound: float | None = None
     per_cycle: CycleTable | None = None
 
     def to_dict(self, per_cycle: bool = False) -> dict[str, Any]:
@@ -148,6 +158,75 @@ class Setting:
     slo_ttft_s: float | None
     slo_tpot_s: float | None
     states: bool = True
+    agreement: OracleAgreement | None = None
+
+
+@dataclass
+class OracleAgreement:
+    """How far a greedy trace's oracle stands for its live run: ``agreeing`` of
+    ``compared`` plain live cycles had top-1 proposals equal to the oracle row at their
+    (sample, start, block size) (traces.check.oracle_live_agreement), and ``divergent``
+    of ``checked`` samples left plain AR decoding."""
+    agreeing: int
+    compared: int
+    divergent: int
+    checked: int
+
+    @property
+    def share(self) -> float | None:
+        return self.agreeing / self.compared if self.compared else None
+
+    @property
+    def exact(self) -> bool:
+        return (self.share is None or self.share == 1.0) and self.divergent == 0
+
+
+def oracle_agreement(trace: Trace) -> OracleAgreement:
+    """The trace's measured oracle agreement and AR divergences (see OracleAgreement)."""
+    from specreplay.traces.check import oracle_live_agreement
+    agreeing, compared = oracle_live_agreement(trace)
+    div = np.asarray([d for d in trace.samples.column("ar_divergence").to_pylist()
+                      if d is not None], dtype=np.int64)  # null: not checked
+    return OracleAgreement(int(agreeing), int(compared), int((div >= 0).sum()), int(div.size))
+
+
+def tau_error_bound(agreement: OracleAgreement, block_sizes: np.ndarray) -> float | None:
+    """Bound on |predicted tau_mean - live tau_mean| of a greedy replay whose cycles had
+    ``block_sizes``, given how often the oracle reproduces the live draft.
+
+    Derivation. Greedy acceptance is looked up along the recorded output S: a cycle at
+    (sample, start, b) accepts the leading drafted offsets whose oracle top-1 equals S.
+    Where the oracle row's top-1 proposals are the ones the live draft makes there, the
+    live cycle accepts exactly what the replay reads (same proposals, same S), so its tau
+    is exact. Where they differ (kernels of other shapes flip near-tied proposals), the
+    live cycle's accepted count can be anything in [0, b - 1], so its tau moves by at
+    most b - 1. An AR divergence is a position where the committed token itself depends
+    on the verify shape: another policy's live run may commit another token there, which
+    moves the one cycle covering it by at most b - 1 as well (the text after it is
+    another text of the same kind, whose cycles obey the same per-cycle rule). With
+    C replayed cycles of block sizes b_i, a share 1 - a of them disagreeing (the measured
+    rate, taken to hold at every position the policy visits) and D divergent samples:
+
+        sum |delta tau_i| <= (1 - a) * sum_i (b_i - 1) + D * (max b - 1)
+
+    and since tau_mean = T / C for the fixed T output tokens, a change of sum delta tau_i
+    committed tokens changes the cycle count by about -sum delta / tau_mean and tau_mean
+    by about sum delta / C, so
+
+        |delta tau_mean| <= ((1 - a) * sum_i (b_i - 1) + D * (max b - 1)) / C.
+
+    It is a bound on the expected error, not on the worst case (a policy could visit
+    only disagreeing positions); None when the trace measured no agreement (sampled or
+    no plain greedy cycles with oracle rows) and has no divergence."""
+    share = agreement.share
+    if share is None and agreement.divergent == 0:
+        return None
+    b = np.asarray(block_sizes, dtype=np.float64)
+    if b.size == 0:
+        return 0.0
+    slack = np.maximum(b - 1, 0)
+    disagree = (1.0 - share) if share is not None else 0.0
+    return float((disagree * slack.sum() + agreement.divergent * slack.max()) / b.size)
 
 
 def cost_model_for(data: TraceData, profile: str | Path | Profile | None,
@@ -155,9 +234,7 @@ def cost_model_for(data: TraceData, profile: str | Path | Profile | None,
     """The cost model of a replay, the fidelity flags it brings, and whether it
     describes the trace's own setup."""
     cycles = data.trace.cycles
-    over = cycles["overhead_s"].to_numpy(zero_copy_only=False).astype(np.float64)
-    over = over[np.isfinite(over)]
-    fallback = float(np.median(over)) if over.size else None
+    from_live = cycle_overheads(cycles) if cycles.num_rows else {}
     if profile is None:
         profile = data.profile()
         if profile is None:
@@ -177,16 +254,16 @@ def cost_model_for(data: TraceData, profile: str | Path | Profile | None,
         flags.append(f"other-setup profile: {desc or 'unknown setup'}")
         label += f" (profile from other setup: {desc or 'unknown setup'})"
     try:
+        # On the trace's own setup, the host work of a cycle is best known from the live
+        # loop itself (policy calls, views, bookkeeping) unless the profile times the
+        # loop's host step per verify mode: older profiles' overhead rows time only the
+        # acceptance tensor ops, and measured a third of it on a CPU run.
         model = CostModel(profile.table, label=label, setup=profile.meta,
-                          overhead_fallback=fallback)
+                          cycle_overheads=from_live, prefer_cycle_overheads=own)
     except ValueError as e:
         raise TraceError(f"{profile.dir}/profile.parquet: {e}") from None
-    if own and fallback is not None:
-        # On the trace's own setup, the host work of a cycle is best known from the live
-        # loop itself (policy calls, views, bookkeeping): the profile's overhead rows
-        # time only the acceptance tensor ops, and measured a third of it on a CPU run.
-        model.overhead_s = fallback
-        model.overhead_source = "median overhead_s of the trace's live cycles"
+    if own and cycles.num_rows:
+        model.fit_kv_copy(cycles)
     return model, flags, own
 
 
@@ -238,6 +315,23 @@ def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -
     cost = s.timer.cost
     if fitted:
         flags.append("extrapolated cost")
+    agreement = s.agreement
+    bound = None
+    if agreement is not None and not s.acc.sampling:
+        bound = tau_error_bound(agreement, cols["block_size"])
+        if not agreement.exact:
+            share = agreement.share
+            flags.insert(0, "approximate (" + (f"oracle = live draft on {100 * share:.1f} % of "
+                                               f"{agreement.compared} cycles, " if share is not None else "")
+                         + f"{agreement.divergent} AR divergence"
+                         + ("" if agreement.divergent == 1 else "s")
+                         + f" in {agreement.checked} samples; tau +-{bound:.3f})")
+    if any(f.startswith("approximate") for f in flags):
+        label = "approximate"
+    elif fitted or any(f.startswith("other-setup") for f in flags):
+        label = "extrapolated cost"
+    else:
+        label = "exact"
     pred = Prediction(
         policy=spec, canonical=canonical, replayable=True,
         tpot_s=float(np.mean(decode / tokens)),
@@ -246,7 +340,10 @@ def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -
         tau_sample_mean=float(tau_per_sample.mean()),
         tau_hist=np.bincount(tau.astype(np.int64)).tolist(),
         fidelity="; ".join(flags) or "exact", cycles=int(len(tau)), tokens=int(tokens.sum()),
-        samples=data.n_samples,
+        samples=data.n_samples, label=label,
+        oracle_agreement=agreement.share if agreement is not None else None,
+        ar_divergences=agreement.divergent if agreement is not None else None,
+        tau_bound=bound,
         timing="recorded" if s.timer.recorded else "calibrated" if cost.scale else "model",
         recorded_cycles=int(np.count_nonzero(cols["recorded"])),
         cost=f"{cost.label}; overhead from {cost.overhead_source}"
@@ -401,17 +498,21 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
     prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None
     timer = Timer(cost, recorded, prefill, data.prompt_len)
     return Setting(data, acc, timer, flags, concurrency, rate, seed, bootstrap,
-                   slo_ttft_s, slo_tpot_s)
+                   slo_ttft_s, slo_tpot_s, agreement=oracle_agreement(data.trace))
 
 
-__all__ = ["CycleTable", "Prediction", "Replayer", "replay", "TIMINGS"]
+__all__ = ["CycleTable", "OracleAgreement", "Prediction", "Replayer", "replay", "TIMINGS",
+           "oracle_agreement", "tau_error_bound"]
 
 
-def measured(trace: str | Path | Trace) -> dict[str, Any]:
+def measured(trace: str | Path | Trace, bootstrap: int = 0, seed: int = 0) -> dict[str, Any]:
     """The same summary as a prediction, computed from a trace's live ``cycles`` and
     ``samples`` tables (what a live run measured): tokens_per_s = sum len(S) / sum of
     cycle seconds, tpot_s = mean over samples of cycle seconds / len(S), tau_mean over
-    cycles. Used by promote so that predicted and measured follow one definition."""
+    cycles; ``ci_low``/``ci_high``: the 95 % bootstrap interval of tokens_per_s over the
+    samples (each decoded prompt, repeats included, one unit), None without
+    ``bootstrap`` resamples. Used by promote so that predicted and measured follow one
+    definition."""
     t = trace if isinstance(trace, Trace) else Trace.open(trace)
     cyc = t.cycles
     samples = t.samples
@@ -427,4 +528,5 @@ def measured(trace: str | Path | Trace) -> dict[str, Any]:
         "tpot_s": float(np.mean(decode / tokens)) if len(tokens) else None,
         "tau_mean": float(tau.mean()) if len(tau) else None,
         "cycles": int(len(tau)), "tokens": int(tokens.sum()), "samples": int(len(ids)),
+        **dict(zip(("ci_low", "ci_high"), _bootstrap(tokens, decode, bootstrap, seed))),
     }

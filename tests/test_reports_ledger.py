@@ -28,9 +28,10 @@ def write(path: Path, text: str) -> Path:
 
 # -- the shipped file and round trips
 
-def test_shipped_ledger_is_a_valid_ledger_with_every_column():
+def test_shipped_ledger_is_a_valid_ledger_of_known_columns():
+    # the shipped rows predate the measured-noise columns: a ledger may lack optional ones
     header = next(csv.reader(SHIPPED_LEDGER.open()))
-    assert header == list(COLUMNS)
+    assert header == list(COLUMNS)[:len(header)] and len(header) >= 10
     rows = read_ledger(SHIPPED_LEDGER)
     assert all(r["prompts"] in ("same", "heldout") for r in rows)
 
@@ -139,7 +140,7 @@ def test_summary_of_an_empty_ledger():
 
 # -- malformed files: file, line and column named
 
-HEADER = ",".join(COLUMNS)
+HEADER = ",".join(COLUMNS[:14])  # a ledger of the first layout (no measured-noise columns)
 GOOD = "ar,same,50,49,1,1,t,p,s,2026-11-30,,,,"
 
 

@@ -7,6 +7,8 @@ trace's timing.
 """
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 # run.json keys that must agree for parts of one recording (resume, merge). The dataset
@@ -51,3 +53,19 @@ def differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     if a != b:
         return [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
     return []
+
+
+def git_dirty(where: str | Path | None = None) -> bool | None:
+    """Whether the git checkout holding ``where`` (default: this package) has changes to
+    tracked files or untracked files not ignored, i.e. whether the code that wrote a
+    recording differs from its ``git_commit``; None when there is no checkout (installed
+    package, no git): provenance must never fail a recording."""
+    cwd = Path(where) if where is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"],
+                             cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return bool(out.stdout.strip())

@@ -120,6 +120,7 @@ RUN_KEYS = (
     "schema_version",   # int, SCHEMA_VERSION of the writer
     "tool_version",     # specreplay version that wrote it
     "git_commit",       # of the writer's checkout, or null
+    "git_dirty",        # whether that checkout had uncommitted changes, or null (no checkout)
     "created",          # ISO 8601 UTC
     "setup",            # {device, gpu, driver, torch, cuda, backend, dtype, attn}
     "target",           # {id, files: {name: sha256}}

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from specreplay.traces.identity import differences, recording_identity
+from specreplay.traces.identity import differences, git_dirty, recording_identity
 from specreplay.traces.io import TraceError, table_files, table_from_rows, write_json, write_part, _fsync_write
 from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 
@@ -82,7 +82,8 @@ class TraceWriter:
         self._done: set[int] | None = None
         run_path = self.dir / "run.json"
         fresh = {**run_meta, "schema_version": SCHEMA_VERSION, "tool_version": __version__,
-                 "git_commit": git_commit(), "created": now_utc(), "complete": False}
+                 "git_commit": git_commit(), "git_dirty": git_dirty(), "created": now_utc(),
+                 "complete": False}
         if self.dir.exists() and not self.dir.is_dir():
             raise TraceError(f"{self.dir} is a file, not a directory: choose another output path")
         if self.dir.is_dir() and any(self.dir.iterdir()):
