@@ -85,7 +85,9 @@ def test_check_finds_oracle_rows_of_wrong_length(trace, capsys):
     assert main(["trace", "check", str(trace)]) == 1
     out = capsys.readouterr().out
     assert "INVALID" in out
-    assert "table oracle (block size 8, probe ''), column true_rank: row 0 holds 6 values, expected 7" in out
+    assert "(table oracle), column true_rank, row " in out
+    assert ("sample 0 start 0 block size 8: holds 6 values; allowed: block_size - 1 = 7 rank "
+            "codes") in out
 
 
 def test_check_finds_ranks_that_contradict_the_output(trace, capsys):

@@ -135,8 +135,9 @@ def test_oracle_list_lengths(trace):
     rows = t.to_pylist()
     rows[0]["draft_ids"] = rows[0]["draft_ids"][:-1]
     pq.write_table(pa.Table.from_pylist(rows, schema=t.schema), part)
-    with pytest.raises(TraceError, match=r"table oracle \(block size 4, probe ''\), column "
-                                         r"draft_ids: row 0 holds 11 values, expected 12"):
+    with pytest.raises(TraceError, match=r"part-000000.parquet \(table oracle\), column draft_ids, "
+                                         r"row 0, sample 0 start 0 block size 4: holds 11 values; "
+                                         r"allowed: \(block_size - 1\) \* top_k = 3 \* 4 = 12 ids"):
         Trace.open(trace).oracle_arrays()
 
 

@@ -12,6 +12,11 @@ import pyarrow.parquet as pq
 from specreplay.traces.schema import SCHEMA_VERSION, SCHEMAS, TABLES
 
 
+# How every trace table is written: zstd, and a CRC32 per data page, so that the reader
+# (which verifies page checksums) refuses a flipped byte instead of decoding it.
+PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
+
+
 class TraceError(Exception):
     """A trace (or profile) cannot be read or written; the message names the file,
     table, column or version and says what to do."""
@@ -47,7 +52,7 @@ def write_part(trace_dir: Path, name: str, table: pa.Table, part: str) -> Path:
     d = Path(trace_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"part-{part}.parquet"
-    _fsync_write(path, lambda p: pq.write_table(table, p, compression="zstd"))
+    _fsync_write(path, lambda p: pq.write_table(table, p, **PARQUET_WRITE))
     return path
 
 

@@ -6,10 +6,14 @@
     trace.cycles.to_pandas()          # any table as a pyarrow.Table
     groups = trace.oracle_arrays()    # {(block_size, probe): OracleArrays} for replay
 
-Every way a trace can be unreadable (missing files, truncated Parquet, a missing or
-mistyped column, a schema version this specreplay does not read, no samples) raises a
-``TraceError`` that names the file, table, column or version and says what to do. Tables
-are read lazily, memory-mapped, and validated against ``traces.schema`` on first use.
+Every way a trace can be unreadable (missing files, truncated or corrupted Parquet, a
+missing or mistyped column, a schema version this specreplay does not read, no samples,
+a value outside what its column allows) raises a ``TraceError`` that names the file,
+table, column (and row and value) and says what is allowed. Tables are read lazily,
+memory-mapped, and validated against ``traces.schema`` and the value rules of
+``traces.validate`` on first use; page checksums, where the writer stored them, are
+verified. ``Trace.open(path, collect=[])`` collects the problems into that list instead
+of raising at the first (for `specreplay trace check`).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import pyarrow.parquet as pq
 from specreplay.traces.identity import differences, setup_identity
 from specreplay.traces.io import TraceError, table_files
 from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces import validate
 from specreplay.traces.writer import read_json
 
 # The oldest trace schema this version still reads.
@@ -67,13 +72,15 @@ def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
     """Read one Parquet file (memory-mapped) and check it has every column of ``schema``
     with the right type; returns exactly those columns."""
     try:
-        t = pq.read_table(path, memory_map=True)
-    except (pa.ArrowException, OSError) as e:
-        raise TraceError(f"{path} (table {table}) is truncated or not Parquet ({e}); "
+        # checksums are verified where the writer stored them (traces.io writes them)
+        t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+        names = t.schema.names  # decodes the footer's column names
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
+        raise TraceError(f"{path} (table {table}) is truncated, corrupted or not Parquet ({e}); "
                          "re-record that sample, or delete the file and resume the "
                          "recording") from None
     for field in schema:
-        if field.name not in t.schema.names:
+        if field.name not in names:
             raise TraceError(f"{path} (table {table}) has no column {field.name!r} "
                              f"({field.type}); the file does not follow trace schema "
                              f"{SCHEMA_VERSION}")
@@ -136,18 +143,43 @@ def _fixed_width(col: pa.ChunkedArray, width: int, what: str) -> np.ndarray:
     return values.reshape(n, width)
 
 
+def report_problems(problems: list, collect: list | None, where: Path) -> None:
+    """Raise the first value problem as a TraceError, or add them all to ``collect``."""
+    if not problems:
+        return
+    if collect is not None:
+        collect.extend(problems)
+        return
+    more = (f" ({len(problems) - 1} more problems: `specreplay trace check {where}` lists "
+            "them)") if len(problems) > 1 else ""
+    raise TraceError(f"{problems[0]}{more}")
+
+
+_VALUE_RULES = {
+    "samples": lambda t, f, k: validate.check_samples(t, f),
+    "cycles": lambda t, f, k: validate.check_cycles(t, f),
+    "cycle_logits": lambda t, f, k: validate.check_cycle_logits(t, f),
+    "oracle": validate.check_oracle,
+    "oracle_target": validate.check_oracle_target,
+}
+
+
 class Trace:
     """A trace directory opened for reading; see the module docstring."""
 
-    def __init__(self, path: Path, run: dict[str, Any]):
+    def __init__(self, path: Path, run: dict[str, Any], collect: list | None = None):
         self.dir = Path(path)
         self.run = run
         self._tables: dict[str, pa.Table] = {}
+        # None: raise at the first value problem; a list: collect them there
+        self.collect = collect
 
     @classmethod
-    def open(cls, path: str | Path) -> "Trace":
-        """Open and minimally validate a trace: run.json readable and of a supported
-        schema version, the samples and cycles tables present, at least one sample."""
+    def open(cls, path: str | Path, collect: list | None = None) -> "Trace":
+        """Open and minimally validate a trace: run.json readable, of a supported schema
+        version and with valid values, the samples and cycles tables present, at least
+        one sample, the samples table's values valid. With ``collect`` (a list), value
+        problems are appended there instead of raised."""
         path = Path(path)
         if not path.exists():
             raise TraceError(f"trace directory {path} does not exist")
@@ -159,7 +191,9 @@ class Trace:
         if (path / COMPACT_MARKER).exists():
             raise TraceError(f"compaction of {path} was interrupted; run `specreplay trace "
                              f"compact {path}` again to finish it")
-        trace = cls(path, run)
+        trace = cls(path, run, collect)
+        report_problems(validate.check_run(run, path / "run.json", bool(table_files(path, "oracle"))),
+                        collect, path)
         if not table_files(path, "samples"):
             raise TraceError(f"trace {path} holds no samples: the recording finished none "
                              "(continue it with `specreplay record ... --resume`)")
@@ -184,9 +218,31 @@ class Trace:
             if not files:
                 hint = _HINTS.get(name, "re-record the trace")
                 raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
-            parts = [read_parquet(f, SCHEMAS[name], name) for f in files]
-            self._tables[name] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            k = validate.run_top_k(self.run)
+            parts = []
+            for f in files:
+                part = read_parquet(f, SCHEMAS[name], name)
+                report_problems(_VALUE_RULES[name](part, f, k), self.collect, self.dir)
+                parts.append(part)
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            if name == "oracle":
+                where = files[0] if len(files) == 1 else self.dir / "oracle"
+                report_problems(validate.check_oracle_coverage(table, self._output_lengths(),
+                                                               self.run, where),
+                                self.collect, self.dir)
+            self._tables[name] = table
         return self._tables[name]
+
+    def _output_lengths(self) -> np.ndarray:
+        """len(S) by sample id (0 where no sample has that id)."""
+        t = self.samples
+        ids = t.column("sample").to_numpy(zero_copy_only=False).astype(np.int64)
+        lengths = pc.fill_null(pc.list_value_length(t.column("output_ids")), 0).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        keep = ids >= 0
+        out = np.zeros(int(ids[keep].max(initial=-1)) + 1, np.int64)
+        out[ids[keep]] = lengths[keep]
+        return out
 
     @property
     def samples(self) -> pa.Table:
@@ -288,7 +344,7 @@ class Trace:
     def profile(self) -> "Profile | None":
         """The latency profile recorded with this trace, if any."""
         if (self.dir / "profile.parquet").exists() or (self.dir / "profile.json").exists():
-            return Profile.open(self.dir)
+            return Profile.open(self.dir, self.collect)
         return None
 
 
@@ -302,7 +358,9 @@ class Profile:
         self.table = table
 
     @classmethod
-    def open(cls, path: str | Path) -> "Profile":
+    def open(cls, path: str | Path, collect: list | None = None) -> "Profile":
+        """Open a profile directory; its rows' values are validated (traces.validate),
+        problems raised, or appended to ``collect`` when given."""
         path = Path(path)
         if not path.is_dir():
             raise TraceError(f"profile directory {path} does not exist")
@@ -314,6 +372,7 @@ class Profile:
         table = read_parquet(pfile, PROFILE_SCHEMA, "profile")
         if table.num_rows == 0:
             raise TraceError(f"{pfile} holds no measurements")
+        report_problems(validate.check_profile(table, pfile), collect, path)
         return cls(path, meta, table)
 
     @property

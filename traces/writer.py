@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, git_dirty, recording_identity
-from specreplay.traces.io import TraceError, table_files, table_from_rows, write_json, write_part, _fsync_write
+from specreplay.traces.io import (PARQUET_WRITE, TraceError, _fsync_write, table_files,
+                                  table_from_rows, write_json, write_part)
 from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 
 Rows = list[dict[str, Any]] | pa.Table  # dicts keyed by column, or an Arrow table
@@ -205,7 +206,7 @@ class TraceWriter:
         if pc.all(keep).as_py() is not False:
             return
         kept = table.filter(keep)
-        _fsync_write(single, lambda p: pq.write_table(kept, p, compression="zstd"))
+        _fsync_write(single, lambda p: pq.write_table(kept, p, **PARQUET_WRITE))
 
     # -- run.json
     def update_run(self, **updates: Any) -> None:
@@ -230,7 +231,7 @@ def write_profile(profile_dir: str | Path, rows: list[dict[str, Any]] | pa.Table
     else:
         table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in PROFILE_SCHEMA},
                                      schema=PROFILE_SCHEMA)
-    _fsync_write(d / "profile.parquet", lambda p: pq.write_table(table, p, compression="zstd"))
+    _fsync_write(d / "profile.parquet", lambda p: pq.write_table(table, p, **PARQUET_WRITE))
     write_json(d / "profile.json", {"schema_version": SCHEMA_VERSION, "created": now_utc(),
                                     **{k: meta.get(k) for k in ("setup", "target", "draft")}})
     return d
