@@ -76,7 +76,7 @@ def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
         t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
         names = t.schema.names  # decodes the footer's column names
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path} (table {table}) is truncated, corrupted or not Parquet ({e}); "
+        raise TraceError(f"{path} (table {table}) is truncated or not Parquet, or damaged ({e}); "
                          "re-record that sample, or delete the file and resume the "
                          "recording") from None
     for field in schema:
@@ -150,8 +150,9 @@ def report_problems(problems: list, collect: list | None, where: Path) -> None:
     if collect is not None:
         collect.extend(problems)
         return
-    more = (f" ({len(problems) - 1} more problems: `specreplay trace check {where}` lists "
-            "them)") if len(problems) > 1 else ""
+    n = len(problems) - 1
+    more = (f" ({n} more problem{'s' if n > 1 else ''}: `specreplay trace check {where}` lists "
+            "them)") if n else ""
     raise TraceError(f"{problems[0]}{more}")
 
 
