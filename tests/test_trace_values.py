@@ -53,10 +53,12 @@ def edit(d: Path, table: str, column: str, row: int, value) -> Path:
     """Set one cell (``value`` may be a function of the old value) and rewrite the file."""
     path = part_of(d, table)
     t = pq.read_table(path)
-    col = t.column(column).to_pylist()
-    col[row] = value(col[row]) if callable(value) else value
+    col = t.column(column).combine_chunks()
+    old = col[row].as_py()
+    cell = pa.array([value(old) if callable(value) else value], col.type)
     i = t.schema.get_field_index(column)
-    pq.write_table(t.set_column(i, t.schema.field(i), pa.array(col, t.schema.field(i).type)), path)
+    new = pa.concat_arrays([col.slice(0, row), cell, col.slice(row + 1)])
+    pq.write_table(t.set_column(i, t.schema.field(i), new), path)
     return path
 
 
@@ -186,6 +188,16 @@ def test_samples_values(trace, column, value, allowed):
     refused(trace, "(table samples)", f"column {column}, row 0", allowed)
 
 
+@pytest.mark.parametrize("value,allowed", [(2, "a sample id 0 to 1"), (2 ** 31 - 1, "a sample id 0 to 1"),
+                                           (1, "each sample id once")])
+def test_samples_number_samples_from_zero(trace, value, allowed):
+    edit(trace, "samples", "sample", 0, value)
+    if value != 1:  # the parts of sample 0 then name another sample
+        for table in ("cycles", "oracle"):
+            edit_rows(trace, table, lambda rows: [dict(r, sample=value) for r in rows])
+    refused(trace, "(table samples), column sample, row ", allowed)
+
+
 def test_samples_output_needs_a_token(trace):
     edit(trace, "samples", "output_ids", 0, [])
     refused(trace, "column output_ids, row 0", "holds 0 tokens", "at least one output token")
@@ -209,12 +221,17 @@ def test_samples_token_ids(trace, column):
     ("tau", 9, "1 to block_size = 8"),
     ("committed", 40, "1 to block_size = 8"),
     ("verify_mode", "zigzag", "one of 'chain', 'batch', 'tree'"),
-    ("verify_tokens", 0, "an integer >= 1"),
-    ("verify_batch", 0, "an integer >= 1"),
+    ("verify_tokens", 0, "1 to block_size * max(verify_batch, n_paths) = 8"),
+    ("verify_tokens", 9, "1 to block_size * max(verify_batch, n_paths) = 8"),
+    ("accepted", 8, "0 to block_size - 1 = 7"),
+    ("verify_batch", 0, "1 (rows of a batch verify pass; 1 unless verify_mode is 'batch')"),
+    ("verify_batch", 4, "1 (rows of a batch verify pass; 1 unless verify_mode is 'batch')"),
     ("n_paths", 0, "an integer >= 1"),
     ("chosen_path", 1, "0 to n_paths - 1 = 0"),
-    ("prev_offset", -1, "an integer >= 0"),
-    ("n_seeds", -2, "an integer >= 0"),
+    ("prev_offset", -1, "0 to start = "),
+    ("prev_offset", 10000, "0 to start = "),
+    ("n_seeds", -2, "0 to block_size - 1 = 7 (seeds fill drafted positions)"),
+    ("n_seeds", 8, "0 to block_size - 1 = 7 (seeds fill drafted positions)"),
     ("bonus", -1, "an integer >= 0"),
     ("draft_s", 0.0, "0 only at block size 1"),
     ("target_s", math.inf, "a finite number of seconds > 0 and < 3600"),
@@ -224,6 +241,26 @@ def test_samples_token_ids(trace, column):
 def test_cycles_values(trace, column, value, allowed):
     edit(trace, "cycles", column, 1, value)
     refused(trace, "(table cycles)", f"column {column}, row 1", allowed)
+
+
+@pytest.mark.parametrize("column,value,allowed", [
+    ("sample", 5, "a sample id of the samples table"),
+    ("start", 30, "a position inside the sample's output, 0 to 29"),
+    ("context_len", 9999, "len(prompt) + start = "),
+    ("probe", "recycle(mode=dense)", "'' (plain draft) or a probe run.json's oracle lists: "
+                                     "'refine(steps=2, only_below=0.5)'"),
+])
+def test_cycles_agree_with_samples_and_run_json(trace, column, value, allowed):
+    """Recorded seconds and the calibration are keyed by these columns."""
+    edit(trace, "cycles", column, 1, value)
+    refused(trace, f"column {column}, row 1", f"holds {value!r}" if isinstance(value, str)
+            else f"holds {value}", allowed, replay_args=("--timing", "recorded"))
+
+
+def test_cycles_n_paths_within_the_verified_tokens(trace):
+    edit(trace, "cycles", "n_paths", 1, 9)
+    edit(trace, "cycles", "chosen_path", 1, 0)
+    refused(trace, "column n_paths, row 1", "holds 9", "1 to verify_tokens = 8")
 
 
 def test_cycles_drafted_length_and_ids(trace):
@@ -341,9 +378,11 @@ def _profile_row(d: Path, kind: str) -> int:
 
 @pytest.mark.parametrize("column,value,kind,allowed", [
     ("kind", "warp", "target", "one of 'target', 'tree_verify', 'draft', 'overhead'"),
-    ("q", 0, "target", "query tokens >= 1"),
+    ("q", 0, "target", "query tokens 1 to 16777216"),
+    ("q", 1 << 30, "draft", "query tokens 1 to 16777216"),
     ("q", -1, "overhead", "0 for overhead rows"),
-    ("context_len", -1, "target", "an integer >= 0"),
+    ("context_len", -1, "target", "an integer from 0 to 16777216"),
+    ("context_len", 2 ** 31 - 1, "target", "an integer from 0 to 16777216"),
     ("batch", 0, "draft", "an integer >= 1"),
     ("p10_s", -1.0, "target", "a finite number of seconds > 0"),
     ("p90_s", math.nan, "tree_verify", "a finite number of seconds > 0"),

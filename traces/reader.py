@@ -156,12 +156,12 @@ def report_problems(problems: list, collect: list | None, where: Path) -> None:
     raise TraceError(f"{problems[0]}{more}")
 
 
-_VALUE_RULES = {
-    "samples": lambda t, f, k: validate.check_samples(t, f),
-    "cycles": lambda t, f, k: validate.check_cycles(t, f),
-    "cycle_logits": lambda t, f, k: validate.check_cycle_logits(t, f),
-    "oracle": validate.check_oracle,
-    "oracle_target": validate.check_oracle_target,
+_VALUE_RULES = {  # (table, file, trace) -> problems
+    "samples": lambda t, f, tr: validate.check_samples(t, f),
+    "cycles": lambda t, f, tr: validate.check_cycles(t, f, tr._sample_info()),
+    "cycle_logits": lambda t, f, tr: validate.check_cycle_logits(t, f),
+    "oracle": lambda t, f, tr: validate.check_oracle(t, f, validate.run_top_k(tr.run)),
+    "oracle_target": lambda t, f, tr: validate.check_oracle_target(t, f, validate.run_top_k(tr.run)),
 }
 
 
@@ -219,31 +219,34 @@ class Trace:
             if not files:
                 hint = _HINTS.get(name, "re-record the trace")
                 raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
-            k = validate.run_top_k(self.run)
             parts = []
             for f in files:
                 part = read_parquet(f, SCHEMAS[name], name)
-                report_problems(_VALUE_RULES[name](part, f, k), self.collect, self.dir)
+                report_problems(_VALUE_RULES[name](part, f, self), self.collect, self.dir)
                 parts.append(part)
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            if name == "samples":
+                where = files[0] if len(files) == 1 else self.dir / "samples"
+                report_problems(validate.check_sample_ids(table, where), self.collect, self.dir)
             if name == "oracle":
                 where = files[0] if len(files) == 1 else self.dir / "oracle"
-                report_problems(validate.check_oracle_coverage(table, self._output_lengths(),
-                                                               self.run, where),
+                info = self._sample_info()
+                orphans = tuple(s for s in (validate.orphan_sample(f, info) for f in files)
+                                if s is not None)
+                report_problems(validate.check_oracle_coverage(table, info.out_len, self.run,
+                                                               where, orphans),
                                 self.collect, self.dir)
             self._tables[name] = table
         return self._tables[name]
 
+    def _sample_info(self) -> "validate.SampleInfo":
+        if "_info" not in self.__dict__:
+            self._info = validate.sample_info(self.samples, self.run)
+        return self._info
+
     def _output_lengths(self) -> np.ndarray:
         """len(S) by sample id (0 where no sample has that id)."""
-        t = self.samples
-        ids = t.column("sample").to_numpy(zero_copy_only=False).astype(np.int64)
-        lengths = pc.fill_null(pc.list_value_length(t.column("output_ids")), 0).to_numpy(
-            zero_copy_only=False).astype(np.int64)
-        keep = ids >= 0
-        out = np.zeros(int(ids[keep].max(initial=-1)) + 1, np.int64)
-        out[ids[keep]] = lengths[keep]
-        return out
+        return np.maximum(self._sample_info().out_len, 0)
 
     @property
     def samples(self) -> pa.Table:

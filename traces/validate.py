@@ -20,14 +20,18 @@ Rules (the limits are module constants):
   ``probe_block_sizes`` (optional): a subset of ``block_sizes``}; set whenever the trace
   holds an oracle table (set without one: the oracle is missing, which the reader says
   when a replay needs it).
-- samples: ids >= 0; ``output_ids`` at least one token; token ids >= 0; ``prefill_s``
+- samples: ids 0..n-1, each once; ``output_ids`` at least one token; token ids >= 0; ``prefill_s``
   finite, > 0, < MAX_PASS_S; ``decode_s`` finite, < MAX_SAMPLE_S, > 0 (0 only for a
   sample without cycles); ``n_cycles`` >= 0; ``ar_divergence`` null or >= -1;
   ``stop_reason`` one of STOP_REASONS.
-- cycles: ids, starts, context lengths >= 0; ``block_size`` >= 1; ``accepted`` in
-  [0, block_size - 1]; ``tau`` and ``committed`` in [1, block_size]; ``verify_mode`` one
-  of VERIFY_MODES; ``verify_tokens``, ``verify_batch``, ``n_paths`` >= 1;
-  ``chosen_path`` in [0, n_paths - 1]; ``prev_offset``, ``n_seeds`` >= 0; ``drafted``
+- cycles: ids, starts, context lengths >= 0; ``sample`` one of the samples table,
+  ``start`` inside its output, ``context_len`` = len(prompt) + start; ``probe`` "" or
+  one of run.json's ``oracle.probes`` (when the run has an oracle); ``block_size`` >= 1;
+  ``accepted`` in [0, block_size - 1]; ``tau`` and ``committed`` in [1, block_size];
+  ``verify_mode`` one of VERIFY_MODES; ``n_paths`` >= 1; ``verify_batch`` 1 (>= 1 in batch mode);
+  ``verify_tokens`` in [1, block_size * max(verify_batch, n_paths)], ``n_paths`` <=
+  verify_tokens; ``chosen_path`` in [0, n_paths - 1]; ``prev_offset`` in [0, start]; ``n_seeds`` in
+  [0, block_size - 1]; ``drafted``
   holds block_size - 1 token ids >= 0; ``bonus`` >= 0; ``target_s``, ``overhead_s``,
   ``cycle_s`` finite, > 0, < MAX_PASS_S; ``draft_s`` the same, or 0 for a cycle that
   drafts nothing (block size 1).
@@ -42,13 +46,14 @@ Rules (the limits are module constants):
   (``oracle_gaps``); the reader does not, since replay names a missing row itself.
 - oracle_target: ids and positions >= 0; ``target_ids`` and ``target_logprobs`` hold
   top_k values, ids >= 0, log-probabilities <= 0 and not NaN.
-- profile: ``kind`` one of PROFILE_KINDS; ``q`` >= 1 (0 for overhead rows);
-  ``context_len`` >= 0; ``batch`` >= 1; ``median_s``, ``p10_s``, ``p90_s`` finite, > 0,
+- profile: ``kind`` one of PROFILE_KINDS; ``q`` 1..MAX_TOKENS (0 for overhead rows);
+  ``context_len`` 0..MAX_TOKENS; ``batch`` >= 1; ``median_s``, ``p10_s``, ``p90_s`` finite, > 0,
   < MAX_PASS_S; ``n`` >= 1; one row per grid point (kind, q, context_len, batch).
 """
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +69,8 @@ from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
 MAX_PASS_S = 3600.0
 # A whole sample's decode: long generations on a slow host can take many minutes.
 MAX_SAMPLE_S = 86400.0
+# Tokens of one context or query: far beyond any model's window, below absurd values.
+MAX_TOKENS = 1 << 24
 # The oracle stores ranks as int8.
 MAX_TOP_K = 127
 STOP_REASONS = ("eos", "max_new_tokens")
@@ -176,7 +183,7 @@ class _Checker:
         self.rows(column, ~ok & ~null, v, text)
         return v
 
-    def choice(self, t: pa.Table, column: str, allowed: tuple[str, ...]) -> None:
+    def choice(self, t: pa.Table, column: str, allowed: tuple[str, ...], intro: str = "one of ") -> None:
         """A string column whose every value is one of ``allowed`` (checked on the
         dictionary of distinct values, not per row)."""
         enc = t.column(column).combine_chunks().dictionary_encode()
@@ -184,7 +191,7 @@ class _Checker:
         idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         bad = bad_code[idx]  # a null (-1) reads the trailing True
         values = np.asarray(t.column(column).to_pylist(), dtype=object) if bad.any() else bad
-        self.rows(column, bad, values, "one of " + ", ".join(repr(a) for a in allowed))
+        self.rows(column, bad, values, intro + ", ".join(repr(a) for a in allowed if a))
 
     def list_values(self, t: pa.Table, column: str, length: np.ndarray | int | None,
                     length_text: str | Callable, check: Callable[[np.ndarray], np.ndarray] | None,
@@ -235,6 +242,18 @@ def _col(t: pa.Table, name: str) -> np.ndarray:
 
 # -- tables -----------------------------------------------------------------------
 
+def check_sample_ids(samples: pa.Table, where: str | Path) -> list[Problem]:
+    """All parts together: sample ids 0..n-1, each once (replay indexes by them)."""
+    ck = _Checker(where, "samples")
+    ids = _col(samples, "sample")
+    n = len(ids)
+    if ck.rows("sample", (ids < 0) | (ids >= n), ids, f"a sample id 0 to {n - 1} (the ids "
+               f"of {n} samples number them 0..n-1)"):
+        dup = _first_of_each(ids)
+        ck.rows("sample", dup, ids, "each sample id once")
+    return ck.problems
+
+
 def check_samples(t: pa.Table, file: str | Path) -> list[Problem]:
     sample = _col(t, "sample")
     ck = _Checker(file, "samples", lambda i: f"sample {sample[i]}")
@@ -257,21 +276,94 @@ def check_samples(t: pa.Table, file: str | Path) -> list[Problem]:
     return ck.problems
 
 
-def check_cycles(t: pa.Table, file: str | Path) -> list[Problem]:
+@dataclass(frozen=True)
+class SampleInfo:
+    """What the rules of other tables need from the samples table and run.json:
+    len(S) and len(prompt) by sample id (-1 where no sample has that id), and the probe
+    keys run.json's oracle lists (None: the run has no oracle)."""
+    out_len: np.ndarray
+    prompt_len: np.ndarray
+    probes: tuple[str, ...] | None
+
+
+def sample_info(samples: pa.Table, run: dict[str, Any]) -> SampleInfo:
+    ids = _col(samples, "sample")
+    keep = (ids >= 0) & (ids < len(ids))  # valid ids are 0..n-1 (check_sample_ids)
+    out = np.full(int(ids[keep].max(initial=-1)) + 1, -1, np.int64)
+    prompt = out.copy()
+    out[ids[keep]] = pc.fill_null(pc.list_value_length(samples.column("output_ids")), 0).to_numpy(
+        zero_copy_only=False)[keep]
+    prompt[ids[keep]] = pc.fill_null(pc.list_value_length(samples.column("prompt_ids")), 0).to_numpy(
+        zero_copy_only=False)[keep]
+    oracle = run.get("oracle")
+    probes = oracle.get("probes") if isinstance(oracle, dict) else None
+    return SampleInfo(out, prompt, tuple(p for p in probes if isinstance(p, str))
+                      if isinstance(probes, list) else None)
+
+
+def _lookup(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[idx] with -1 where idx is outside a."""
+    inside = (idx >= 0) & (idx < len(a))
+    return np.where(inside, a[np.clip(idx, 0, max(len(a) - 1, 0))] if len(a) else -1, -1)
+
+
+def orphan_sample(file: str | Path, info: SampleInfo) -> int | None:
+    """The sample of a part file ``<table>/part-<sample>.parquet`` when the samples table
+    does not hold it: the part of the sample in flight when a recording was killed
+    (the samples part is written last), readable until ``record --resume`` removes it."""
+    m = re.fullmatch(r"part-(\d+)\.parquet", Path(file).name)
+    if not m:
+        return None
+    s = int(m.group(1))
+    return s if s >= len(info.out_len) or info.out_len[s] < 0 else None
+
+
+def check_cycles(t: pa.Table, file: str | Path, info: SampleInfo | None = None) -> list[Problem]:
     sample, cycle = _col(t, "sample"), _col(t, "cycle")
     ck = _Checker(file, "cycles", lambda i: f"sample {sample[i]} cycle {cycle[i]}")
-    for name in ("sample", "cycle", "start", "context_len", "prev_offset", "n_seeds", "bonus"):
+    for name in ("sample", "cycle", "start", "context_len", "bonus"):
         ck.ints(t, name, 0)
+    if info is not None:
+        # the recorded seconds and cost calibration are keyed by these: a cycle of another
+        # sample, or past its output, would time a cycle the live run never ran
+        start = _col(t, "start")
+        length = _lookup(info.out_len, sample)
+        orphan = orphan_sample(file, info)
+        if ck.rows("sample", (sample >= 0) & (length < 0) & (sample != orphan), sample,
+                   "a sample id of the samples table"):
+            ck.rows("start", (length >= 0) & (start >= length), start,
+                    lambda i: f"a position inside the sample's output, 0 to {int(length[i]) - 1}")
+            expect = _lookup(info.prompt_len, sample) + start
+            ck.rows("context_len", (length >= 0) & (start >= 0) & (_col(t, "context_len") != expect),
+                    _col(t, "context_len"),
+                    lambda i: f"len(prompt) + start = {int(expect[i])}")
+        if info.probes is not None:
+            ck.choice(t, "probe", ("",) + info.probes, "'' (plain draft) or a probe run.json's "
+                      "oracle lists: ")
     b = ck.ints(t, "block_size", 1)
     bb = np.maximum(b, 1)
+    start = np.maximum(_col(t, "start"), 0)
+    ck.ints(t, "prev_offset", 0, start,
+            allowed=lambda i: f"0 to start = {int(start[i])} (the previous cycle started at "
+                              "start - prev_offset)")
+    ck.ints(t, "n_seeds", 0, bb - 1,
+            allowed=lambda i: f"0 to block_size - 1 = {int(bb[i]) - 1} (seeds fill drafted positions)")
     ck.ints(t, "accepted", 0, bb - 1,
             allowed=lambda i: f"0 to block_size - 1 = {int(bb[i]) - 1} (drafted tokens accepted)")
     for name in ("tau", "committed"):
         ck.ints(t, name, 1, bb, allowed=lambda i: f"1 to block_size = {int(bb[i])}")
     ck.choice(t, "verify_mode", VERIFY_MODES)
-    for name in ("verify_tokens", "verify_batch"):
-        ck.ints(t, name, 1)
+    batch = np.asarray(pc.fill_null(pc.equal(t.column("verify_mode"), "batch"), False).to_numpy(
+        zero_copy_only=False), bool)
+    vb = np.maximum(ck.ints(t, "verify_batch", 1, np.where(batch, np.iinfo(np.int64).max, 1),
+                            allowed="1 (rows of a batch verify pass; 1 unless verify_mode is 'batch')"), 1)
     paths = np.maximum(ck.ints(t, "n_paths", 1), 1)
+    # a verify pass holds at most block_size tokens per row or path
+    most = bb * np.maximum(vb, paths)
+    vt = ck.ints(t, "verify_tokens", 1, most,
+                 allowed=lambda i: f"1 to block_size * max(verify_batch, n_paths) = {int(most[i])}")
+    ck.ints(t, "n_paths", None, np.maximum(vt, 1), nullable=True,
+            allowed=lambda i: f"1 to verify_tokens = {int(max(vt[i], 1))} (each path verifies a token)")
     ck.ints(t, "chosen_path", 0, paths - 1,
             allowed=lambda i: f"0 to n_paths - 1 = {int(paths[i]) - 1}")
     ck.list_values(t, "drafted", bb - 1,
@@ -363,9 +455,9 @@ def check_profile(t: pa.Table, file: str | Path) -> list[Problem]:
     ck = _Checker(file, "profile", lambda i: f"kind {kind[i]!r} q {q[i]} context_len {L[i]} batch {B[i]}")
     ck.choice(t, "kind", PROFILE_KINDS)
     over = kind == "overhead"
-    ck.ints(t, "q", np.where(over, 0, 1),
-            allowed="query tokens >= 1 (block size for draft rows; 0 for overhead rows)")
-    ck.ints(t, "context_len", 0)
+    ck.ints(t, "q", np.where(over, 0, 1), MAX_TOKENS,
+            allowed=f"query tokens 1 to {MAX_TOKENS} (block size for draft rows; 0 for overhead rows)")
+    ck.ints(t, "context_len", 0, MAX_TOKENS)
     ck.ints(t, "batch", 1)
     for name in ("median_s", "p10_s", "p90_s"):
         ck.seconds(t, name, MAX_PASS_S)
@@ -454,15 +546,19 @@ def run_top_k(run: dict[str, Any]) -> int | None:
 # -- across the oracle table ------------------------------------------------------
 
 def check_oracle_coverage(oracle: pa.Table, out_len: np.ndarray, run: dict[str, Any],
-                          where: str) -> list[Problem]:
+                          where: str, orphans: tuple[int, ...] = ()) -> list[Problem]:
     """The whole oracle table (all parts) against the samples and run.json: rows name
     known samples, start inside the output and appear once; the plain block sizes and
     probes are the ones run.json lists. ``out_len[s]`` is len(S) of sample s (0 for a
-    missing id)."""
+    missing id). ``orphans``: sample ids of the in-flight sample's parts (``orphan_sample``),
+    whose rows are left out."""
     ck = _Checker(where, "oracle")
     meta = run.get("oracle") if isinstance(run.get("oracle"), dict) else {}
     if oracle.num_rows == 0:
         return ck.problems
+    if orphans:
+        oracle = oracle.filter(pc.invert(pc.is_in(oracle.column("sample"),
+                                                  pa.array(orphans, pa.int32()))))
     sample = _col(oracle, "sample")
     start = _col(oracle, "start")
     b = _col(oracle, "block_size")
@@ -470,9 +566,8 @@ def check_oracle_coverage(oracle: pa.Table, out_len: np.ndarray, run: dict[str, 
     enc = oracle.column("probe").combine_chunks().dictionary_encode()
     names = [n or "" for n in enc.dictionary.to_pylist()]
     code = pc.fill_null(enc.indices, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    known = (sample >= 0) & (sample < len(out_len))
-    length = np.where(known, out_len[np.clip(sample, 0, max(len(out_len) - 1, 0))], 0)
-    known &= length > 0
+    length = _lookup(out_len, sample)
+    known = length > 0
     ck.rows("sample", ~known, sample, "a sample id of the samples table")
     inside = known & (start >= 0) & (start < length)
     ck.rows("start", known & ~inside, start, "a position inside the sample's output (0 to len(S) - 1)")
