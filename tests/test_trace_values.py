@@ -180,7 +180,8 @@ def test_the_issue_cases_on_the_shipped_sample(tmp_path, case):
     ("decode_s", math.inf, "a finite number of seconds > 0 and < 86400"),
     ("decode_s", 0.0, "0 only for a sample without cycles"),
     ("n_cycles", -1, "an integer >= 0"),
-    ("ar_divergence", -2, "-1 (no divergence), a position >= 0, or null"),
+    ("ar_divergence", -2, "-1 (no divergence), an output position 0 to 29, or null"),
+    ("ar_divergence", 30, "-1 (no divergence), an output position 0 to 29, or null"),
     ("stop_reason", "tired", "one of 'eos', 'max_new_tokens'"),
 ])
 def test_samples_values(trace, column, value, allowed):
@@ -206,7 +207,7 @@ def test_samples_output_needs_a_token(trace):
 @pytest.mark.parametrize("column", ["output_ids", "prompt_ids"])
 def test_samples_token_ids(trace, column):
     edit(trace, "samples", column, 0, lambda ids: ids[:3] + [-7] + ids[4:])
-    refused(trace, f"column {column}, row 0", "holds -7 at index 3", "token ids >= 0")
+    refused(trace, f"column {column}, row 0", "holds -7 at index 3", "token ids 0 to 16777215")
 
 
 # -- cycles -------------------------------------------------------------------------
@@ -232,7 +233,8 @@ def test_samples_token_ids(trace, column):
     ("prev_offset", 10000, "0 to start = "),
     ("n_seeds", -2, "0 to block_size - 1 = 7 (seeds fill drafted positions)"),
     ("n_seeds", 8, "0 to block_size - 1 = 7 (seeds fill drafted positions)"),
-    ("bonus", -1, "an integer >= 0"),
+    ("bonus", -1, "token ids 0 to 16777215"),
+    ("bonus", 2 ** 31 - 1, "token ids 0 to 16777215"),
     ("draft_s", 0.0, "0 only at block size 1"),
     ("target_s", math.inf, "a finite number of seconds > 0 and < 3600"),
     ("overhead_s", -1e-4, "a finite number of seconds > 0 and < 3600"),
@@ -270,7 +272,7 @@ def test_cycles_drafted_length_and_ids(trace):
 
 def test_cycles_drafted_ids(trace):
     edit(trace, "cycles", "drafted", 0, lambda d: [-1] + d[1:])
-    refused(trace, "column drafted, row 0", "holds -1 at index 0", "token ids >= 0")
+    refused(trace, "column drafted, row 0", "holds -1 at index 0", "token ids 0 to 16777215")
 
 
 def test_cycles_list_every_problem(trace):
@@ -294,7 +296,7 @@ def test_cycles_list_every_problem(trace):
     ("start", -2, ("holds -2", "an integer >= 0")),
     ("block_size", 1, ("holds 1", "an integer >= 2")),
     ("prev_offset", 3, ("holds 3", "0 to start = 0")),
-    ("draft_ids", lambda v: [-9] + v[1:], ("holds -9 at index 0", "token ids >= 0")),
+    ("draft_ids", lambda v: [-9] + v[1:], ("holds -9 at index 0", "token ids 0 to 16777215")),
     ("draft_logprobs", lambda v: [float("nan")] + v[1:], ("holds nan at index 0", "log-probabilities <= 0")),
     ("draft_logprobs", lambda v: v[:2] + [0.5] + v[3:], ("holds 0.5 at index 2", "log-probabilities <= 0")),
     ("draft_ids", lambda v: v[:-1], ("holds 11 values", "(block_size - 1) * top_k = 3 * 4 = 12 ids")),
@@ -349,7 +351,7 @@ def test_oracle_gaps_are_listed_by_check(trace):
 
 @pytest.mark.parametrize("column,value,pieces", [
     ("position", -1, ("holds -1", "an integer >= 0")),
-    ("target_ids", lambda v: [-3] + v[1:], ("holds -3 at index 0", "token ids >= 0")),
+    ("target_ids", lambda v: [-3] + v[1:], ("holds -3 at index 0", "token ids 0 to 16777215")),
     ("target_logprobs", lambda v: [float("nan")] + v[1:], ("holds nan at index 0", "log-probabilities <= 0")),
     ("target_ids", lambda v: v[:-1], ("holds 3 values", "top_k = 4 token ids")),
 ])

@@ -76,7 +76,8 @@ def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
         t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
         names = t.schema.names  # decodes the footer's column names
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
-        raise TraceError(f"{path} (table {table}) is truncated or not Parquet, or damaged ({e}); "
+        why = " ".join(str(e).split())  # Arrow's messages span lines; ours is one
+        raise TraceError(f"{path} (table {table}) is truncated or not Parquet, or damaged ({why}); "
                          "re-record that sample, or delete the file and resume the "
                          "recording") from None
     for field in schema:

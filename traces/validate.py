@@ -20,9 +20,9 @@ Rules (the limits are module constants):
   ``probe_block_sizes`` (optional): a subset of ``block_sizes``}; set whenever the trace
   holds an oracle table (set without one: the oracle is missing, which the reader says
   when a replay needs it).
-- samples: ids 0..n-1, each once; ``output_ids`` at least one token; token ids >= 0; ``prefill_s``
+- samples: ids 0..n-1, each once; ``output_ids`` at least one token; token ids 0..MAX_TOKEN_ID; ``prefill_s``
   finite, > 0, < MAX_PASS_S; ``decode_s`` finite, < MAX_SAMPLE_S, > 0 (0 only for a
-  sample without cycles); ``n_cycles`` >= 0; ``ar_divergence`` null or >= -1;
+  sample without cycles); ``n_cycles`` >= 0; ``ar_divergence`` null, -1 or a position in S;
   ``stop_reason`` one of STOP_REASONS.
 - cycles: ids, starts, context lengths >= 0; ``sample`` one of the samples table,
   ``start`` inside its output, ``context_len`` = len(prompt) + start; ``probe`` "" or
@@ -32,7 +32,7 @@ Rules (the limits are module constants):
   ``verify_tokens`` in [1, block_size * max(verify_batch, n_paths)], ``n_paths`` <=
   verify_tokens; ``chosen_path`` in [0, n_paths - 1]; ``prev_offset`` in [0, start]; ``n_seeds`` in
   [0, block_size - 1]; ``drafted``
-  holds block_size - 1 token ids >= 0; ``bonus`` >= 0; ``target_s``, ``overhead_s``,
+  holds block_size - 1 token ids 0..MAX_TOKEN_ID; ``bonus`` a token id; ``target_s``, ``overhead_s``,
   ``cycle_s`` finite, > 0, < MAX_PASS_S; ``draft_s`` the same, or 0 for a cycle that
   drafts nothing (block size 1).
 - oracle (plain rows and probe rows alike): ids and starts >= 0; ``block_size`` >= 2;
@@ -71,6 +71,8 @@ MAX_PASS_S = 3600.0
 MAX_SAMPLE_S = 86400.0
 # Tokens of one context or query: far beyond any model's window, below absurd values.
 MAX_TOKENS = 1 << 24
+# Token ids: the largest vocabularies hold about a million; beyond 2^24 is no token.
+MAX_TOKEN_ID = (1 << 24) - 1
 # The oracle stores ranks as int8.
 MAX_TOP_K = 127
 STOP_REASONS = ("eos", "max_new_tokens")
@@ -259,20 +261,19 @@ def check_samples(t: pa.Table, file: str | Path) -> list[Problem]:
     ck = _Checker(file, "samples", lambda i: f"sample {sample[i]}")
     ck.ints(t, "sample", 0)
     ck.ints(t, "dataset_index", 0, nullable=True)
-    ck.list_values(t, "output_ids", None, "a list of token ids", lambda v: v >= 0,
-                   "token ids >= 0")
+    ck.list_values(t, "output_ids", None, "a list of token ids", _token_ok, _TOKEN_TEXT)
     out_len = pc.fill_null(pc.list_value_length(t.column("output_ids")), 0).to_numpy(zero_copy_only=False)
     ck.rows("output_ids", out_len < 1, np.array([_Text(f"{k} tokens") for k in out_len], dtype=object),
             "at least one output token")
-    ck.list_values(t, "prompt_ids", None, "a list of token ids", lambda v: v >= 0,
-                   "token ids >= 0")
+    ck.list_values(t, "prompt_ids", None, "a list of token ids", _token_ok, _TOKEN_TEXT)
     ck.choice(t, "stop_reason", STOP_REASONS)
     ck.seconds(t, "prefill_s", MAX_PASS_S)
     n_cycles = ck.ints(t, "n_cycles", 0)
     ck.seconds(t, "decode_s", MAX_SAMPLE_S, zero_ok=n_cycles == 0,
                zero_text=" (0 only for a sample without cycles)")
-    ck.ints(t, "ar_divergence", -1, nullable=True,
-            allowed="-1 (no divergence), a position >= 0, or null (not checked)")
+    ck.ints(t, "ar_divergence", -1, np.maximum(out_len - 1, 0), nullable=True,
+            allowed=lambda i: f"-1 (no divergence), an output position 0 to {max(int(out_len[i]) - 1, 0)}, "
+                              "or null (not checked)")
     return ck.problems
 
 
@@ -321,8 +322,9 @@ def orphan_sample(file: str | Path, info: SampleInfo) -> int | None:
 def check_cycles(t: pa.Table, file: str | Path, info: SampleInfo | None = None) -> list[Problem]:
     sample, cycle = _col(t, "sample"), _col(t, "cycle")
     ck = _Checker(file, "cycles", lambda i: f"sample {sample[i]} cycle {cycle[i]}")
-    for name in ("sample", "cycle", "start", "context_len", "bonus"):
+    for name in ("sample", "cycle", "start", "context_len"):
         ck.ints(t, name, 0)
+    ck.ints(t, "bonus", 0, MAX_TOKEN_ID, allowed=_TOKEN_TEXT)
     if info is not None:
         # the recorded seconds and cost calibration are keyed by these: a cycle of another
         # sample, or past its output, would time a cycle the live run never ran
@@ -337,6 +339,19 @@ def check_cycles(t: pa.Table, file: str | Path, info: SampleInfo | None = None) 
             ck.rows("context_len", (length >= 0) & (start >= 0) & (_col(t, "context_len") != expect),
                     _col(t, "context_len"),
                     lambda i: f"len(prompt) + start = {int(expect[i])}")
+            # the output length replay uses must be the one the cycles decoded: each
+            # sample's last cycle ends at its last output token
+            end = start + _col(t, "committed")
+            known = (length >= 0) & (sample >= 0)
+            if known.any():
+                last = np.full(int(sample[known].max()) + 1, -1, np.int64)
+                np.maximum.at(last, sample[known], end[known])
+                ends = known & (end == last[np.where(known, sample, 0)])
+                ck.rows("start, committed", ends & (end != length - 1),
+                        np.array([_Text(f"a last cycle ending at {int(e)}") for e in end], dtype=object)
+                        if (ends & (end != length - 1)).any() else end,
+                        lambda i: f"the sample's last output position, len(S) - 1 = {int(length[i]) - 1} "
+                                  "(the samples table's output_ids and the cycles disagree)")
         if info.probes is not None:
             ck.choice(t, "probe", ("",) + info.probes, "'' (plain draft) or a probe run.json's "
                       "oracle lists: ")
@@ -368,12 +383,19 @@ def check_cycles(t: pa.Table, file: str | Path, info: SampleInfo | None = None) 
             allowed=lambda i: f"0 to n_paths - 1 = {int(paths[i]) - 1}")
     ck.list_values(t, "drafted", bb - 1,
                    lambda i: f"block_size - 1 = {int(bb[i]) - 1} token ids (one per drafted offset)",
-                   lambda v: v >= 0, "token ids >= 0")
+                   _token_ok, _TOKEN_TEXT)
     ck.seconds(t, "draft_s", MAX_PASS_S, zero_ok=b == 1,
                zero_text=" (0 only at block size 1, which drafts nothing)")
     for name in ("target_s", "overhead_s", "cycle_s"):
         ck.seconds(t, name, MAX_PASS_S)
     return ck.problems
+
+
+_TOKEN_TEXT = f"token ids 0 to {MAX_TOKEN_ID}"
+
+
+def _token_ok(v: np.ndarray) -> np.ndarray:
+    return (v >= 0) & (v <= MAX_TOKEN_ID)
 
 
 def _logprob_ok(v: np.ndarray) -> np.ndarray:
@@ -420,7 +442,7 @@ def check_oracle(t: pa.Table, file: str | Path, k: int | None) -> list[Problem]:
     if k:
         ck.list_values(t, "draft_ids", width * k,
                        lambda i: f"(block_size - 1) * top_k = {int(width[i])} * {k} = {int(width[i]) * k} ids",
-                       lambda v: v >= 0, "token ids >= 0")
+                       _token_ok, _TOKEN_TEXT)
         ck.list_values(t, "draft_logprobs", width * k,
                        lambda i: f"(block_size - 1) * top_k = {int(width[i])} * {k} = "
                                  f"{int(width[i]) * k} log-probabilities",
@@ -433,8 +455,7 @@ def check_oracle_target(t: pa.Table, file: str | Path, k: int | None) -> list[Pr
     ck = _Checker(file, "oracle_target", lambda i: f"sample {sample[i]} position {pos[i]}")
     ck.ints(t, "sample", 0)
     ck.ints(t, "position", 0)
-    ck.list_values(t, "target_ids", k, f"top_k = {k} token ids", lambda v: v >= 0,
-                   "token ids >= 0")
+    ck.list_values(t, "target_ids", k, f"top_k = {k} token ids", _token_ok, _TOKEN_TEXT)
     ck.list_values(t, "target_logprobs", k, f"top_k = {k} log-probabilities", _logprob_ok,
                    "log-probabilities <= 0 (not NaN)")
     return ck.problems
