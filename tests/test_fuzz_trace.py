@@ -172,8 +172,10 @@ def test_fuzz_bit_flips(clean):
         (work / rel).write_bytes(bytes(data))
         setting = rng.choice(SETTINGS)
         case = f"flip {n}: {rel} byte {pos}, {setting}"
-        seen[assert_clear_or_identical(case, work, setting, outputs[setting])] += 1
-        restore(src, work, rel)
+        try:
+            seen[assert_clear_or_identical(case, work, setting, outputs[setting])] += 1
+        finally:  # the work copy is shared by the tests of this module
+            restore(src, work, rel)
     # flips in the checksummed pages are refused; those in footer statistics and
     # padding change nothing read (about half, on these small files)
     assert seen["refused"] > N_FLIPS // 3, seen
@@ -193,8 +195,10 @@ def test_fuzz_value_edits(clean):
             what = edit_value(work / rel, rng)
         setting = rng.choice(SETTINGS)
         case = f"edit {n}: {what}, {setting}"
-        seen[assert_clear_or_identical(case, work, setting, outputs[setting])] += 1
-        restore(src, work, rel)
+        try:
+            seen[assert_clear_or_identical(case, work, setting, outputs[setting])] += 1
+        finally:
+            restore(src, work, rel)
     assert seen["refused"] > N_EDITS // 2, seen
 
 
@@ -211,8 +215,10 @@ def test_trace_check_never_raises_on_damage(clean):
             (work / rel).write_bytes(bytes(data))
         else:
             edit_value(work / rel, rng)
-        rc, out, err = run("trace", "check", work)
-        assert rc in (0, 1) and "Traceback" not in out + err, (n, rel, out, err)
-        if rc == 1:
-            assert "INVALID" in out
-        restore(src, work, rel)
+        try:
+            rc, out, err = run("trace", "check", work)
+            assert rc in (0, 1) and "Traceback" not in out + err, (n, rel, out, err)
+            if rc == 1:
+                assert "INVALID" in out
+        finally:
+            restore(src, work, rel)
