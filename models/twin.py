@@ -447,10 +447,13 @@ def _fixture_state(folder: Path, device) -> dict:
 
 
 def build_target(shape, target_dir=None, draft_dir=None, device="cpu", dtype="float32",
-                 plan: TwinPlan | None = None, attn: str | None = None):
+                 plan: TwinPlan | None = None, attn: str | None = None,
+                 fill_std: float | None = None):
     """The twin target (a ``Qwen3ForCausalLM`` in eval mode) built on ``device`` in
     ``dtype`` from the fixture target (and the fixture draft's taps); ``attn`` an
-    attn_implementation or None for the transformers default."""
+    attn_implementation or None for the transformers default; ``fill_std`` the spread
+    of the random fill (default: the shape's initializer_range; 0 pads with zeros, only
+    to measure what values cost: benchmarks/twin_cost.py)."""
     import torch
     from transformers import Qwen3ForCausalLM
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
@@ -461,7 +464,7 @@ def build_target(shape, target_dir=None, draft_dir=None, device="cpu", dtype="fl
     config = plan.target_config(dtype, attn)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
-    _filled(model, device, dtype, TARGET_SEED, _init_std(plan))
+    _filled(model, device, dtype, TARGET_SEED, _init_std(plan, fill_std))
     if plan.tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     # RoPE frequencies are a float32 buffer computed at construction: rebuild them
@@ -496,9 +499,10 @@ def build_target(shape, target_dir=None, draft_dir=None, device="cpu", dtype="fl
     return model.eval()
 
 
-def build_draft(shape, target, draft_dir=None, target_dir=None, plan: TwinPlan | None = None):
+def build_draft(shape, target, draft_dir=None, target_dir=None, plan: TwinPlan | None = None,
+                fill_std: float | None = None):
     """The twin draft (a bound ``DFlashDraftModel``), built on the twin ``target``'s
-    device and dtype from the fixture draft."""
+    device and dtype from the fixture draft (``fill_std`` as for ``build_target``)."""
     import torch
     from specreplay.models.draft import DFlashDraftModel, RotaryEmbedding
 
@@ -509,7 +513,7 @@ def build_draft(shape, target, draft_dir=None, target_dir=None, plan: TwinPlan |
     config.dtype = str(dtype).removeprefix("torch.")
     with torch.device("meta"):
         draft = DFlashDraftModel(config)
-    _filled(draft, device, dtype, DRAFT_SEED, _init_std(plan))
+    _filled(draft, device, dtype, DRAFT_SEED, _init_std(plan, fill_std))
     draft.rotary_emb = RotaryEmbedding(config)
     src = _fixture_state(Path(draft_dir or fixture_dirs()[1]), device)
     if src and all(k.startswith("model.") for k in src):
@@ -533,7 +537,11 @@ def build_draft(shape, target, draft_dir=None, target_dir=None, plan: TwinPlan |
     return draft.eval().bind_target(target)
 
 
-def _init_std(plan: TwinPlan) -> float:
+def _init_std(plan: TwinPlan, fill_std: float | None = None) -> float:
+    if fill_std is not None:
+        if not fill_std >= 0:
+            raise TwinError(f"the random fill's spread must be >= 0, not {fill_std}.")
+        return float(fill_std)
     return float(plan.shape.target.get("initializer_range", 0.02))
 
 
@@ -541,11 +549,12 @@ def _head_scale(plan: TwinPlan) -> float:
     return 1.0 / plan.alpha if plan.tied else 1.0
 
 
-def build_pair(shape, device="cpu", dtype="float32", target_dir=None, draft_dir=None):
+def build_pair(shape, device="cpu", dtype="float32", target_dir=None, draft_dir=None,
+               fill_std: float | None = None):
     """(twin target, bound twin draft) of ``shape`` from the fixture pair."""
     plan = plan_twin(shape, target_dir, draft_dir)
-    target = build_target(shape, target_dir, draft_dir, device, dtype, plan)
-    return target, build_draft(shape, target, draft_dir, target_dir, plan)
+    target = build_target(shape, target_dir, draft_dir, device, dtype, plan, fill_std=fill_std)
+    return target, build_draft(shape, target, draft_dir, target_dir, plan, fill_std=fill_std)
 
 
 def parameter_counts(shape) -> dict[str, int]:
