@@ -491,6 +491,9 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
                              "so it needs a profile of the trace's own setup and a trace with live "
                              "cycles; use --timing model")
         cost.calibrate(data.trace.cycles)
+    # the longest context a cycle of this trace can have: every cost table is built
+    # once at that size (grown geometrically past it, e.g. by a prefill's prompt)
+    cost.reserve(int((data.prompt_len + data.out_len).max()))
     recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
     acc = Acceptance(data, seed)
     if acc.sampling:
