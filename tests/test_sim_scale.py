@@ -31,3 +31,60 @@ def test_long_contexts_cost_no_more_per_cycle_than_short_ones(long_and_short):
         assert pred.cycles == 8192, name
     # generous: a rebuild of the cost table per new context length took minutes here
     assert spent["long"] < 4 * spent["short"] + 1.0, spent
+
+
+# -- the single-stream direct loop against the SimPy engine, every policy family
+
+from specreplay.sim.engine import Engine, HotPolicy  # noqa: E402
+from specreplay.policies import parse_policy  # noqa: E402
+from specreplay.traces.synthetic import random_ranks  # noqa: E402
+
+RECYCLE = "recycle(mode=sparse, max=-1, min_margin=-1.0)"
+REFINE = "refine(steps=2, only_below=0.5)"
+FAMILIES = {
+    "fixed": "fixed(b=8)",
+    "ar": "ar",
+    "ewma": "ewma(candidates=4|8|12, warmup=2, probe=3, streak=1, cooldown=1)",
+    "ewma-adl": "ewma(candidates=4|8|12, mode=adl)",
+    "breakeven": "breakeven(candidates=4|8|12, probe=3)",
+    "gate": "fixed(b=12)+gate(min_prob=0.5)",
+    "tree": "fixed(b=8)+tree(topk=3, depth=3)",
+    "tree-paths": "fixed(b=8)+tree(paths=0.0.0|1|0.1)",
+    "candidates-batch": "fixed(b=8)+candidates(mode=branch_beam, depth=3, topk=2, max=4)",
+    "candidates-tree": "fixed(b=8)+candidates(mode=uncertainty_sparse_rank, verify=tree)",
+    "candidates-sample": "fixed(b=8)+candidates(mode=sample, max=3)",
+    "candidates-adaptive": "fixed(b=8)+candidates(mode=fixed_prefix_rank, prefix=2, adaptive=true)",
+    "recycle": f"fixed(b=8)+{RECYCLE}",
+    "refine": f"fixed(b=8)+{REFINE}",
+    "composed": f"ewma(candidates=4|8|12, probe=3)+{RECYCLE}+gate(min_prob=0.3)",
+}
+
+
+@pytest.fixture(scope="module")
+def families_trace(tmp_path_factory):
+    return make_trace(tmp_path_factory.mktemp("families") / "t", output_lengths=(160, 121, 97),
+                      block_sizes=(4, 8, 12), ranks=random_ranks(0.75, 0.15, seed=5),
+                      top1_prob=lambda s, p, i: 0.3 + 0.6 * ((p * 7 + i * 3) % 10) / 10,
+                      probes={RECYCLE: None, REFINE: None},
+                      live_policy="ewma(candidates=4|8|12, warmup=2, probe=3, streak=1, cooldown=1)")
+
+
+@pytest.mark.parametrize("timing", ["model", "recorded"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_direct_loop_equals_the_simpy_engine_cycle_by_cycle(families_trace, family, timing):
+    s = Replayer(families_trace, timing=timing, bootstrap=0).setting
+    spec = FAMILIES[family]
+    s.acc.check_policy(parse_policy(spec).max_rank(), parse_policy(spec).probes())
+    # the reference: SimPy processes running the plain Composite's methods
+    ref = Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run()
+    fast = Engine(s.data, s.acc, s.timer, spec).run()
+    assert len(ref.cycles) > 60
+    assert fast.cycles == ref.cycles  # every field of every cycle, seconds included
+    assert fast.states == ref.states
+    assert fast.requests == ref.requests and fast.steps == ref.steps
+
+
+def test_hot_policy_runs_the_composites_components():
+    hot = HotPolicy(parse_policy(f"ewma(candidates=4|8)+{RECYCLE}+gate"))
+    # the observers kept are the components' own methods, in component order
+    assert [f.__self__.name for f in hot._observers] == ["ewma", "recycle", "gate"]
