@@ -106,6 +106,49 @@ class OracleGroup:
         return int(self.ids.shape[2])
 
 
+class PathTrie:
+    """A set of rank paths as a trie, answering ``Acceptance.accepted`` for it: the
+    deepest node on the true-rank path is the longest accepted prefix, and the first
+    path through that node (lowest index) is the chosen one, as the path-by-path loop
+    picks it (ties: the first path with the longest match)."""
+    __slots__ = ("children", "first", "max_child", "max_len")
+
+    def __init__(self, paths: tuple) -> None:
+        children: list[dict[int, int]] = [{}]
+        first, max_child = [0], [-1]
+        for i, path in enumerate(paths):
+            node = 0
+            for rank in path:
+                nxt = children[node].get(rank)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][rank] = nxt
+                    children.append({})
+                    first.append(i)
+                    max_child.append(-1)
+                    max_child[node] = max(max_child[node], rank)
+                node = nxt
+        self.children, self.first, self.max_child = children, first, max_child
+        self.max_len = max(len(p) for p in paths)
+
+    def accepted(self, truth: list[int], k: int, block_size: int) -> tuple[int, int]:
+        if self.max_len > len(truth):
+            raise ValueError(f"verify path of length {self.max_len} exceeds the "
+                             f"{len(truth)} drafted offsets of block size {block_size}")
+        children, max_child = self.children, self.max_child
+        node = depth = 0
+        for got in truth:
+            if max_child[node] >= k:  # a rank compared here that the oracle did not keep
+                raise NotReplayable(f"oracle top-k >= {max_child[node] + 1} (this trace "
+                                    f"kept top-{k})")
+            nxt = children[node].get(got)
+            if nxt is None:
+                break
+            node = nxt
+            depth += 1
+        return depth, self.first[node]
+
+
 def leading_true(mask: np.ndarray) -> np.ndarray:
     """Per row, how many leading entries of a boolean [rows, m] array are True."""
     if mask.shape[1] == 0:
@@ -142,6 +185,7 @@ class Acceptance:
         self.groups: dict[tuple[int, str, int], OracleGroup] = {}
         self._target = None
         self._uniforms = None
+        self._tries: dict[int, tuple[tuple, PathTrie]] = {}
         self._build_groups()
         meta = data.oracle_meta
         self.k = int(meta.get("top_k") or max((g.k for g in self.groups.values()), default=0))
@@ -265,6 +309,19 @@ class Acceptance:
             return make_view(sample, start, 1, ids, lps, self.view_seed)
         return make_view(sample, start, g.block_size, g.ids[r], g.logprobs[r], self.view_seed)
 
+    def _trie(self, paths: tuple) -> "PathTrie":
+        """The trie of a path set, built once per set object: a tree policy verifies the
+        same set every cycle, and walking its trie along the true ranks costs the depth
+        of the walk instead of a comparison per path."""
+        hit = self._tries.get(id(paths))
+        if hit is not None and hit[0] is paths:
+            return hit[1]
+        if len(self._tries) > 4096:  # sets built per cycle (candidates): keep it small
+            self._tries.clear()
+        trie = PathTrie(paths)
+        self._tries[id(paths)] = (paths, trie)  # the set kept alive: its id stays its own
+        return trie
+
     def check_policy(self, max_rank: int, probes: tuple[str, ...]) -> None:
         """Refuse up front what a policy will certainly need and the trace lacks."""
         for p in probes:
@@ -286,6 +343,8 @@ class Acceptance:
             raise NotReplayable(f"verify mode {plan.mode!r} over draft ranks under sampling "
                                 "(only chains are replayed by Monte Carlo)")
         truth = g.ranks[r].tolist()
+        if len(paths) > 4:
+            return self._trie(paths).accepted(truth, self.k, g.block_size)
         best, chosen = -1, 0
         for i, path in enumerate(paths):
             if len(path) > len(truth):

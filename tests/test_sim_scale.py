@@ -88,3 +88,20 @@ def test_hot_policy_runs_the_composites_components():
     hot = HotPolicy(parse_policy(f"ewma(candidates=4|8)+{RECYCLE}+gate"))
     # the observers kept are the components' own methods, in component order
     assert [f.__self__.name for f in hot._observers] == ["ewma", "recycle", "gate"]
+
+
+def test_path_trie_accepts_what_the_path_by_path_rule_accepts():
+    from specreplay.sim.acceptance import PathTrie
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        depth = int(rng.integers(1, 8))
+        paths = tuple(dict.fromkeys(
+            tuple(int(x) for x in rng.integers(0, 3, size=rng.integers(0, depth + 1)))
+            for _ in range(rng.integers(5, 30))))
+        truth = [int(x) for x in rng.choice([-1, 0, 0, 0, 1, 2], size=depth)]
+        # the rule (sim.acceptance docstring): the longest prefix equal to the true
+        # ranks, maximised over the paths; ties go to the first path
+        lengths = [next((i for i, (a, b) in enumerate(zip(p, truth)) if a != b),
+                        min(len(p), len(truth))) for p in paths]
+        want = (max(lengths), lengths.index(max(lengths)))
+        assert PathTrie(paths).accepted(truth, 3, depth + 1) == want, (paths, truth)
