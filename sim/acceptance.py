@@ -47,10 +47,28 @@ class NotReplayable(Exception):
 
 
 class ReplayView(DraftView):
-    """A DraftView whose ``rng`` is created on first use: most policies never draw, and a
-    Generator per cycle would cost more than the rest of the cycle. The stream is the
-    one the live loop uses: ``np.random.default_rng((seed, sample, start))`` with the
-    trace's sampling seed."""
+    """A DraftView built lazily from its oracle row: ``ids`` and ``logprobs`` (stored
+    float16, shown float32 as the live loop shows them) are read from the row on first
+    use, and ``rng`` is created on first use: most policies read neither, and each
+    would cost more than the rest of the cycle. The stream is the one the live loop
+    uses: ``np.random.default_rng((seed, sample, start))`` with the trace's sampling
+    seed."""
+
+    @property
+    def ids(self) -> np.ndarray:  # type: ignore[override]
+        d = self.__dict__
+        ids = d.get("_ids")
+        if ids is None:
+            ids = d["_ids"] = d["_g"].ids[d["_r"]]
+        return ids
+
+    @property
+    def logprobs(self) -> np.ndarray:  # type: ignore[override]
+        d = self.__dict__
+        lps = d.get("_lps")
+        if lps is None:
+            lps = d["_lps"] = d["_g"].logprobs[d["_r"]].astype(np.float32)
+        return lps
 
     @property
     def rng(self) -> np.random.Generator:  # type: ignore[override]
@@ -61,13 +79,22 @@ class ReplayView(DraftView):
         return gen
 
 
-def make_view(sample: int, start: int, block_size: int, ids: np.ndarray,
-              logprobs: np.ndarray, seed: int) -> ReplayView:
-    """Build a view without the frozen-dataclass __init__ (it sets each field through
-    object.__setattr__, a measurable share of a replayed cycle)."""
+def make_view(sample: int, start: int, block_size: int, group: "OracleGroup", row: int,
+              seed: int) -> ReplayView:
+    """Build a view of an oracle row without the frozen-dataclass __init__ (it sets
+    each field through object.__setattr__, a measurable share of a replayed cycle)."""
     v = object.__new__(ReplayView)
-    v.__dict__.update(sample=sample, start=start, block_size=block_size, ids=ids,
-                      logprobs=logprobs, _seed=seed)
+    v.__dict__.update(sample=sample, start=start, block_size=block_size, _g=group, _r=row,
+                      _seed=seed)
+    return v
+
+
+def empty_view(sample: int, start: int, ids: np.ndarray, logprobs: np.ndarray,
+               seed: int) -> ReplayView:
+    """The view of a cycle that drafts nothing (b = 1)."""
+    v = object.__new__(ReplayView)
+    v.__dict__.update(sample=sample, start=start, block_size=1, _ids=ids, _lps=logprobs,
+                      _seed=seed)
     return v
 
 
@@ -81,7 +108,7 @@ class OracleGroup:
     position: np.ndarray      # int64 [rows]: global position of each row
     ranks: np.ndarray         # int8  [rows, b-1]
     ids: np.ndarray           # int32 [rows, b-1, k]
-    logprobs: np.ndarray      # float32 [rows, b-1, k]
+    logprobs: np.ndarray      # float16 [rows, b-1, k], as the trace stores them
     chain_acc: np.ndarray     # int64 [rows]: accepted length of the full chain (greedy or MC)
     l_gen: list[int] | None = None  # [rows]: drafted length up to a stop token (ADL)
 
@@ -197,7 +224,9 @@ class Acceptance:
     # -- building
     def _build_groups(self) -> None:
         data = self.data
-        for (b, probe), arr in data.trace.oracle_arrays().items():
+        # float16 as stored, and the decoded Arrow table not kept: the arrays are the
+        # oracle's only copy in memory
+        for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False).items():
             if len(arr) == 0:
                 continue
             if (arr.sample >= data.n_samples).any() or \
@@ -306,8 +335,8 @@ class Acceptance:
         """What the policy sees after drafting (b = 1: an empty view)."""
         if g is None:
             ids, lps = self._empty
-            return make_view(sample, start, 1, ids, lps, self.view_seed)
-        return make_view(sample, start, g.block_size, g.ids[r], g.logprobs[r], self.view_seed)
+            return empty_view(sample, start, ids, lps, self.view_seed)
+        return make_view(sample, start, g.block_size, g, r, self.view_seed)
 
     def _trie(self, paths: tuple) -> "PathTrie":
         """The trie of a path set, built once per set object: a tree policy verifies the

@@ -181,13 +181,46 @@ class OracleAgreement:
         return (self.share is None or self.share == 1.0) and self.divergent == 0
 
 
-def oracle_agreement(trace: Trace) -> OracleAgreement:
-    """The trace's measured oracle agreement and AR divergences (see OracleAgreement)."""
-    from specreplay.traces.check import oracle_live_agreement
-    agreeing, compared = oracle_live_agreement(trace)
+def oracle_agreement(trace: Trace, acc: Acceptance | None = None) -> OracleAgreement:
+    """The trace's measured oracle agreement and AR divergences (see OracleAgreement).
+    With the trace's ``Acceptance``, the oracle rows are looked up in its arrays
+    (the rule of traces.check.oracle_live_agreement) instead of reading the oracle a
+    second time."""
+    if acc is None:
+        from specreplay.traces.check import oracle_live_agreement
+        agreeing, compared = oracle_live_agreement(trace)
+    else:
+        agreeing, compared = _live_agreement(trace, acc)
     div = np.asarray([d for d in trace.samples.column("ar_divergence").to_pylist()
                       if d is not None], dtype=np.int64)  # null: not checked
     return OracleAgreement(int(agreeing), int(compared), int((div >= 0).sum()), int(div.size))
+
+
+def _live_agreement(trace: Trace, acc: Acceptance) -> tuple[int, int]:
+    """(agreeing, compared) plain greedy live cycles whose drafted tokens equal the top-1
+    proposals of the oracle row at their (sample, start, block size)."""
+    if acc.sampling:
+        return 0, 0
+    cyc = trace.cycles
+    b = cyc.column("block_size").to_numpy().astype(np.int64)
+    plain = np.asarray(cyc.column("probe").to_pylist(), dtype=object) == ""
+    gpos = acc.data.base[cyc.column("sample").to_numpy().astype(np.int64)] \
+        + cyc.column("start").to_numpy().astype(np.int64)
+    drafted = cyc.column("drafted")
+    agree = compared = 0
+    for (size, probe, prev), g in acc.groups.items():
+        if probe or prev:
+            continue
+        rows = np.flatnonzero((b == size) & plain)
+        if not len(rows):
+            continue
+        oracle_rows = g.row_of[gpos[rows]]
+        for r, i in zip(rows.tolist(), oracle_rows.tolist()):
+            if i < 0:
+                continue
+            compared += 1
+            agree += g.ids[i, :, 0].tolist() == drafted[r].as_py()
+    return agree, compared
 
 
 def tau_error_bound(agreement: OracleAgreement, block_sizes: np.ndarray) -> float | None:
@@ -501,7 +534,7 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
     prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None
     timer = Timer(cost, recorded, prefill, data.prompt_len)
     return Setting(data, acc, timer, flags, concurrency, rate, seed, bootstrap,
-                   slo_ttft_s, slo_tpot_s, agreement=oracle_agreement(data.trace))
+                   slo_ttft_s, slo_tpot_s, agreement=oracle_agreement(data.trace, acc))
 
 
 __all__ = ["CycleTable", "OracleAgreement", "Prediction", "Replayer", "replay", "TIMINGS",

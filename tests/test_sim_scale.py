@@ -105,3 +105,21 @@ def test_path_trie_accepts_what_the_path_by_path_rule_accepts():
                         min(len(p), len(truth))) for p in paths]
         want = (max(lengths), lengths.index(max(lengths)))
         assert PathTrie(paths).accepted(truth, 3, depth + 1) == want, (paths, truth)
+
+
+def test_oracle_agreement_from_the_loaded_arrays_matches_the_checker(families_trace):
+    from specreplay.sim.acceptance import Acceptance
+    from specreplay.sim.replay import oracle_agreement
+    from specreplay.sim.tracedata import load_trace
+    data = load_trace(families_trace)
+    acc = Acceptance(data)
+    clean = oracle_agreement(data.trace, acc)
+    assert clean == oracle_agreement(data.trace) and clean.compared > 50
+    # one live cycle's oracle row proposing another top-1 token: one fewer agreeing
+    cyc = data.trace.cycles
+    b, start = int(cyc["block_size"][0].as_py()), int(cyc["start"][0].as_py())
+    g = acc.group(b)
+    g.ids = g.ids.copy()  # the loaded arrays are read-only views of the file's data
+    g.ids[acc.row(g, int(cyc["sample"][0].as_py()), start), 0, 0] += 1
+    moved = oracle_agreement(data.trace, acc)
+    assert (moved.agreeing, moved.compared) == (clean.agreeing - 1, clean.compared)
