@@ -23,9 +23,10 @@ step's seconds: one batched draft pass over the cycles that draft (batch = their
 block size and context padded to the largest), then one batched verify pass (batch =
 their verify rows, query tokens and context padded to the largest; tree-masked if any
 cycle verifies a tree), then the per-cycle host overhead once. Prefills run in steps of
-their own, before waiting cycles, with no decode cycles mixed in; a prefill takes the
-sample's recorded prefill_s when the timing is the trace's own, else the target cost of
-its prompt. Every cycle in a step observes the step's draft/target/overhead seconds and
+their own, before waiting cycles, with no decode cycles mixed in; with the trace's own
+timing a prefill step costs its prompt tokens at the recorded per-token rate (the median
+over the samples after the cold first one, ``Timer.prefill_per_token``), else the target
+cost of the longest prompt at the step's batch. Every cycle in a step observes the step's draft/target/overhead seconds and
 a cycle time that includes its wait for the GPU.
 
 With one request at a time (single stream) the GPU never queues: each cycle is one
@@ -199,9 +200,26 @@ class Timer:
         w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, overhead_s
         w.step_s = draft_s + target_s + overhead_s
 
+    def prefill_per_token(self) -> float | None:
+        """Seconds per prompt token of the trace's recorded prefills: the median of
+        prefill_s / prompt tokens over the samples after the first, whose prefill ran
+        cold (sample 0 pays the warm-up: 0.64 s against about 0.011 s on the sample
+        trace). None without recorded prefills."""
+        if self.prefill_s is None:
+            return None
+        rate = self.__dict__.get("_per_token")
+        if rate is None:
+            per = self.prefill_s / np.maximum(self.prompt_len, 1)
+            rate = self._per_token = float(np.median(per[1:] if len(per) > 1 else per))
+        return rate
+
     def _prefill(self, works: list[Work]) -> None:
-        if self.prefill_s is not None:
-            secs = float(sum(self.prefill_s[w.sample] for w in works))
+        rate = self.prefill_per_token()
+        if rate is not None:
+            # a batched prefill runs every prompt token of the batch once: charged per
+            # token at the recorded warm rate, not as the sum of the samples' own
+            # single-stream prefills (which would carry sample 0's cold start)
+            secs = rate * float(sum(int(self.prompt_len[w.sample]) for w in works))
             src = NO_SOURCE
         else:
             q = int(max(self.prompt_len[w.sample] for w in works))

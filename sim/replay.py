@@ -36,6 +36,8 @@ reasons joined by "; ": "approximate (sampling: Monte Carlo, seed N)", "approxim
 ``tau_error_bound``), "extrapolated cost", "other-setup profile: <setup>". ``label`` is
 the one-word class of it: "approximate" (acceptance not exact), else "extrapolated cost"
 (a cost from the fitted model or another setup's profile), else "exact".
+Serving predictions are also flagged "unvalidated (...)", first, and their label ends in
+", unvalidated": no live batched run has been measured against them yet.
 ``oracle_agreement`` is the measured share of the trace's plain greedy live cycles whose
 draft proposals the oracle reproduces, ``ar_divergences`` the trace's samples whose
 output left plain AR decoding, ``tau_bound`` the bound on |tau_mean error| they imply.
@@ -71,6 +73,8 @@ from specreplay.traces.io import TraceError
 from specreplay.traces.reader import Profile, Trace, check_profile_matches
 
 TIMINGS = ("model", "recorded", "calibrated")
+# the fidelity flag of every serving prediction (concurrency or rate)
+UNVALIDATED = "unvalidated (serving: no live batched run has confirmed it)"
 
 
 class CycleTable:
@@ -359,12 +363,18 @@ def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -
                          + f"{agreement.divergent} AR divergence"
                          + ("" if agreement.divergent == 1 else "s")
                          + f" in {agreement.checked} samples; tau +-{bound:.3f})")
+    serving = s.concurrency is not None or s.rate is not None
+    if serving:
+        # no live batched runner exists yet to measure a serving run against
+        flags.insert(0, UNVALIDATED)
     if any(f.startswith("approximate") for f in flags):
         label = "approximate"
     elif fitted or any(f.startswith("other-setup") for f in flags):
         label = "extrapolated cost"
     else:
         label = "exact"
+    if serving:
+        label += ", unvalidated"
     pred = Prediction(
         policy=spec, canonical=canonical, replayable=True,
         tpot_s=float(np.mean(decode / tokens)),
