@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+
 from specreplay.policies.base import DraftView, VerifyPlan
 from specreplay.sim.tracedata import TraceData
 from specreplay.traces.io import TraceError
@@ -240,6 +242,9 @@ class Acceptance:
                 self.groups[(b, probe, int(d))] = self._group(
                     arr, b, probe, int(d), gpos if whole else gpos[sel],
                     slice(None) if whole else np.flatnonzero(sel))
+        # decoding the Parquet file and splitting it by group took several times the
+        # arrays' size in Arrow buffers that are free now: hand them back to the OS
+        pa.default_memory_pool().release_unused()
 
     def _group(self, arr, b: int, probe: str, d: int, gpos: np.ndarray, sel) -> OracleGroup:
         ranks = arr.true_rank[sel]
