@@ -26,11 +26,16 @@ cycle verifies a tree), then the per-cycle host overhead once. Prefills run in s
 their own, before waiting cycles, with no decode cycles mixed in; with the trace's own
 timing a prefill step costs its prompt tokens at the recorded per-token rate (the median
 over the samples after the cold first one, ``Timer.prefill_per_token``), else the target
-cost of the longest prompt at the step's batch. Every cycle in a step observes the step's draft/target/overhead seconds and
-a cycle time that includes its wait for the GPU.
+cost of the longest prompt at the step's batch. Every cycle in a step observes the
+step's draft/target/overhead seconds and a cycle time that includes its wait for the GPU.
 
 With one request at a time (single stream) the GPU never queues: each cycle is one
-timeout of its own seconds, exactly the live single-stream loop.
+timeout of its own seconds, exactly the live single-stream loop. So single stream needs
+no event loop: ``run_direct`` drives the same per-request generator (``request``) with a
+plain clock, and a test checks it against the SimPy processes cycle by cycle for every
+policy family. The hot path of a replayed cycle lives here and in sim.acceptance:
+cached draft requests and chain plans (``HotPolicy``), verify shapes memoised per plan,
+tries memoised per path set, views that read their oracle row only when asked.
 """
 from __future__ import annotations
 
