@@ -70,6 +70,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"\ntrace: {first['trace']} ({first['samples']} samples, "
                      f"{first['tokens']} output tokens); timing: {first['timing']}")
         lines.append(f"cost: {first['cost']}")
+        if serving:
+            lines.append("serving predictions are unvalidated: no live batched run has "
+                         "confirmed them yet")
     return "\n".join(lines)
 
 
