@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from specreplay.errors import CLIError
+from specreplay.errors import CLIError, check_output_dir
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -75,6 +75,7 @@ def _record(args: argparse.Namespace) -> int:
     probes = _probe_keys(args.probes)
     rank, world = _shard()
     out = Path(args.out) / f"rank-{rank}" if world > 1 else Path(args.out)
+    check_output_dir(out)  # before the models load
     device = _device(args)
     target = load_target(args.target, dtype=args.dtype, attn=args.attn, device=device)
     draft = load_draft(args.draft, target, device=device)
