@@ -14,9 +14,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from specreplay.reports.demo import DEFAULT_POLICIES, parseable
     from specreplay.reports.ledger import LedgerError, read_ledger
     from specreplay.reports.report import build_report, leaderboard_text, replay_traces
-    from specreplay.errors import CLIError, check_output_dir
+    from specreplay.errors import CLIError, check_input_dir, check_output_dir
 
     check_output_dir(args.out)  # before the replays, which take minutes
+    if args.profile is not None:
+        check_input_dir(args.profile, "--profile", "profile")
     if args.ledger is not None:
         try:
             read_ledger(args.ledger)  # a malformed ledger fails before the replay, not after

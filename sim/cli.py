@@ -75,7 +75,9 @@ def format_table(results: list[dict[str, Any]]) -> str:
 
 def _check_trace_args(args: argparse.Namespace) -> None:
     """Refuse flag values the trace cannot honour, before any replay runs."""
-    from specreplay.errors import CLIError
+    from specreplay.errors import CLIError, check_input_dir
+    if args.profile is not None:
+        check_input_dir(args.profile, "--profile", "profile")
     if args.bootstrap < 0:
         raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if (args.slo_ttft is not None or args.slo_tpot is not None) and \
@@ -102,9 +104,12 @@ def _exit_status(results: list[dict[str, Any]]) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from specreplay.policies.spec import parse_policy
     from specreplay.sim.replay import replay
     from specreplay.sim.tracedata import load_trace
     _check_trace_args(args)
+    for spec in args.policy:
+        parse_policy(spec)  # a typo fails at once, before the trace loads
     data = load_trace(args.trace)
     _check_concurrency(args, data.n_samples)
     preds = replay(policies=args.policy, **{**_replay_kwargs(args), "trace": data})

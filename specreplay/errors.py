@@ -26,3 +26,14 @@ def check_output_dir(path, flag: str = "--out") -> None:
         raise CLIError(f"{flag} {path} cannot be created: {above} is a file, not a folder")
     if above.is_dir() and not os.access(above, os.W_OK | os.X_OK):
         raise CLIError(f"{flag} {path} cannot be written: no write permission in {above}")
+
+
+def check_input_dir(path, flag: str, what: str) -> None:
+    """Refuse an input folder that is a file or missing, saying which of the two it is."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_file():
+        raise CLIError(f"{flag} {path} is a file: give the {what} directory")
+    if not path.is_dir():
+        raise CLIError(f"{flag} {path} does not exist: give the {what} directory")

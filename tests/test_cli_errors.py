@@ -105,6 +105,20 @@ def test_out_onto_a_file_is_refused_before_any_replay(command, tmp_path, no_repl
     assert f.read_text() == "mine\n"
 
 
+@pytest.mark.parametrize("command", ["replay", "report"])
+def test_profile_that_is_a_file_is_called_a_file(command, tmp_path, no_replay, capsys):
+    f = tmp_path / "profile.parquet"
+    f.write_bytes(b"")
+    argv = [command, SAMPLE, "--profile", f] + (["--policy", "ar"] if command == "replay"
+                                                else ["--out", tmp_path / "r"])
+    assert _cli(*argv) == 2
+    err = capsys.readouterr().err
+    assert f"--profile {f} is a file: give the profile directory" in err
+    assert "does not exist" not in err
+    assert _cli(*argv[:3], tmp_path / "none", *argv[4:]) == 2
+    assert f"--profile {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+
+
 def test_out_in_a_read_only_folder_is_refused(tmp_path, no_replay, capsys):
     if os.geteuid() == 0:
         pytest.skip("root may write anywhere")
