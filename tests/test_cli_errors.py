@@ -132,6 +132,14 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, no_replay, capsys):
         ro.chmod(0o755)
 
 
+def test_merge_out_onto_a_file_says_file(tmp_path, capsys):
+    f = tmp_path / "merged"
+    f.write_text("")
+    assert _cli("trace", "merge", f, SAMPLE) == 2
+    err = capsys.readouterr().err
+    assert f"{f} is a file" in err and "not empty" not in err
+
+
 def test_record_out_onto_a_file_is_refused_before_models_load(tmp_path, capsys):
     f = tmp_path / "trace"
     f.write_text("")
