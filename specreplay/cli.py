@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  specreplay demo\n"
                "  specreplay trace check traces/samples/humaneval-fixed16\n"
                "  specreplay replay TRACE --policy 'fixed(b=8)' --policy 'ewma(candidates=8|12|16)'\n"
-               "  specreplay record --target ID --draft ID --dataset humaneval --policy 'fixed(b=16)' --out DIR",
+               "  specreplay record --target ID --draft ID --dataset humaneval --policy 'fixed(b=16)' --out DIR\n"
+               "exit status: 0 done; 1 no requested policy could be replayed; 2 bad input, or "
+               "the live extra missing;\n  141 standard output closed early (e.g. piped into head)",
     )
     p.add_argument("--version", action="version", version=f"specreplay {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
