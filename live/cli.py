@@ -165,7 +165,6 @@ def _kept_rows(table, keep) -> "np.ndarray":
 
 
 def _oracle(args: argparse.Namespace) -> int:
-    import numpy as np
     import pyarrow as pa
 
     from specreplay.live.oracle_plan import describe_drop

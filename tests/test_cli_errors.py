@@ -140,7 +140,9 @@ def test_merge_out_onto_a_file_says_file(tmp_path, capsys):
     assert f"{f} is a file" in err and "not empty" not in err
 
 
+@pytest.mark.live
 def test_record_out_onto_a_file_is_refused_before_models_load(tmp_path, capsys):
+    pytest.importorskip("torch")  # without it, record says to install the live extra
     f = tmp_path / "trace"
     f.write_text("")
     # the model paths do not exist: reaching them would be a different error
