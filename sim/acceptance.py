@@ -316,13 +316,23 @@ class Acceptance:
         if g is not None:
             return g
         if probe and not any(p == probe for _, p, _ in self.groups):
-            raise NotReplayable(f"record probe {probe}")
+            raise NotReplayable(f"record probe {probe}{self._dropped('probes', probe)}")
         if not any(b == block_size for b, _, _ in self.groups):
             raise NotReplayable(f"record block size {block_size} (the oracle holds "
-                                f"{', '.join(map(str, self.block_sizes))})")
+                                f"{', '.join(map(str, self.block_sizes))})"
+                                + self._dropped("block_sizes", block_size))
         where = f" with prev_offset {prev_offset}" if probe else ""
         raise NotReplayable(f"record probe {probe or '(plain draft)'} at block size "
-                            f"{block_size}{where}")
+                            f"{block_size}{where}"
+                            + (self._dropped("probe_block_sizes", block_size) if probe else ""))
+
+    def _dropped(self, kind: str, value) -> str:
+        """', dropped by `specreplay oracle --replace` at <when>' when run.json's
+        ``oracle.dropped`` (written by that command) says the trace once held it."""
+        for drop in reversed(self.data.oracle_meta.get("dropped") or []):
+            if value in (drop.get(kind) or ()):
+                return f"; {drop.get('by', 'an oracle pass')} dropped it at {drop.get('when', '?')}"
+        return ""
 
     def l_gen(self, g: OracleGroup, stop_ids: tuple[int, ...]) -> list[int]:
         """Per row, the drafted length up to the first stop token among the top-1
@@ -369,10 +379,13 @@ class Acceptance:
         """Refuse up front what a policy will certainly need and the trace lacks."""
         for p in probes:
             if p not in self.probes:
-                raise NotReplayable(f"record probe {p}")
+                raise NotReplayable(f"record probe {p}{self._dropped('probes', p)}")
         if max_rank >= self.k:
+            cut = [d for d in self.data.oracle_meta.get("dropped") or [] if d.get("top_k_before")]
+            why = (f"; {cut[-1].get('by')} cut it from top-{cut[-1]['top_k_before']} at "
+                   f"{cut[-1].get('when', '?')}") if cut and cut[-1]["top_k_before"] > max_rank else ""
             raise NotReplayable(f"oracle top-k >= {max_rank + 1} (this trace kept "
-                                f"top-{self.k})")
+                                f"top-{self.k}){why}")
 
     def accepted(self, g: OracleGroup, r: int, plan: VerifyPlan) -> tuple[int, int]:
         """(accepted drafted tokens, chosen path index) of a verify plan at row r,
