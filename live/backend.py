@@ -209,6 +209,19 @@ class GraphBackend:
         tc.length = P
         return logits[-1], feats[None]
 
+    def full_pass(self, ids: list[int], keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One causal pass over ``ids`` in this backend's target cache (the oracle's
+        target pass; it hands the cache to a new request): logits [keep, V] float32 of
+        the last ``keep`` rows and raw features [1, len(ids), F]."""
+        tc, _ = self.start(len(ids), 0)
+        n = len(ids)
+        dev = self.device
+        rows = torch.arange(n, device=dev)
+        mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril()[None, None]
+        logits, feats = self.fast.forward(tc, to_device([ids], torch.long, dev), rows[None], rows, mask, n,
+                                          last_logits=keep)
+        return logits, feats[None]
+
     def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
         self._check(tc)
         packed = pack(mode, paths, anchor, node_tokens)

@@ -147,7 +147,9 @@ def _oracle(args: argparse.Namespace) -> int:
         from specreplay.policies.spec import parse_policy
         probes = tuple(dict.fromkeys([*probes, *parse_policy(live_spec).probes()]))
     max_new = (run.get("sampling") or {}).get("max_new_tokens")
-    oracle = Oracle(target, draft, block_sizes, top_k, probes, max_new)
+    from specreplay.live.backend import backend_for, cli_backend
+    backend = cli_backend(args.backend or (run.get("setup") or {}).get("backend"), target, draft)
+    oracle = Oracle(target, draft, block_sizes, top_k, probes, max_new, backend=backend_for(backend, target, draft))
     writer = TraceWriter.reopen(args.trace)
     samples = trace.samples.to_pylist()
     for row in samples:
@@ -235,4 +237,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="model dtype (default: the recording's)")
     p.add_argument("--attn", help="attention implementation")
     p.add_argument("--device", help="cuda, cuda:N or cpu")
+    add_backend_flag(p, "the recording's backend (run.json setup), else graph on CUDA for the targets it "
+                        "runs, hf otherwise")
     p.set_defaults(func=_oracle)

@@ -62,8 +62,10 @@ class Oracle:
     """Oracle rows for one (target, draft) pair."""
 
     def __init__(self, target, draft, block_sizes, top_k: int = 4, probes=(),
-                 max_new_tokens: int | None = None, probe_block_sizes=None):
+                 max_new_tokens: int | None = None, probe_block_sizes=None, backend=None):
         self.target, self.draft = target, draft
+        # a graph backend object (live/backend.py) computes the target pass; None: hf
+        self.backend = backend if hasattr(backend, "full_pass") else None
         self.block_sizes = [int(b) for b in block_sizes]
         if any(b < 2 for b in self.block_sizes):
             raise ValueError(f"oracle block sizes must be >= 2, got {self.block_sizes}")
@@ -98,6 +100,10 @@ class Oracle:
         return out, target_rows
 
     def _target_pass(self, prompt_ids, S):
+        if self.backend is not None:
+            logits, feats = self.backend.full_pass(list(prompt_ids) + S, len(S) + 1)
+            t_ids, t_lps = topk_logprobs(logits[:len(S)], self.k)
+            return feats, t_ids, t_lps
         ids = torch.tensor([list(prompt_ids) + S], dtype=torch.long, device=self.device)
         res = self.target(input_ids=ids, output_hidden_states=True, use_cache=False,
                           logits_to_keep=len(S) + 1)

@@ -13,12 +13,11 @@ KINDS_SHOWN = ("target", "tree_verify", "draft", "overhead")
 BACKENDS = ("hf", "graph")
 
 
-def add_backend_flag(parser) -> None:
-    """The ``--backend`` flag of record, promote and profile (live/backend.py)."""
+def add_backend_flag(parser, default: str = "graph on CUDA for the targets it runs, hf otherwise") -> None:
+    """The ``--backend`` flag of record, promote, profile and oracle (live/backend.py)."""
     parser.add_argument("--backend", choices=BACKENDS,
                         help="how tensors are computed: graph (static KV caches, CUDA graphs; Qwen3 "
-                             "and Llama-family targets) or hf (transformers, any causal LM); "
-                             "default: graph on CUDA for the targets it runs, hf otherwise")
+                             f"and Llama-family targets) or hf (transformers, any causal LM); default: {default}")
 
 
 def register(sub) -> None:

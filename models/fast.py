@@ -252,15 +252,16 @@ class FastTarget:
 
     def forward(self, kv: StaticKV, ids: torch.Tensor, positions: torch.Tensor,
                 write_rows: torch.Tensor, mask: torch.Tensor, kv_len: int,
-                last_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                last_logits: bool | int = False) -> tuple[torch.Tensor, torch.Tensor]:
         """ids/positions [1, q]; write_rows [q] cache rows receiving the queries' K/V;
         mask [1, 1, q, kv_len] bool (True = visible) over cache rows 0..kv_len-1, which
-        must include the written rows. Returns logits [q, V] float32 (only the last
-        row's, [1, V], with ``last_logits``: a prefill) and features [q, F]."""
+        must include the written rows. Returns logits [q, V] float32 and features [q, F].
+        ``last_logits``: True = only the last row's logits ([1, V], a prefill), n = the
+        last n rows' (the LM head runs over those rows only)."""
         with sdpa_kernel(SDPA_BACKENDS):
-            return self._forward(kv, ids, positions, write_rows, mask, kv_len, last_logits)
+            return self._forward(kv, ids, positions, write_rows, mask, kv_len, int(last_logits))
 
-    def _forward(self, kv, ids, positions, write_rows, mask, kv_len, last_logits):
+    def _forward(self, kv, ids, positions, write_rows, mask, kv_len, last_logits: int):
         n = ids.shape[1]
         H, KV, D = self.heads, self.kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)
@@ -295,7 +296,7 @@ class FastTarget:
             j = self.taps.index(last)
             feats[..., j * self.hidden:(j + 1) * self.hidden].copy_(x)
         if last_logits:
-            x = x[:, -1:]
+            x = x[:, -last_logits:]
         return F.linear(x[0], self.head_w, self.head_b).float(), feats[0]
 
 
