@@ -111,7 +111,9 @@ def fuse_linears(mods: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tenso
     if cached is not None and cached[0] == [id(m) for m in mods] and \
             first.weight.data_ptr() == cached[1].data_ptr():
         return cached[1], cached[2]
-    with torch.no_grad():
+    # ordinary tensors even when built inside inference mode: the hf backend's modules
+    # keep using them
+    with torch.inference_mode(False), torch.no_grad():
         weight = torch.cat([m.weight for m in mods])
         has_bias = [m.bias is not None for m in mods]
         bias = torch.cat([m.bias for m in mods]) if all(has_bias) else None
