@@ -191,6 +191,7 @@ class GraphBackend:
             self.tc.grow(capacity)
             self.dc.grow(capacity)
             self.fast.ensure_positions(capacity)
+            self.fdraft.ensure_positions(capacity + 2 * BUCKETS[-1])
             self.graphs.clear()
 
     def _check(self, cache) -> None:
