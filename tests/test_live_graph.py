@@ -109,6 +109,17 @@ def test_buckets_pad_up():
     assert [bucket(n) for n in (1, 2, 3, 5, 16, 17, 64, 65, 130)] == [1, 2, 4, 8, 16, 32, 64, 128, 192]
 
 
+def _close_to_scale(got, want, tol=1e-5):
+    """Every logit within ``tol`` of the row's largest |logit|: the draft's fused kernels
+    reduce in another order than its modules, which moves float32 logits of magnitude
+    ~10 by about 1e-5 absolute, a relative error of 1e-6; a wrong weight or mask moves
+    them by orders of magnitude more."""
+    scale = want.abs().amax(dim=-1, keepdim=True)
+    err = ((got - want).abs() / scale).max().item()
+    assert err <= tol, f"max |diff| / max |logit| = {err:.2e} > {tol:g}"
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
 def _fixture_pair():
     from specreplay.models.loading import load_draft, load_target
     if not (FIXTURES / "draft" / "config.json").exists():
@@ -153,10 +164,10 @@ def test_graph_logits_equal_hf_on_the_fixture_pair():
             block = [17] + [draft.mask_token_id] * 7
             hd = hb.draft_pass(hdc, block, ctx, 0, L + 3)
             gd = gb.draft_pass(gdc, block, ctx, 0, L + 3)
-            torch.testing.assert_close(gd, hd, atol=1e-5, rtol=1e-5)
+            _close_to_scale(gd, hd)
             block[3] = 42
-            torch.testing.assert_close(gb.draft_pass(gdc, block, None, L + 3, L + 3),
-                                       hb.draft_pass(hdc, block, None, L + 3, L + 3), atol=1e-5, rtol=1e-5)
+            _close_to_scale(gb.draft_pass(gdc, block, None, L + 3, L + 3),
+                            hb.draft_pass(hdc, block, None, L + 3, L + 3))
             # the next verify over the committed cache agrees too
             hv = hb.verify(htc, "chain", ((0, 0),), 9, [4, 8], L + 3, True)
             gv = gb.verify(gtc, "chain", ((0, 0),), 9, [4, 8], L + 3, True)
