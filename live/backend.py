@@ -275,7 +275,10 @@ class GraphBackend:
         if rows != list(range(accepted + 1)):
             tc.move_rows(to_device([L + r for r in rows], torch.long, self.device), L)
         tc.length = L + accepted + 1
-        return rows_of(verified.features, rows, dim=1)
+        kept = rows_of(verified.features, rows, dim=1)
+        # a captured verify's outputs are overwritten by the next replay, and these
+        # features may wait in the loop past it (a cycle that drafts nothing)
+        return kept.clone() if self.capture else kept
 
     # ---- draft
     def draft_pass(self, dc, block_ids, context, cached, context_len):
@@ -328,7 +331,9 @@ class GraphBackend:
             step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span), inputs)
         else:
             _refill(step, inputs)
-        return step.run()
+        # a copy: refinement and recycling run the same captured pass again within the
+        # cycle while the loop still holds the first pass's logits
+        return step.run().clone()
 
     def _capture(self, key, phase: str, fn, inputs):
         """Capture ``fn`` over ``inputs`` (they become its static buffers; the capture's
