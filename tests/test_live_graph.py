@@ -248,3 +248,17 @@ def test_replayed_path_equals_the_eager_path(pair, reference, replayed, spec):
                 if x is not None:
                     assert max(abs(u - v) for u, v in zip(x, y)) <= 1e-4, (spec, col)
     assert replayed.graphs, "the captured path was not taken"
+
+
+def test_the_profiler_runs_the_replayed_calls(pair, replayed):
+    """The graph profile times the very calls the loop replays: after it, the backend
+    holds a graph per verify bucket and cache span and per draft block size."""
+    from specreplay.live.profiler import GraphProfiler, Grid
+    target, draft = pair
+    grid = Grid(q=(1, 3, 4), context=(8, 300), batch=(1,), block_sizes=(4,), repeats=2, warmup=1)
+    prof = GraphProfiler(target, draft, grid, torch.device("cpu"), backend=replayed)
+    run = prof.run()
+    assert len(run.rows) == len(prof.points)
+    keys = set(replayed.graphs)
+    assert {("verify", q, span) for q in (1, 4) for span in (256, 512)} <= {k[:3] for k in keys}
+    assert {("block", 4, span) for span in (256, 512)} <= {k[:3] for k in keys}
