@@ -197,8 +197,11 @@ def _oracle(args: argparse.Namespace) -> int:
         target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
         draft = load_draft(draft_id, target, device=device)
         max_new = (run.get("sampling") or {}).get("max_new_tokens")
+        from specreplay.live.backend import backend_for, cli_backend
+        backend = cli_backend(args.backend or (run.get("setup") or {}).get("backend"), target, draft)
         oracle = Oracle(target, draft, plan.compute_block_sizes, plan.top_k, plan.compute_probes,
-                        max_new, probe_block_sizes=plan.probe_block_sizes, only=plan.compute)
+                        max_new, probe_block_sizes=plan.probe_block_sizes, only=plan.compute,
+                        backend=backend_for(backend, target, draft))
     old = trace.oracle if plan.keep and trace.has_table("oracle") else None
     keep = _kept_rows(old, plan.keep) if old is not None else None
     # the target's top-k along S depends only on the models and k: kept unless they change
@@ -338,4 +341,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", help="model dtype (default: the recording's)")
     p.add_argument("--attn", help="attention implementation")
     p.add_argument("--device", help="cuda, cuda:N or cpu")
+    add_backend_flag(p, "the recording's backend (run.json setup), else graph on CUDA for the targets it "
+                        "runs, hf otherwise")
     p.set_defaults(func=_oracle)
