@@ -11,7 +11,7 @@ Per study (``ledger.studies``: trace, profile, setup, prompt set and the run con
   place of the predicted one (predicted tokens/s x measured tau / predicted tau), the
   part of the error the cost model owns when the prompt set moves tau;
 - speedup over ``ar`` relative error where the ledger has ``predicted_speedup`` and
-  ``measured_speedup``;
+  ``measured_speedup``, else from the study's own ``ar`` row (``ledger.study_speedups``);
 - tau relative error, and how many rows labelled ``exact`` are within 1 %;
 - Kendall's tau-b between predicted and measured tokens/s with its p-value
   (``reports.rank``), whether the top policy and the top three (in order) are the same;
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from specreplay.reports.ledger import (_abs_stats, _group_summary, _ranking, read_ledger,
-                                       relative_error, studies)
+                                       relative_error, studies, study_speedups)
 from specreplay.reports.rank import kendall_tau
 
 # The time targets of the project's validation (issue 13, "Done means"): a replay's
@@ -111,9 +111,17 @@ def _study_lines(k: int, key: tuple[str, str, str, str, str], rows: list[dict[st
                f"{_met(cyc['max'], TARGETS['tokens_per_s_max'])}).")
     sp = g["speedup_abs_error"]
     with_sp = sum(1 for r in rows if r.get("predicted_speedup") and r.get("measured_speedup"))
-    if sp["median"] is None:
+    derived = {p: v for p, v in study_speedups(rows).items() if v[2] == "ar row"}
+    if sp["median"] is None and derived:
+        d = _abs_stats([relative_error(pr, me) for pr, me, _ in derived.values()])
+        out.append(f"- Speedup over ar, from the study's own ar row (the ledger has no "
+                   f"speedup columns here; ratio of tokens/s, {len(derived)} policies besides "
+                   f"ar): |error| median {pct(d['median'])} (target ≤ "
+                   f"{pct(TARGETS['speedup_median'])}: "
+                   f"{_met(d['median'], TARGETS['speedup_median'])}), max {pct(d['max'])}.")
+    elif sp["median"] is None:
         out.append("- Speedup over ar: not in the ledger for these rows (no "
-                   "predicted_speedup and measured_speedup).")
+                   "predicted_speedup and measured_speedup, and no ar row in the study).")
     else:
         out.append(f"- Speedup over ar |error| ({with_sp} of {n} rows have both): median "
                    f"{pct(sp['median'])} (target ≤ {pct(TARGETS['speedup_median'])}: "

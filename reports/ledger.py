@@ -359,3 +359,36 @@ def _date_key(text: str) -> datetime:
     """A comparable date: dates without a zone are taken as UTC."""
     d = datetime.fromisoformat(text)
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def study_speedups(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, str]]:
+    """Predicted and measured speedup over ``ar`` of each policy of one study (rows as
+    in ``studies``): the ledger's ``predicted_speedup`` / ``measured_speedup`` where the
+    row has both ("ledger"), else the ratio of the row's tokens/s to the study's own
+    ``ar`` row, predicted to predicted and measured to measured ("ar row"; ar itself
+    is left out, its speedup being 1 by definition); policies with neither are left
+    out."""
+    ar = next((r for r in rows if r["policy"] == "ar"), None)
+    out = {}
+    for r in rows:
+        if r.get("predicted_speedup") and r.get("measured_speedup"):
+            out[r["policy"]] = (r["predicted_speedup"], r["measured_speedup"], "ledger")
+        elif ar is not None and r is not ar:  # ar against itself is 1 by definition
+            out[r["policy"]] = (r["predicted_tokens_per_s"] / ar["predicted_tokens_per_s"],
+                                r["measured_tokens_per_s"] / ar["measured_tokens_per_s"],
+                                "ar row")
+    return out
+
+
+def resolve_path(ledger: str | Path, text: str) -> Path | None:
+    """A path written in a ledger row (as ``promote`` was given it, relative to where it
+    ran), found on disk: as written, next to the ledger, or next to the ledger's folder
+    (the shipped ledger's paths are relative to the repository root); None if absent."""
+    p = Path(text)
+    if p.is_absolute():
+        return p if p.exists() else None
+    ledger = Path(ledger).resolve()
+    for base in (Path.cwd(), ledger.parent, ledger.parent.parent):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return None
