@@ -42,6 +42,7 @@ import torch
 
 from specreplay.live.drafting import topk_logprobs
 from specreplay.models.draft import crop_cache, new_cache
+from specreplay.models.loading import cache_kwargs
 
 KINDS = ("target", "tree_verify", "draft", "overhead")
 
@@ -213,7 +214,7 @@ def target_cache(target, context_len: int, batch: int, vocab: int, gen: torch.Ge
     for s in range(0, context_len, _CHUNK):
         n = min(_CHUNK, context_len - s)
         ids = torch.randint(0, vocab, (batch, n), generator=gen).to(device)
-        target(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        target(input_ids=ids, **cache_kwargs(target, cache), use_cache=True, logits_to_keep=1)
     return cache
 
 
@@ -329,8 +330,9 @@ class Profiler:
             positions = (L + offsets.to(dev))[None].expand(B, -1)
 
             def call():
-                out = self.target(input_ids=ids, position_ids=positions, past_key_values=tc,
-                                  use_cache=True, attention_mask=mask, output_hidden_states=True)
+                out = self.target(input_ids=ids, position_ids=positions,
+                                  **cache_kwargs(self.target, tc), use_cache=True,
+                                  attention_mask=mask, output_hidden_states=True)
                 return out.logits, self.draft.context_features(out.hidden_states)
             return call, lambda: crop_cache(tc, L), None
         if p.kind == "draft":
@@ -357,7 +359,8 @@ class Profiler:
         drafted = torch.randint(0, self.vocab, (B, b - 1), generator=self.gen).to(dev)
 
         def prepare():
-            state["logits"] = self.target(input_ids=verify_ids, past_key_values=tc, use_cache=True).logits
+            state["logits"] = self.target(input_ids=verify_ids, **cache_kwargs(self.target, tc),
+                                          use_cache=True).logits
 
         def call():
             return accept_step(state["logits"], drafted, tc, L)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from specreplay.models.draft import crop_cache
+from specreplay.models.loading import cache_kwargs
 from specreplay.policies.base import trie_nodes
 
 
@@ -41,8 +42,8 @@ class Verified:
 
 
 def _forward(target, ids, positions, cache, mask=None):
-    out = target(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True,
-                 attention_mask=mask, output_hidden_states=True)
+    out = target(input_ids=ids, position_ids=positions, **cache_kwargs(target, cache),
+                 use_cache=True, attention_mask=mask, output_hidden_states=True)
     return out.logits, out.hidden_states
 
 
@@ -51,7 +52,7 @@ def prefill(target, draft, prompt_ids: list[int], cache, want_features: bool):
     raw context features [1, P, F] of the prompt (None when not wanted)."""
     device = target.get_input_embeddings().weight.device
     ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    out = target(input_ids=ids, past_key_values=cache, use_cache=True,
+    out = target(input_ids=ids, **cache_kwargs(target, cache), use_cache=True,
                  output_hidden_states=want_features, logits_to_keep=1)
     feats = draft.context_features(out.hidden_states) if want_features else None
     return out.logits[0, -1].float(), feats

@@ -8,7 +8,9 @@ more than one ``/``); it must then exist. Otherwise it is a hub id ``owner/name`
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import os
 import re
 from pathlib import Path
@@ -75,6 +77,20 @@ def _torch_dtype(dtype):
     if not isinstance(value, torch.dtype):
         raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16.")
     return value
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(model_type: type) -> str:
+    params = inspect.signature(model_type.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The keyword that hands a KV cache to ``model``'s forward: transformers 5.24 renamed
+    ``past_key_values`` to ``cache`` (the old name still works there but warns on every
+    forward), while the oldest transformers we support knows only the old name; the
+    model's own signature says which one it takes."""
+    return {_cache_name(type(model)): cache}
 
 
 def load_target(id_or_path, dtype="auto", attn=None, device=None):

@@ -58,6 +58,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger_findings(args: argparse.Namespace) -> int:
+    from specreplay.errors import CLIError
+    from specreplay.reports.findings import write_findings
+    from specreplay.reports.ledger import LedgerError, findings_path
+
+    out = args.out if args.out is not None else findings_path(args.ledger)
+    if out.is_dir():
+        raise CLIError(f"--out {out} is a directory; name the Markdown file to write "
+                       "(e.g. reports/ledger-findings.md)")
+    if not out.parent.is_dir():
+        raise CLIError(f"--out {out}: folder {out.parent} does not exist")
+    try:
+        write_findings(args.ledger, out)
+    except LedgerError as e:
+        raise CLIError(str(e)) from None
+    _log(f"findings of {args.ledger} written to {out}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from specreplay.reports.demo import DEFAULT_OUT, DEFAULT_POLICIES
 
@@ -107,3 +126,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--trace", type=Path, default=None, metavar="DIR",
                    help="trace to replay instead of the shipped sample")
     d.set_defaults(func=cmd_demo)
+
+    led = sub.add_parser("ledger", help="work with a predicted-vs-measured ledger",
+                         description="Commands that read a ledger written by "
+                                     "`specreplay promote`.")
+    lsub = led.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND", required=True)
+    f = lsub.add_parser(
+        "findings", help="write the ledger's validation findings as Markdown",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compute, per study (trace, profile, setup, prompt set and run "
+                    "conditions), the tokens/s, time-per-cycle, speedup and tau errors, "
+                    "Kendall's tau between predicted and measured tokens/s with its "
+                    "p-value and whether the top-1 and top-3 policies are preserved, and "
+                    "write them as Markdown. Every number in the file is computed from the "
+                    "ledger; `specreplay report --ledger` renders it.",
+        epilog="example:\n  specreplay ledger findings reports/ledger.csv "
+               "--out reports/ledger-findings.md")
+    f.add_argument("ledger", type=Path, metavar="LEDGER", help="ledger CSV")
+    f.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="Markdown file to write (replaced if it exists; default: "
+                        "LEDGER's name with -findings.md, next to it)")
+    f.set_defaults(func=cmd_ledger_findings)

@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 
 # (figure id, alt text) of every figure the report draws, in page order.
 FIGURES = {
-    "predicted-vs-measured": "Predicted against measured tokens/s and tau per policy, "
-                             "from the ledger, with the y = x line",
-    "leaderboard": "Policy leaderboard: predicted tokens/s with bootstrap confidence intervals",
+    "predicted-vs-measured": "Predicted against measured tokens/s, speedup over ar and "
+                             "tau per policy, from the ledger, with the y = x line",
+    "leaderboard": "Policy leaderboard: predicted tokens/s with bootstrap confidence "
+                   "intervals, and the ledger's measured tokens/s where it has them",
     "tau-histograms": "Histogram of tau (tokens committed per cycle) for each replayed policy",
     "timeline": "Per-sample timeline of tau and of the chosen block size",
     "cost-profile": "Measured latency profile and the fitted cost model over query tokens "
@@ -26,7 +27,7 @@ FIGURES = {
     "acceptance-by-offset": "Oracle acceptance by draft offset: P(accepted >= i) per block size",
 }
 
-_SAME, _HELDOUT = "#1f77b4", "#d62728"
+_SAME, _MEASURED = "#1f77b4", "#d62728"
 
 
 def _new(w: float, h: float, ncols: int = 1, nrows: int = 1, **kw) -> tuple[Figure, Any]:
@@ -58,59 +59,131 @@ def short_label(spec: str, width: int = 38) -> str:
 
 # -- ledger
 
-def _identity_panel(ax, rows: Sequence[dict[str, Any]], pred: str, meas: str,
-                    lo: str | None, hi: str | None, unit: str, title: str) -> None:
+# Marker shapes of the predicted-vs-measured plots and the Unicode glyph that shows the
+# same shape in the page's tables (one policy = one colour and shape on every panel).
+MARKERS = (("o", "●"), ("s", "■"), ("^", "▲"), ("v", "▼"), ("D", "◆"), ("P", "✚"),
+           ("X", "✖"), ("*", "★"), ("<", "◀"), (">", "▶"), ("h", "⬢"), ("p", "⬟"))
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+          "#7f7f7f", "#bcbd22", "#17becf", "#393b79")
+
+
+def policy_styles(policies: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+    """policy -> (colour, matplotlib marker, Unicode glyph), in order of first
+    appearance; colour (11) and shape (12) advance together, so up to 132 policies
+    stay distinct."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for p in policies:
+        if p not in out:
+            i = len(out)
+            marker, glyph = MARKERS[i % len(MARKERS)]
+            out[p] = (COLORS[i % len(COLORS)], marker, glyph)
+    return out
+
+
+def wrap_title(text: str, fig_width_in: float, fontsize: float = 12) -> str:
+    """Break a title into lines that fit the figure's width (about 0.55 em a
+    character), so that no title is clipped at the figure's edge."""
+    import textwrap
+    chars = max(20, int(fig_width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.wrap(text, chars)) or text
+
+
+def _identity_panel(ax, points: Sequence[dict[str, Any]], styles, unit: str, title: str,
+                    fig_w: float) -> None:
+    """One predicted (x) vs measured (y) panel. ``points``: dicts with ``policy``,
+    ``prompts``, ``x``, ``y`` and optional ``xlo``/``xhi`` and ``ylo``/``yhi``
+    intervals. Only the best and the worst point (smallest and largest |relative
+    error|) are labelled; the rest are told apart by their marker."""
+    if not points:
+        _empty(ax, f"No {unit} in this ledger.")
+        ax.set_title(wrap_title(title, fig_w / 3, 11), fontsize=11)
+        return
     lim_lo, lim_hi = math.inf, -math.inf
-    for prompts, color, marker in (("same", _SAME, "o"), ("heldout", _HELDOUT, "s")):
-        sel = [r for r in rows if r["prompts"] == prompts]
-        if not sel:
-            continue
-        x = np.array([r[pred] for r in sel])
-        y = np.array([r[meas] for r in sel])
-        xerr = None
-        if lo and hi:
-            low = np.array([r[lo] if r[lo] is not None else r[pred] for r in sel])
-            high = np.array([r[hi] if r[hi] is not None else r[pred] for r in sel])
-            xerr = np.vstack([np.maximum(x - low, 0), np.maximum(high - x, 0)])
-            lim_lo, lim_hi = min(lim_lo, low.min()), max(lim_hi, high.max())
-        label = ("same prompts as the trace" if prompts == "same" else "held-out prompts")
-        ax.errorbar(x, y, xerr=xerr, fmt=marker, color=color, ecolor=color, capsize=3,
-                    label=label, alpha=0.85)
-        for xi, yi, r in zip(x, y, sel):
-            ax.annotate(short_label(r["policy"], 22), (xi, yi), fontsize=6,
-                        xytext=(3, 3), textcoords="offset points")
-        lim_lo = min(lim_lo, x.min(), y.min())
-        lim_hi = max(lim_hi, x.max(), y.max())
-    pad = 0.05 * (lim_hi - lim_lo) or 0.05 * abs(lim_hi) or 1.0
+    for pt in points:
+        color, marker, _ = styles[pt["policy"]]
+        x, y = pt["x"], pt["y"]
+        xerr = yerr = None
+        if pt.get("xlo") is not None:
+            xerr = [[max(x - pt["xlo"], 0)], [max(pt["xhi"] - x, 0)]]
+            lim_lo, lim_hi = min(lim_lo, pt["xlo"]), max(lim_hi, pt["xhi"])
+        if pt.get("ylo") is not None:
+            yerr = [[max(y - pt["ylo"], 0)], [max(pt["yhi"] - y, 0)]]
+            lim_lo, lim_hi = min(lim_lo, pt["ylo"]), max(lim_hi, pt["yhi"])
+        held = pt["prompts"] != "same"
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, ms=7, color=color,
+                    ecolor=color, elinewidth=0.8, capsize=2, alpha=0.9,
+                    markerfacecolor="white" if held else color, markeredgewidth=1.3)
+        lim_lo, lim_hi = min(lim_lo, x, y), max(lim_hi, x, y)
+    pad = 0.06 * (lim_hi - lim_lo) or 0.05 * abs(lim_hi) or 1.0
     lims = (lim_lo - pad, lim_hi + pad)
-    ax.plot(lims, lims, color="grey", lw=1, ls="--", label="y = x (perfect prediction)")
+    ax.plot(lims, lims, color="grey", lw=1, ls="--")
+    errs = [abs(pt["x"] - pt["y"]) / pt["y"] for pt in points]
+    best, worst = int(np.argmin(errs)), int(np.argmax(errs))
+    picks = [(worst, "worst")] if best == worst else [(best, "best"), (worst, "worst")]
+    # the labels sit stacked in the corner of the half with fewer points (above the
+    # line when most predictions were too fast), joined to their points by a line:
+    # they never cover each other, and rarely a point
+    over = sum(pt["x"] > pt["y"] for pt in points)
+    upper_left = over >= len(points) - over
+    for j, (i, which) in enumerate(picks):
+        pt = points[i]
+        pos = (0.03, 0.97 - 0.13 * j) if upper_left else (0.97, 0.03 + 0.13 * j)
+        ax.annotate(f"{which}: {short_label(pt['policy'], 30)}\n({pt['prompts']} prompts, "
+                    f"{100 * (pt['x'] - pt['y']) / pt['y']:+.1f} %)",
+                    (pt["x"], pt["y"]), fontsize=7, xytext=pos, textcoords="axes fraction",
+                    ha="left" if upper_left else "right", va="top" if upper_left else "bottom",
+                    arrowprops={"arrowstyle": "-", "color": "black", "lw": 0.6},
+                    bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "#999", "alpha": 0.95})
     ax.set_xlim(lims)
     ax.set_ylim(lims)
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"predicted {unit}")
     ax.set_ylabel(f"measured live {unit}")
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, fig_w / 3, 11), fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
 
 
-def predicted_vs_measured(rows: Sequence[dict[str, Any]]) -> Figure:
-    """Two panels, tokens/s and mean tau: one point per ledger row (predicted on x,
-    measured on y), horizontal error bars = the prediction's bootstrap interval where the
-    ledger has one, the y = x line for a perfect prediction."""
-    fig, axes = _new(11, 5.2, ncols=2)
+def predicted_vs_measured(rows: Sequence[dict[str, Any]],
+                          speedups: Sequence[dict[str, Any]] = ()) -> Figure:
+    """Three panels, tokens/s, speedup over ar and mean tau: one point per ledger row
+    (predicted on x, measured on y), filled for the trace's own prompts, hollow for
+    held-out ones; bars: the prediction's bootstrap interval (x) and the measurement's
+    (y) where the ledger has them; the dashed line y = x is a perfect prediction.
+    ``speedups``: points for the speedup panel (``policy``, ``prompts``, ``x``, ``y``,
+    optional intervals). A legend below keys every policy by colour and shape."""
+    w = 15.0
+    fig, axes = _new(w, 6.8, ncols=3)
     if not rows:
         for ax in axes[0]:
             _empty(ax, "The ledger has no rows yet.\nA row is added when "
                        "`specreplay promote` runs a predicted policy live.")
-        axes[0][0].set_title("Tokens/s: predicted vs measured")
-        axes[0][1].set_title("Mean tau: predicted vs measured")
+        for ax, t in zip(axes[0], ("Tokens/s", "Speedup over ar", "Mean tau")):
+            ax.set_title(f"{t}: predicted vs measured")
         return fig
-    _identity_panel(axes[0][0], rows, "predicted_tokens_per_s", "measured_tokens_per_s",
-                    "predicted_ci_low", "predicted_ci_high", "tokens/s",
-                    "Tokens/s: predicted vs measured\n(bars: prediction's bootstrap interval)")
-    _identity_panel(axes[0][1], rows, "predicted_tau", "measured_tau", None, None,
-                    "mean tau (tokens/cycle)", "Mean tau: predicted vs measured")
+    styles = policy_styles([r["policy"] for r in rows])
+    tps = [{"policy": r["policy"], "prompts": r["prompts"], "x": r["predicted_tokens_per_s"],
+            "y": r["measured_tokens_per_s"], "xlo": r.get("predicted_ci_low"),
+            "xhi": r.get("predicted_ci_high"), "ylo": r.get("measured_ci_low"),
+            "yhi": r.get("measured_ci_high")} for r in rows]
+    tau = [{"policy": r["policy"], "prompts": r["prompts"], "x": r["predicted_tau"],
+            "y": r["measured_tau"]} for r in rows]
+    _identity_panel(axes[0][0], tps, styles, "tokens/s",
+                    "Tokens/s: predicted vs measured (bars: bootstrap intervals)", w)
+    _identity_panel(axes[0][1], list(speedups), styles, "speedup over ar",
+                    "Speedup over ar: predicted vs measured (bars: the tokens/s intervals "
+                    "scaled)", w)
+    _identity_panel(axes[0][2], tau, styles, "mean tau (tokens/cycle)",
+                    "Mean tau: predicted vs measured", w)
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], ls="", marker=m, color=c, ms=7, label=short_label(p, 44))
+               for p, (c, m, _) in styles.items()]
+    handles += [Line2D([], [], ls="", marker="o", color="black", ms=7,
+                       label="filled: the trace's own prompts"),
+                Line2D([], [], ls="", marker="o", color="black", markerfacecolor="white",
+                       ms=7, label="hollow: held-out prompts"),
+                Line2D([], [], ls="--", color="grey", label="y = x: perfect prediction")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize=7.5,
+               frameon=False)
     return fig
 
 
@@ -118,9 +191,12 @@ def predicted_vs_measured(rows: Sequence[dict[str, Any]]) -> Figure:
 
 def leaderboard(entries: Sequence[dict[str, Any]], ar_tokens_per_s: float | None = None) -> Figure:
     """Horizontal points with interval bars, best policy on top. ``entries``: dicts with
-    ``label``, ``tokens_per_s``, ``ci_low``, ``ci_high`` (replayable predictions only)."""
+    ``label``, ``tokens_per_s``, ``ci_low``, ``ci_high`` (replayable predictions only)
+    and, where the ledger confirmed the policy live, ``measured`` with optional
+    ``measured_low`` / ``measured_high`` (drawn beside the prediction)."""
     n = max(len(entries), 1)
-    fig, axes = _new(10, 1.2 + 0.32 * n)
+    w = 10.0
+    fig, axes = _new(w, 1.5 + 0.34 * n)
     ax = axes[0][0]
     if not entries:
         _empty(ax, "No policy could be replayed from these traces.")
@@ -132,15 +208,27 @@ def leaderboard(entries: Sequence[dict[str, Any]], ar_tokens_per_s: float | None
     # a replay without bootstrap has no interval: a bare point
     lo = np.array([e["tokens_per_s"] if e["ci_low"] is None else e["ci_low"] for e in order])
     hi = np.array([e["tokens_per_s"] if e["ci_high"] is None else e["ci_high"] for e in order])
-    ax.errorbar(x, y, xerr=np.vstack([np.maximum(x - lo, 0), np.maximum(hi - x, 0)]),
-                fmt="o", color=_SAME, capsize=3, label="predicted tokens/s (bootstrap interval "
-                                                      "over prompts)")
+    has_meas = [i for i, e in enumerate(order) if e.get("measured") is not None]
+    off = 0.17 if has_meas else 0.0
+    ax.errorbar(x, y + off, xerr=np.vstack([np.maximum(x - lo, 0), np.maximum(hi - x, 0)]),
+                fmt="o", color=_SAME, capsize=3, label="predicted tokens/s (bootstrap "
+                                                      "interval over prompts)")
+    if has_meas:
+        mx = np.array([order[i]["measured"] for i in has_meas])
+        mlo = np.array([order[i].get("measured_low") or order[i]["measured"] for i in has_meas])
+        mhi = np.array([order[i].get("measured_high") or order[i]["measured"] for i in has_meas])
+        ax.errorbar(mx, np.array(has_meas) - off,
+                    xerr=np.vstack([np.maximum(mx - mlo, 0), np.maximum(mhi - mx, 0)]),
+                    fmt="D", ms=5, color=_MEASURED, capsize=3,
+                    label="measured live, same prompts (ledger; its interval where it has one)")
     if ar_tokens_per_s:
         ax.axvline(ar_tokens_per_s, color="grey", ls="--", lw=1,
-                   label="plain autoregressive decoding (ar)")
+                   label="plain autoregressive decoding (ar), predicted")
     ax.set_yticks(y, [short_label(e["label"], 60) for e in order], fontsize=7)
-    ax.set_xlabel("predicted throughput (tokens/s, single stream)")
-    ax.set_title("Policy leaderboard: predicted tokens/s, best on top")
+    ax.set_xlabel("throughput (tokens/s, single stream)")
+    ax.set_title(wrap_title("Policy leaderboard: predicted tokens/s, best on top"
+                            + (", with the ledger's live measurement" if has_meas else ""),
+                            w * 0.7))
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return fig
@@ -197,7 +285,7 @@ def timeline(series: dict[str, dict[str, np.ndarray]], title: str) -> Figure:
         ax_b.step(s["start"], s["block_size"], where="post", color=color, lw=1.2,
                   label=short_label(label, 50))
     ax_tau.set_ylabel("tau (tokens committed)")
-    ax_tau.set_title(title)
+    ax_tau.set_title(wrap_title(title, 11))
     ax_tau.grid(alpha=0.3)
     ax_tau.legend(fontsize=7, loc="upper right")
     ax_b.set_ylabel("block size chosen\n(anchor + drafted)")
@@ -222,7 +310,7 @@ def cost_profile(measured: dict[str, dict[str, np.ndarray]],
         for ax in axes[0]:
             _empty(ax, "No latency profile: the replay fitted its cost model to the "
                        "trace's live cycles.")
-        fig.suptitle(title)
+        fig.suptitle(wrap_title(title, 11))
         return fig
     names = {"target": ("target forward", "query tokens per forward, q"),
              "draft": ("draft forward", "block size drafted, q (anchor included)")}
@@ -238,7 +326,7 @@ def cost_profile(measured: dict[str, dict[str, np.ndarray]],
             ax.set_ylabel("time per forward (ms)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle(title)
+    fig.suptitle(wrap_title(title, 11))
     return fig
 
 
@@ -282,7 +370,7 @@ def acceptance_by_offset(curves: dict[int, np.ndarray], mean_tau: dict[int, floa
     ax = axes[0][0]
     if not curves:
         _empty(ax, "This trace has no plain-draft oracle rows.")
-        ax.set_title(title)
+        ax.set_title(wrap_title(title, 8))
         return fig
     for b in sorted(curves):
         p = curves[b]
@@ -291,7 +379,7 @@ def acceptance_by_offset(curves: dict[int, np.ndarray], mean_tau: dict[int, floa
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("drafted offset i (tokens after the anchor)")
     ax.set_ylabel("P(accepted >= i)")
-    ax.set_title(title)
+    ax.set_title(wrap_title(title, 8))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, title="oracle, every start position", title_fontsize=7)
     return fig

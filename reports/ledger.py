@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from scipy.stats import kendalltau
+from specreplay.reports.rank import kendall_tau
 
 REQUIRED = ("policy", "prompts", "predicted_tokens_per_s", "measured_tokens_per_s",
             "predicted_tau", "measured_tau", "trace", "profile", "setup", "date")
@@ -260,9 +260,9 @@ def _group_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     meas = [r["measured_tokens_per_s"] for r in rows]
     kt, kp = None, None
     if len(rows) >= 2:
-        res = kendalltau(pred, meas)
-        if math.isfinite(res.statistic):
-            kt, kp = float(res.statistic), float(res.pvalue)
+        res = kendall_tau(pred, meas)
+        if res is not None:
+            kt, kp = res.tau, res.p
     n_top = min(TOP_N, len(rows))
     top_pred = _ranking(rows, "predicted_tokens_per_s")[:n_top]
     top_meas = _ranking(rows, "measured_tokens_per_s")[:n_top]
@@ -273,6 +273,10 @@ def _group_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "tokens_per_s_abs_error": _abs_stats([relative_error(p, m) for p, m in zip(pred, meas)]),
         "tau_abs_error": _abs_stats([relative_error(r["predicted_tau"], r["measured_tau"])
                                      for r in rows]),
+        "speedup_abs_error": _abs_stats([relative_error(r["predicted_speedup"],
+                                                        r["measured_speedup"])
+                                         for r in rows if r.get("predicted_speedup")
+                                         and r.get("measured_speedup")]),
         "kendall_tau": kt,
         "kendall_p": kp,
         "top_n": n_top,
@@ -280,6 +284,34 @@ def _group_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "top_measured": top_meas,
         "top_preserved": top_pred == top_meas if rows else None,
     }
+
+
+# Note tags that describe how a live run was made (``promote`` writes them), as opposed
+# to findings about one row: rows differing in one of these belong to different studies.
+CONDITION_TAGS = ("order=", "timing=", "prompts from ")
+
+
+def run_conditions(note: str | None) -> str:
+    """The run-condition tags of a row's note (e.g. "order=interleaved"), joined by "; "
+    in their order in the note; "" when the note has none."""
+    tags = [t.strip() for t in (note or "").split(";")]
+    return "; ".join(t for t in tags if t.startswith(CONDITION_TAGS))
+
+
+def studies(rows: list[dict[str, Any]]
+            ) -> list[tuple[tuple[str, str, str, str, str], list[dict[str, Any]]]]:
+    """The ledger's rows by study: one group per (trace, profile, setup, prompt set, run
+    conditions of the note), in order of first appearance, holding one row per policy
+    (a policy confirmed more than once in a study counts with its latest row: latest
+    ``date``, then file order)."""
+    groups: dict[tuple[str, str, str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        key = (r["trace"], r["profile"], r["setup"], r["prompts"], run_conditions(r.get("note")))
+        g = groups.setdefault(key, {})
+        old = g.get(r["policy"])
+        if old is None or _date_key(r["date"]) >= _date_key(old["date"]):
+            g[r["policy"]] = r
+    return [(k, list(g.values())) for k, g in groups.items()]
 
 
 def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,13 +324,13 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     - ``overall``: ``rows`` and the median and max absolute relative errors over all rows
       (``tokens_per_s_abs_error`` / ``tau_abs_error`` / ``speedup_abs_error`` over the rows
       that have speedups: {"median", "max"}, None when empty);
-    - ``groups``: one entry per (trace, prompt set), in order of first appearance, with
-      the same error statistics, ``kendall_tau`` and ``kendall_p`` (scipy.stats.kendalltau
-      of predicted vs measured tokens/s; None for fewer than two policies or constant
+    - ``groups``: one entry per study (``studies``: trace, profile, setup, prompt set and
+      the run conditions of the note, kept as ``study``), with
+      the same error statistics, ``kendall_tau`` and ``kendall_p`` (``reports.rank.kendall_tau``,
+      tau-b, of predicted vs measured tokens/s; None for fewer than two policies or constant
       values), ``top_predicted`` / ``top_measured`` (the best ``top_n`` = min(3, policies)
       policies, best first) and ``top_preserved`` (True when both lists are equal, order
-      included). Within a group a policy confirmed more than once counts with its latest
-      row (latest ``date``, then file order).
+      included).
     """
     per_row = [{
         "policy": r["policy"], "prompts": r["prompts"], "trace": r["trace"],
@@ -309,12 +341,6 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                           if r.get("predicted_speedup") and r.get("measured_speedup") else None),
         "note": r.get("note"),
     } for r in rows]
-    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-    for r in rows:
-        g = groups.setdefault((r["trace"], r["prompts"]), {})
-        old = g.get(r["policy"])
-        if old is None or _date_key(r["date"]) >= _date_key(old["date"]):
-            g[r["policy"]] = r
     return {
         "rows": per_row,
         "overall": {
@@ -324,7 +350,8 @@ def ledger_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "speedup_abs_error": _abs_stats([p["speedup_error"] for p in per_row
                                              if p["speedup_error"] is not None]),
         },
-        "groups": [_group_summary(list(g.values())) for g in groups.values()],
+        "groups": [{**_group_summary(g), "study": conditions}
+                   for (_, _, _, _, conditions), g in studies(rows)],
     }
 
 
@@ -332,3 +359,36 @@ def _date_key(text: str) -> datetime:
     """A comparable date: dates without a zone are taken as UTC."""
     d = datetime.fromisoformat(text)
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def study_speedups(rows: list[dict[str, Any]]) -> dict[str, tuple[float, float, str]]:
+    """Predicted and measured speedup over ``ar`` of each policy of one study (rows as
+    in ``studies``): the ledger's ``predicted_speedup`` / ``measured_speedup`` where the
+    row has both ("ledger"), else the ratio of the row's tokens/s to the study's own
+    ``ar`` row, predicted to predicted and measured to measured ("ar row"; ar itself
+    is left out, its speedup being 1 by definition); policies with neither are left
+    out."""
+    ar = next((r for r in rows if r["policy"] == "ar"), None)
+    out = {}
+    for r in rows:
+        if r.get("predicted_speedup") and r.get("measured_speedup"):
+            out[r["policy"]] = (r["predicted_speedup"], r["measured_speedup"], "ledger")
+        elif ar is not None and r is not ar:  # ar against itself is 1 by definition
+            out[r["policy"]] = (r["predicted_tokens_per_s"] / ar["predicted_tokens_per_s"],
+                                r["measured_tokens_per_s"] / ar["measured_tokens_per_s"],
+                                "ar row")
+    return out
+
+
+def resolve_path(ledger: str | Path, text: str) -> Path | None:
+    """A path written in a ledger row (as ``promote`` was given it, relative to where it
+    ran), found on disk: as written, next to the ledger, or next to the ledger's folder
+    (the shipped ledger's paths are relative to the repository root); None if absent."""
+    p = Path(text)
+    if p.is_absolute():
+        return p if p.exists() else None
+    ledger = Path(ledger).resolve()
+    for base in (Path.cwd(), ledger.parent, ledger.parent.parent):
+        if (base / p).exists():
+            return (base / p).resolve()
+    return None

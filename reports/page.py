@@ -1,5 +1,6 @@
 """HTML building blocks for the one-file report page: escaped text, tables whose number
-cells carry the exact value they show, figures embedded as base64 PNG."""
+cells carry the exact value they show, figures embedded as base64 PNG, Markdown
+rendered by the ``markdown`` library (raw HTML in it is shown as text, not run)."""
 from __future__ import annotations
 
 import base64
@@ -13,11 +14,18 @@ CSS = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.86em; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; vertical-align: top; }
+.wide { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.8em; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; vertical-align: top; }
 th { background: #f3f3f3; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.spec, td.path { font-family: ui-monospace, monospace; font-size: 0.95em; }
+td.spec { max-width: 24em; }
+td.path { overflow-wrap: anywhere; }
+td.marker { text-align: center; font-size: 1.15em; }
+.md table th, .md table td { font-size: 0.95em; }
+.md td { white-space: nowrap; }
+.md code { font-size: 0.92em; background: #f6f6f6; padding: 0 2px; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.88em; color: #555; }
 .notice { background: #fff4d6; border: 1px solid #e0b84c; padding: 0.6em 1em; margin: 1em 0; }
@@ -27,6 +35,15 @@ figcaption { font-size: 0.88em; color: #555; }
 
 def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A cell showing a plot marker: ``glyph`` (a Unicode shape) in ``color``, so that a
+    table row can be found on a figure that labels only a few points."""
+    glyph: str
+    color: str
+    title: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,16 +74,24 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], table_id: str =
         cells = []
         for i, c in enumerate(row):
             cls = classes[i] if i < len(classes) and classes[i] else ""
-            if isinstance(c, Num):
+            if isinstance(c, Marker):
+                cells.append(f'<td class="marker" title="{esc(c.title)}" '
+                             f'style="color: {esc(c.color)}">{esc(c.glyph)}</td>')
+            elif isinstance(c, Num):
                 key = f' data-key="{esc(c.key)}"' if c.key else ""
                 cells.append(f'<td class="num" data-value="{c.value!r}"{key}>{esc(c.text)}</td>')
             elif c is None:
                 cells.append("<td></td>")
+            elif cls == "spec":
+                # a long spec may break after '+' or ', ' (never inside a knob's name)
+                text = esc(c).replace("+", "+<wbr>").replace(", ", ", <wbr>")
+                cells.append(f'<td class="spec">{text}</td>')
             else:
                 cells.append(f'<td{f" class={cls!r}" if cls else ""}>{esc(c)}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
-    return "\n".join(out)
+    # a table wider than the page scrolls inside its box instead of widening the page
+    return '<div class="wide">' + "\n".join(out) + "</div>"
 
 
 def figure(fig_id: str, alt: str, png: bytes, caption: str, file_name: str) -> str:
@@ -86,54 +111,29 @@ def paragraph(text: str, muted: bool = False) -> str:
     return f'<p{" class=muted" if muted else ""}>{esc(text)}</p>'
 
 
-def markdown_lite(text: str) -> str:
-    """Findings notes: '#' lines become headings, '- ' lines list items, runs of '|'
-    lines a table (the first row its header, '|---|' rows skipped, '\\|' a literal bar), blank lines
-    separate paragraphs; everything else is escaped text."""
-    out, para, items, rows = [], [], [], []
+def render_markdown(text: str, shift: int = 2) -> str:
+    """Markdown (with tables; ``\\|`` is a literal bar inside a cell) rendered by the
+    ``markdown`` library into a ``<div class="md">``. Headings move ``shift`` levels
+    down so that a file's ``#`` sits below the page's own sections; list items nested by
+    2 spaces stay nested; raw HTML in the text is escaped, never passed through
+    (findings and notes come from files)."""
+    import markdown
 
-    def flush() -> None:
-        if para:
-            out.append(f"<p>{esc(' '.join(para))}</p>")
-            para.clear()
-        if items:
-            out.append("<ul>" + "".join(f"<li>{esc(i)}</li>" for i in items) + "</ul>")
-            items.clear()
-        if rows:
-            head, *body = rows
-            out.append("<table class=\"findings\"><thead><tr>"
-                       + "".join(f"<th>{esc(c)}</th>" for c in head) + "</tr></thead><tbody>"
-                       + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>"
-                                 for r in body) + "</tbody></table>")
-            rows.clear()
-
-    for line in text.splitlines():
-        s = line.strip()
-        if s.startswith("|"):
-            if para or items:
-                flush()
-            # a cell may hold a literal '|' written as '\\|' (policy specs list values so)
-            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", s[1:].rstrip("|"))]
-            if not all(set(c) <= set("-: ") for c in cells):
-                rows.append(cells)
-            continue
-        if rows:
-            flush()
-        if not s:
-            flush()
-        elif s.startswith("#"):
-            flush()
-            out.append(f"<h3>{esc(s.lstrip('#').strip())}</h3>")
-        elif s.startswith(("- ", "* ")):
-            if para:
-                flush()
-            items.append(s[2:])
-        else:
-            if items:
-                flush()
-            para.append(s)
-    flush()
-    return "\n".join(out)
+    md = markdown.Markdown(extensions=["tables"])
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    # Python-Markdown nests a list item only under 4 spaces; most editors write 2, which
+    # it would flatten into the parent list: a text that indents list items by 2 has
+    # every list item's indentation doubled
+    marker = r"(?m)^( +)(?=[-*+] |\d+\. )"
+    if any(len(m) % 4 for m in re.findall(marker, text)):
+        text = re.sub(marker, lambda m: m.group(1) * 2, text)
+    out = md.convert(text)
+    out = re.sub(r"<(/?)h([1-6])\b", lambda m: f"<{m.group(1)}h{min(6, int(m.group(2)) + shift)}",
+                 out)
+    # a wide table scrolls inside its box, like the page's own tables
+    out = out.replace("<table>", '<div class="wide"><table>').replace("</table>", "</table></div>")
+    return f'<div class="md">\n{out}\n</div>'
 
 
 def flatten(obj: Any, prefix: str = "", max_items: int = 12) -> list[tuple[str, str]]:

@@ -11,6 +11,7 @@ pytestmark = pytest.mark.live
 
 from specreplay.live.backend import GraphBackend, HFBackend, backend_for, bucket, resolve_backend  # noqa: E402
 from specreplay.live.loop import Decoder, LoopConfig, cache_length  # noqa: E402
+from specreplay.models.loading import cache_kwargs  # noqa: E402
 from specreplay.policies import parse_policy, trie_nodes  # noqa: E402
 from live_pair import PROMPTS, hf_greedy, tiny_pair  # noqa: E402
 from test_live_loop import MAX_NEW, SPECS  # noqa: E402
@@ -71,7 +72,7 @@ def test_static_caches_hold_the_committed_tokens(pair, spec):
         ids = torch.tensor([state.prompt_ids + state.output[:-1]])
         ref = DynamicCache(config=target.config)
         with torch.inference_mode():
-            target(input_ids=ids, past_key_values=ref, use_cache=True)
+            target(input_ids=ids, **cache_kwargs(target, ref), use_cache=True)
         for i, layer in enumerate(ref.layers):
             torch.testing.assert_close(state.target_cache.k[i][:, :, :n], layer.keys, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(state.target_cache.v[i][:, :, :n], layer.values, atol=1e-5, rtol=1e-5)

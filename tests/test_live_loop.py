@@ -9,6 +9,7 @@ pytestmark = pytest.mark.live
 from specreplay.live.loop import Decoder, LoopConfig, cache_length  # noqa: E402
 from specreplay.live.verify import verify_nodes  # noqa: E402
 from specreplay.models.draft import crop_cache  # noqa: E402
+from specreplay.models.loading import cache_kwargs  # noqa: E402
 from specreplay.policies import parse_policy, trie_nodes  # noqa: E402
 from live_pair import PROMPTS, hf_greedy, tiny_pair  # noqa: E402
 
@@ -108,7 +109,7 @@ def test_packed_tree_logits_equal_each_path_alone(pair):
 
     def fresh():
         cache = DynamicCache(config=target.config)
-        target(input_ids=torch.tensor([prompt]), past_key_values=cache, use_cache=True)
+        target(input_ids=torch.tensor([prompt]), **cache_kwargs(target, cache), use_cache=True)
         return cache
 
     with torch.inference_mode():

@@ -16,7 +16,7 @@ ref = pytest.importorskip("dflash.model")
 from transformers import DynamicCache, Qwen3Config  # noqa: E402
 
 from specreplay.models.draft import DFlashDraftModel, crop_cache, new_cache  # noqa: E402
-from specreplay.models.loading import build_tiny_pair  # noqa: E402
+from specreplay.models.loading import build_tiny_pair, cache_kwargs  # noqa: E402
 
 pytestmark = pytest.mark.live
 ATOL = 1e-5
@@ -110,7 +110,7 @@ def greedy_dflash(draft, target, prompt, max_new_tokens, stop_ids=()):
     n = prompt.shape[1]
     max_length = n + max_new_tokens
     target_cache, draft_cache = DynamicCache(), new_cache()
-    out = target(prompt, past_key_values=target_cache, use_cache=True, output_hidden_states=True)
+    out = target(prompt, **cache_kwargs(target, target_cache), use_cache=True, output_hidden_states=True)
     tokens = prompt[0].tolist() + [int(out.logits[0, -1].argmax())]
     context = draft.context_features(out.hidden_states)
     start, committed = n, []
@@ -123,7 +123,7 @@ def greedy_dflash(draft, target, prompt, max_new_tokens, stop_ids=()):
             hidden = draft(torch.tensor([block]), context, positions, past_key_values=draft_cache)
             block[1:] = draft.logits(hidden[:, 1:]).argmax(-1)[0].tolist()
         out = target(torch.tensor([block]), position_ids=torch.arange(start, start + size)[None],
-                     past_key_values=target_cache, use_cache=True, output_hidden_states=True)
+                     **cache_kwargs(target, target_cache), use_cache=True, output_hidden_states=True)
         posterior = out.logits[0].argmax(-1).tolist()
         accepted = 0
         while accepted < size - 1 and block[accepted + 1] == posterior[accepted]:
@@ -145,13 +145,13 @@ def greedy_dflash(draft, target, prompt, max_new_tokens, stop_ids=()):
 def greedy_ar(target, prompt, max_new_tokens, stop_ids=()):
     """Plain autoregressive greedy decoding with a KV cache."""
     cache = DynamicCache()
-    logits = target(prompt, past_key_values=cache, use_cache=True).logits
+    logits = target(prompt, **cache_kwargs(target, cache), use_cache=True).logits
     tokens = []
     for _ in range(max_new_tokens):
         tokens.append(int(logits[0, -1].argmax()))
         if tokens[-1] in stop_ids:
             break
-        logits = target(torch.tensor([[tokens[-1]]]), past_key_values=cache, use_cache=True).logits
+        logits = target(torch.tensor([[tokens[-1]]]), **cache_kwargs(target, cache), use_cache=True).logits
     return tokens
 
 

@@ -7,7 +7,7 @@ torch = pytest.importorskip("torch")
 from specreplay.live.profiler import (KINDS, QUICK_GRID, Grid, Point, Profiler, accept_step,  # noqa: E402
                            plan_points, tree_layout, tree_mask)
 from specreplay.models.draft import crop_cache  # noqa: E402
-from specreplay.models.loading import build_tiny_pair  # noqa: E402
+from specreplay.models.loading import build_tiny_pair, cache_kwargs  # noqa: E402
 from specreplay.cli import main  # noqa: E402
 from specreplay.traces.reader import Profile  # noqa: E402
 from specreplay.traces.writer import write_profile  # noqa: E402
@@ -69,15 +69,15 @@ def test_tree_mask_is_ancestor_only_and_matches_path_verify(pair):
     nodes = torch.randint(0, 90, (1, 7), generator=g)
     with torch.inference_mode():
         cache = DynamicCache(config=target.config)
-        target(input_ids=prompt, past_key_values=cache, use_cache=True)
-        tree = target(input_ids=nodes, position_ids=L + torch.tensor([depths]), past_key_values=cache,
+        target(input_ids=prompt, **cache_kwargs(target, cache), use_cache=True)
+        tree = target(input_ids=nodes, position_ids=L + torch.tensor([depths]), **cache_kwargs(target, cache),
                       use_cache=True, attention_mask=tree_mask(parents, L, 1, "cpu")).logits[0]
         for node in range(7):
             path = [node]
             while parents[path[-1]] >= 0:
                 path.append(parents[path[-1]])
             crop_cache(cache, L)
-            chain = target(input_ids=nodes[:, path[::-1]], past_key_values=cache, use_cache=True).logits[0]
+            chain = target(input_ids=nodes[:, path[::-1]], **cache_kwargs(target, cache), use_cache=True).logits[0]
             assert torch.allclose(chain[-1], tree[node], atol=1e-5)
 
 
@@ -90,7 +90,7 @@ def test_accept_step_counts_the_matching_prefix(pair):
     drafted = torch.tensor([[3, 5, 0], [9, 2, 2]])
     cache = DynamicCache(config=target.config)
     with torch.inference_mode():
-        target(input_ids=torch.zeros(1, 6, dtype=torch.long), past_key_values=cache, use_cache=True)
+        target(input_ids=torch.zeros(1, 6, dtype=torch.long), **cache_kwargs(target, cache), use_cache=True)
     # row 0: offsets 1, 2 match the target's argmax, offset 3 does not; row 1: offset 1 misses
     assert accept_step(logits, drafted, cache, 4) == [2, 0]
     assert cache.get_seq_length() == 4

@@ -1,6 +1,7 @@
 """The report page and the demo: every figure present, every leaderboard number taken
 from the replay, the ledger and its findings rendered, the setup shown."""
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def ledger(tmp_path_factory):
                                  "measured_tau": mtau, "prompts": prompts, "note": note,
                                  "predicted_ci_low": pred - 5, "predicted_ci_high": pred + 5})
     findings_path(path).write_text("# Why ewma missed\n\nIts probe cycles ran at a block size "
-                                   "the profile did not measure.\n- fix: add q = 12 rows\n")
+                                   "the profile did not measure.\n\n- fix: add q = 12 rows\n")
     return path
 
 
@@ -155,19 +156,21 @@ def test_every_figure_is_embedded_and_written(demo):
 
 def check_leaderboard(html: Path, replays) -> None:
     """Every leaderboard number is the replay's own number, and every replayable
-    result has its row naming its trace and profile."""
-    rows = Page(html.read_text()).tables["leaderboard-table"]
+    result has its row naming its trace by the key of the inputs table."""
+    page = Page(html.read_text())
+    rows = page.tables["leaderboard-table"]
     header = [t for t, _ in rows[0]]
     body = rows[1:]
-    results = {(rep.label, r["policy"]): (rep, r) for rep in replays for _, r in rep.replayable()}
+    results = {(rep.key, r["policy"]): (rep, r) for rep in replays for _, r in rep.replayable()}
     assert len(body) == len(results)
     numbers = {h: k for k, h, _ in LEADERBOARD_NUMBERS}
+    inputs = {c[0][0]: c for c in page.tables["inputs-table"][1:] if c[0][0]}
     seen = set()
     for cells in body:
         cell = dict(zip(header, cells))
         rep, r = results[(cell["trace"][0], cell["policy"][0])]
-        seen.add((rep.label, r["policy"]))
-        assert cell["profile"][0] == rep.profile_label
+        seen.add((rep.key, r["policy"]))
+        assert Path(html.parent, inputs[rep.key][2][0]).resolve() == Path(rep.trace.dir).resolve()
         assert cell["fidelity"][0] == str(r["fidelity"])
         for h, k in numbers.items():
             text, attrs = cell[h]
@@ -176,7 +179,7 @@ def check_leaderboard(html: Path, replays) -> None:
             assert shown_matches(text, r[k]), (r["policy"], k, text, r[k])
     assert seen == set(results)
     # best first within a trace, and ranks count 1, 2, ...
-    for label in {rep.label for rep in replays}:
+    for label in {rep.key for rep in replays}:
         mine = [c for c in body if c[header.index("trace")][0] == label]
         tps = [float(c[header.index("tokens/s")][1]["data-value"]) for c in mine]
         assert tps == sorted(tps, reverse=True)
@@ -203,7 +206,7 @@ def test_setup_of_traces_and_profiles_is_shown(demo):
     html, replays, _ = demo
     text = html.read_text()
     for rep in replays:
-        assert f"Trace {rep.label} (run.json)" in text
+        assert f"Trace {rep.key} (run.json)" in text
         assert rep.trace.run["live_policy"] in text
         if rep.profile is not None:
             assert "(profile.json)" in text
@@ -227,17 +230,18 @@ def test_report_with_ledger_rows_tables_and_findings(report, ledger):
     # one table row per ledger row, with its numbers
     ledger_rows = page.tables["ledger-table"][1:]
     assert len(ledger_rows) == len(rows)
-    assert float(ledger_rows[2][6][1]["data-value"]) == rows[2]["predicted_tokens_per_s"]
+    header = [t for t, _ in page.tables["ledger-table"][0]]
+    col = header.index("predicted tokens/s")
+    assert float(ledger_rows[2][col][1]["data-value"]) == rows[2]["predicted_tokens_per_s"]
     # the summary row of the "same" group carries Kendall tau
     (same, held) = summary["groups"]
     cells = page.tables["ledger-summary-table"][1]
     assert cells[1][0] == "same"
     assert float(cells[7][1]["data-value"]) == same["kendall_tau"]
     assert cells[8][0].startswith("yes" if same["top_preserved"] else "no")
-    # findings: the note column and the findings file
-    notes = page.tables["findings-table"][1:]
-    assert [c[3][0] for c in notes] == ["tree verify costed as a chain; measure tree_verify "
-                                        "rows to fix"]
+    # findings: the note column and the findings file, rendered as Markdown
+    notes = [c[header.index("note")][0] for c in ledger_rows]
+    assert notes[2] == "tree verify costed as a chain; measure tree_verify rows to fix"
     assert "<h3>Why ewma missed</h3>" in text and "<li>fix: add q = 12 rows</li>" in text
     check_leaderboard(html, replays)
 
@@ -288,16 +292,95 @@ def test_reports_never_import_torch():
     assert res.stdout.strip() == "False", res.stderr
 
 
-def test_findings_markdown_tables_keep_policy_bars():
-    """Findings tables: '|' rows become a table, '\\|' stays a literal bar inside a cell
-    (policy specs separate list values with it), and text around stays escaped."""
-    from specreplay.reports.page import markdown_lite
-    out = markdown_lite("intro <b>\n\n| policy | error |\n|---|---|\n"
-                        "| ewma(candidates=8\\|12\\|16) | +13.1 % |\n\n- after")
-    assert "<p>intro &lt;b&gt;</p>" in out
-    assert "<th>policy</th><th>error</th>" in out
-    assert "<td>ewma(candidates=8|12|16)</td><td>+13.1 %</td>" in out
-    assert out.endswith("<ul><li>after</li></ul>")
+def test_findings_markdown_rendered_by_the_markdown_library():
+    """Findings and notes: tables with '\\|' kept as a literal bar inside a cell (policy
+    specs separate list values with it), lists as lists, emphasis and code rendered,
+    headings moved below the page's sections, raw HTML escaped rather than run."""
+    from specreplay.reports.page import render_markdown
+    out = render_markdown("# Title\n\nintro <b>x</b> **bold** `a|b`\n\n| policy | error |\n"
+                          "|---|---|\n| ewma(candidates=8\\|12\\|16) | +13.1 % |\n\n"
+                          "- one\n- two\n  - nested\n- three\n", shift=2)
+    assert "<h3>Title</h3>" in out
+    assert "&lt;b&gt;x&lt;/b&gt;" in out and "<strong>bold</strong>" in out
+    assert "<code>a|b</code>" in out and "**" not in out
+    assert re.search(r"<td>ewma\(candidates=8\|12\|16\)</td>\s*<td>\+13.1 %</td>", out)
+    assert re.search(r"<li>one</li>\s*<li>two\s*<ul>\s*<li>nested</li>\s*</ul>\s*</li>"
+                     r"\s*<li>three</li>", out)
+
+
+def test_demo_page_shows_each_path_once_and_measured_beside_predicted(demo):
+    """Paths are listed once (relative to the page) in the inputs table, not per row; the
+    leaderboard carries the ledger's measurement of a policy next to its prediction,
+    also where the ledger spells the spec with its defaults left out."""
+    html, replays, _ = demo
+    text = html.read_text()
+    (rep,) = replays
+    rel = Path(os.path.relpath(Path(rep.trace.dir).resolve(), html.parent.resolve())).as_posix()
+    # once, in the inputs table (the profile in its folder by its file), nowhere else
+    assert text.count(f">{rel}<") == 1 and text.count(rel) == 2
+    assert str(Path(rep.trace.dir).resolve()) not in text.replace(rel, "")
+    rows = read_ledger(SHIPPED_LEDGER)
+    if not rows:
+        return
+    page = Page(text)
+    lb = page.tables["leaderboard-table"]
+    header = [t for t, _ in lb[0]]
+    cells = {c[1][0]: dict(zip(header, c)) for c in lb[1:]}
+    same = [r for r in rows if r["prompts"] == "same"]
+    for policy, cell in cells.items():
+        from specreplay.reports.report import canonical
+        mine = [r for r in same if canonical(r["policy"]) == canonical(policy)]
+        if not mine:
+            assert cell["measured tokens/s"][0] == ""
+            continue
+        latest = max(mine, key=lambda r: r["date"])  # same date: the later row in the file
+        latest = [r for r in mine if r["date"] == latest["date"]][-1]
+        assert float(cell["measured tokens/s"][1]["data-value"]) == latest["measured_tokens_per_s"]
+    spelled = "fixed(b=16)+candidates(mode=branch_beam, depth=6, topk=2, max=4, verify=tree)"
+    if spelled in cells and any(r["policy"].startswith("fixed(b=16)+candidates(") for r in same):
+        assert cells[spelled]["measured tokens/s"][0] != ""
+
+
+def _inside(fig) -> bool:
+    """Every title and label drawn inside the figure's canvas."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = fig.bbox
+    texts = list(fig.texts) + [t for ax in fig.axes for t in (ax.title, ax._left_title,
+                                                                ax._right_title) if t.get_text()]
+    return all(box.x0 - 1 <= t.get_window_extent(r).x0 and t.get_window_extent(r).x1 <= box.x1 + 1
+               for t in texts if t.get_text())
+
+
+def test_figure_titles_are_not_clipped():
+    import numpy as np
+    from specreplay.reports import figures as F
+    long = "Sample 20 of T1 (a-rather-long-trace-folder-name-of-a-user) (block-size schedulers): " \
+           "tau per cycle (top) and chosen block size (bottom)"
+    s = {"p": {"start": np.arange(5), "tau": np.ones(5), "block_size": np.full(5, 8)}}
+    assert _inside(F.timeline(s, long))
+    assert _inside(F.cost_profile({}, None, "Latency profile used for " + long))
+    assert _inside(F.acceptance_by_offset({4: np.array([0.5, 0.2, 0.1])}, {4: 1.8}, long))
+
+
+def test_predicted_vs_measured_labels_only_the_best_and_the_worst():
+    from specreplay.reports import figures as F
+    rows = read_ledger(SHIPPED_LEDGER)
+    if len(rows) < 3:
+        pytest.skip("the shipped ledger has too few rows")
+    fig = F.predicted_vs_measured(rows)
+    tps, _, tau = fig.axes[:3]
+    labels = [t.get_text() for t in tps.texts]
+    assert len(labels) == 2
+    errs = {i: (r["predicted_tokens_per_s"] - r["measured_tokens_per_s"]) / r["measured_tokens_per_s"]
+            for i, r in enumerate(rows)}
+    worst = rows[max(errs, key=lambda i: abs(errs[i]))]
+    best = rows[min(errs, key=lambda i: abs(errs[i]))]
+    assert labels[0].startswith(f"best: {F.short_label(best['policy'], 30)}")
+    assert labels[1].startswith(f"worst: {F.short_label(worst['policy'], 30)}")
+    # every policy has its marker in the legend below the panels
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert all(F.short_label(r["policy"], 44) in legend for r in rows)
 
 
 @pytest.mark.skipif(not read_ledger(SHIPPED_LEDGER), reason="the shipped ledger has no rows yet")
@@ -316,9 +399,15 @@ def test_demo_renders_the_shipped_ledger_and_its_findings(demo):
     page = Page(html.read_text())
     table = page.tables["ledger-table"][1:]
     assert len(table) == len(rows)
+    header = [t for t, _ in page.tables["ledger-table"][0]]
+    col = header.index("predicted tokens/s")
     for cells, r in zip(table, rows):
-        assert float(cells[6][1]["data-value"]) == r["predicted_tokens_per_s"]
+        assert float(cells[col][1]["data-value"]) == r["predicted_tokens_per_s"]
     findings = findings_path(SHIPPED_LEDGER)
     if findings.exists():
+        # the generated findings, rendered: their title a heading, their lists lists
+        text = html.read_text()
         first = next(line for line in findings.read_text().splitlines() if line.startswith("#"))
-        assert f"<h3>{first.lstrip('#').strip()}</h3>" in html.read_text()
+        title = first.lstrip("#").strip().replace("`", "")
+        assert re.search(r"<h3>Findings of the ledger <code>[^<]+</code></h3>", text), title
+        assert "<li>Top-1 " in text and "- Top-1" not in text
