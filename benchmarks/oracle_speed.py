@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "models" / "fixtures"
 SAMPLE = ROOT / "traces" / "samples" / "humaneval-fixed16"

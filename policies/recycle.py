@@ -51,9 +51,17 @@ class Recycle(Policy):
     spec) and ``prev_offset`` = the previous tau, the start distance that selects the
     probe row. The leftovers are the previous draft's top-1 tokens, whatever path was
     chosen, because that is what the oracle can reproduce.
+
+    Cost: live, a seeded cycle runs one more draft pass, a plain one over the same cached
+    context, so that the next cycle's seeds come from the plain proposal the oracle's
+    probe row is built from (this keeps replay exact). Live and predicted times include
+    that pass; an implementation that does not need exact replay would skip it.
     """
     name = "recycle"
     role = "input"
+    # shown by `specreplay policies` and attached to every prediction of a policy using it
+    note = ("times include one extra plain draft pass per seeded cycle "
+            "(the live loop runs it so the recycle probe stays exact)")
     params = {"mode": "sparse", "max": -1, "min_margin": -1.0}
     help = ("mode: sparse (seeds at new offsets 2, 4, 6, ...) | dense (every offset)\n"
             "max: seeds per cycle, first by offset (-1 = unlimited)\n"
