@@ -59,9 +59,10 @@ class Recycle(Policy):
     """
     name = "recycle"
     role = "input"
-    # shown by `specreplay policies` and attached to every prediction of a policy using it
-    note = ("times include one extra plain draft pass per seeded cycle "
-            "(the live loop runs it so the recycle probe stays exact)")
+    # shown by `specreplay policies`; the short form labels every prediction using it
+    note = ("live and predicted times include one extra plain draft pass per seeded cycle, "
+            "which the live loop runs so that the recycle probe stays exact")
+    label = "+1 plain draft pass per seeded cycle"
     params = {"mode": "sparse", "max": -1, "min_margin": -1.0}
     help = ("mode: sparse (seeds at new offsets 2, 4, 6, ...) | dense (every offset)\n"
             "max: seeds per cycle, first by offset (-1 = unlimited)\n"

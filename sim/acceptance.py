@@ -229,13 +229,24 @@ class Acceptance:
         if g is not None:
             return g
         if probe and not any(p == probe for _, p, _ in self.groups):
-            raise NotReplayable(f"record probe {probe}")
+            raise NotReplayable(f"record probe {probe}{self._other_settings(probe)}")
         if not any(b == block_size for b, _, _ in self.groups):
             raise NotReplayable(f"record block size {block_size} (the oracle holds "
                                 f"{', '.join(map(str, self.block_sizes))})")
         where = f" with prev_offset {prev_offset}" if probe else ""
         raise NotReplayable(f"record probe {probe or '(plain draft)'} at block size "
                             f"{block_size}{where}")
+
+    def _other_settings(self, probe: str) -> str:
+        """A missing probe's hint: the probes of the same component the trace does hold
+        (a probe is recorded for one setting of its knobs; a changed default, such as
+        refine's only_below, needs a new recording)."""
+        name = probe.split("(", 1)[0]
+        held = [p for p in self.probes if p.split("(", 1)[0] == name]
+        if not held:
+            return ""
+        return (f" (this trace holds {', '.join(held)}, recorded for other settings; "
+                f"`specreplay oracle TRACE --probes '{probe}'` records it)")
 
     def l_gen(self, g: OracleGroup, stop_ids: tuple[int, ...]) -> list[int]:
         """Per row, the drafted length up to the first stop token among the top-1
@@ -269,7 +280,7 @@ class Acceptance:
         """Refuse up front what a policy will certainly need and the trace lacks."""
         for p in probes:
             if p not in self.probes:
-                raise NotReplayable(f"record probe {p}")
+                raise NotReplayable(f"record probe {p}{self._other_settings(p)}")
         if max_rank >= self.k:
             raise NotReplayable(f"oracle top-k >= {max_rank + 1} (this trace kept "
                                 f"top-{self.k})")
