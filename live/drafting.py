@@ -25,14 +25,20 @@ def block_input(anchor: int, block_size: int, mask_token_id: int,
     return ids
 
 
-def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of logits [n, V] -> top-k ids (int32 [n, k]) and log-softmax values rounded
-    to float16 and back to float32 ([n, k]), exactly as traces store them."""
+def topk_on_device(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_logprobs`` without the copy to the host: top-k ids (int32) and rounded
+    log-probabilities (float32), on the logits' device."""
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     vals, ids = torch.topk(logits, k, dim=-1)
-    lps = (vals - lse).to(torch.float16).to(torch.float32)
-    return ids.to(torch.int32).cpu().numpy(), lps.cpu().numpy()
+    return ids.to(torch.int32), (vals - lse).to(torch.float16).to(torch.float32)
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of logits [n, V] -> top-k ids (int32 [n, k]) and log-softmax values rounded
+    to float16 and back to float32 ([n, k]), exactly as traces store them."""
+    ids, lps = topk_on_device(logits, k)
+    return ids.cpu().numpy(), lps.cpu().numpy()
 
 
 def refine_block(anchor: int, ids: np.ndarray, logprobs: np.ndarray, only_below: float,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs
+from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs, topk_on_device
 from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
 from specreplay.policies.spec import PolicyError, parse_policy
 from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
@@ -118,20 +118,21 @@ class Oracle:
         where = [unique.setdefault((p, tuple(blk)), len(unique)) for p, blk in blocks]
         if not unique:
             return (np.zeros((0, b - 1, self.k), np.int32), np.zeros((0, b - 1, self.k), np.float32))
-        anchors = torch.tensor([P + p for p, _ in unique], device=self.device)
+        anchors = [P + p for p, _ in unique]
         ids = torch.tensor([blk for _, blk in unique], dtype=torch.long, device=self.device)
         hidden = self.draft.forward_blocks(kv, anchors, ids)[:, 1:]
         V = self.draft.config.vocab_size
         chunk = max(1, _LOGIT_BYTES // (4 * V * max(1, b - 1)))
         top_ids, top_lps = [], []
         for lo in range(0, len(unique), chunk):
-            logits = self.draft.logits(hidden[lo:lo + chunk]).float().reshape(-1, V)
-            i, lp = topk_logprobs(logits, self.k)
+            logits = self.draft.logits(hidden[lo:lo + chunk]).reshape(-1, V)
+            i, lp = topk_on_device(logits, self.k)
             top_ids.append(i)
             top_lps.append(lp)
+        # one copy to the host per call, after every chunk was queued
         shape = (len(unique), b - 1, self.k)
-        top_ids = np.concatenate(top_ids).reshape(shape)
-        top_lps = np.concatenate(top_lps).reshape(shape)
+        top_ids = torch.cat(top_ids).cpu().numpy().reshape(shape)
+        top_lps = torch.cat(top_lps).cpu().numpy().reshape(shape)
         where = np.asarray(where, dtype=np.int64)
         return top_ids[where], top_lps[where]
 

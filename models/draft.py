@@ -439,10 +439,13 @@ class DFlashDraftModel(nn.Module):
         near 512 MiB, at most 8192 rows). Gradients flow (training).
         """
         kv = context if isinstance(context, ContextKV) else self.context_kv(context)
-        anchors = torch.as_tensor(anchors, device=block_ids.device).long()
+        # chunk bounds are read on the host: anchors given as a list or CPU tensor cost
+        # the GPU no synchronisation
+        host = torch.as_tensor(anchors).long().cpu().reshape(-1)
+        anchors = host.to(block_ids.device)
         n, b = block_ids.shape
         T = kv.length
-        if n and (int(anchors.min()) < 0 or int(anchors.max()) > T):
+        if n and (int(host.min()) < 0 or int(host.max()) > T):
             raise ValueError(f"anchors must lie in [0, {T}] for {T} context rows.")
         dtype = kv.layers[0][0].dtype if kv.layers else self.fc.weight.dtype
         chunk_size = chunk_size or self._blocks_per_chunk(T, b)
@@ -450,7 +453,7 @@ class DFlashDraftModel(nn.Module):
         outputs = []
         for lo in range(0, n, chunk_size):
             a = anchors[lo:lo + chunk_size]
-            visible = int(a.max())  # no block of the chunk reads a context row past this
+            visible = int(host[lo:lo + chunk_size].max())  # no block here reads a row past this
             positions = a[:, None] + i  # [c, b]
             cos, sin = self.rotary_emb(positions, dtype)
             x = self.embed(block_ids[lo:lo + chunk_size]).to(dtype)

@@ -44,7 +44,7 @@ def test_refine_block_inputs():
     pytest.importorskip("torch")
     from specreplay.live.drafting import refine_block
     ids = np.array([[5, 6], [7, 8], [9, 1]], dtype=np.int32)
-    lps = np.log(np.array([[0.9, 0.1], [0.3, 0.2], [0.5, 0.4]], dtype=np.float32))
+    lps = np.log(np.array([[0.9, 0.1], [0.3, 0.2], [0.6, 0.4]], dtype=np.float32))
     block, redraft = refine_block(3, ids, lps, 0.5, 99)
     assert block == [3, 5, 99, 9] and redraft.tolist() == [False, True, False]
     block, redraft = refine_block(3, ids, lps, 0.5, 99, "previous")
