@@ -9,7 +9,7 @@ Prints ``oracle_speed decode_s=… oracle_s=… ratio=…``: decode_s sums the r
 seconds of ``fixed(b=16)`` over the prompts (the samples table's ``decode_s``, prefill
 excluded), oracle_s the wall seconds of ``Oracle.rows`` over the same outputs (target
 pass, every block size, every probe, the rows built), ratio = oracle_s / decode_s.
-A first prompt runs untimed to warm both up. The prompts are those of the shipped sample
+A first prompt runs untimed to warm both up (``--warmup``). The prompts are those of the shipped sample
 trace (fixture token ids, which the cost twin shares).
 """
 from __future__ import annotations
@@ -38,7 +38,9 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when there is one)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--backend", default=None, help="live backend for the decode: graph or hf (default: the tool's)")
-    ap.add_argument("--prompts", type=int, default=4, help="timed prompts (after one warm-up)")
+    ap.add_argument("--prompts", type=int, default=4, help="timed prompts")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed prompts run first")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--block-sizes", default="4,8,12,16")
     ap.add_argument("--probes", default="recycle,refine")
@@ -57,12 +59,12 @@ def main(argv=None) -> int:
     from specreplay.policies.spec import split_top
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
     target = load_target(args.target, dtype=args.dtype, device=device)
     draft = load_draft(args.draft, target)
     prompts = [list(map(int, p)) for p in pq.read_table(SAMPLE / "samples.parquet").column("prompt_ids").to_pylist()]
-    prompts = prompts[:args.prompts + 1]
+    prompts = prompts[:args.prompts + args.warmup]
     stop = (0,) if Path(args.target).resolve() == (FIXTURES / "target").resolve() or args.target.startswith("twin:") else ()
     cfg = LoopConfig(max_new_tokens=args.max_new_tokens, stop_token_ids=stop)
     dec = Decoder(target, draft, parse_policy("fixed(b=16)"), cfg,
@@ -81,17 +83,17 @@ def main(argv=None) -> int:
         out, _ = oracle.rows(i, res.prompt_ids, res.output_ids)
         sync(device)
         dt = time.perf_counter() - t0
-        print(f"prompt {i}{' (warm-up)' if i == 0 else ''}: {len(res.output_ids)} tokens, "
+        print(f"prompt {i}{' (warm-up)' if i < args.warmup else ''}: {len(res.output_ids)} tokens, "
               f"{len(res.cycles)} cycles, decode {res.decode_s:.3f} s, oracle {dt:.3f} s, {len(out)} rows",
               flush=True)
-        if i == 0:
+        if i < args.warmup:
             continue
         decode_s += res.decode_s
         oracle_s += dt
         tokens += len(res.output_ids)
         rows += len(out)
     print(f"setup: target={args.target} draft={args.draft} device={device} dtype={args.dtype} "
-          f"backend={dec.backend.__class__.__name__} prompts={len(prompts) - 1} tokens={tokens} "
+          f"backend={dec.backend.__class__.__name__} prompts={len(prompts) - args.warmup} tokens={tokens} "
           f"block_sizes={args.block_sizes} probes={probes} rows={rows}")
     print(f"oracle_speed decode_s={decode_s:.3f} oracle_s={oracle_s:.3f} ratio={oracle_s / decode_s:.3f}")
     return 0
