@@ -108,3 +108,15 @@ def test_refinement_changes_the_unsure_offsets_only(fixture_rows, name):
             changed_rows += 1
     # the second pass sees another input, so redrafted offsets get other proposals
     assert changed_rows >= len(plain) // 4, changed_rows
+
+
+def test_recycle_predictions_carry_the_extra_pass_label(tmp_path):
+    """Live recycling runs one more plain draft pass per seeded cycle; every prediction
+    of a policy using it says so, and other policies' do not."""
+    from specreplay.sim.replay import replay
+    from specreplay.traces.synthetic import make_trace
+    key = parse_policy("recycle(mode=dense)").inputs[0].spec()
+    trace = make_trace(tmp_path / "t", output_lengths=(60, 50), block_sizes=(8,), probes={key: None})
+    plain, recycled = replay(trace, ["fixed(b=8)", "fixed(b=8)+recycle(mode=dense)"], bootstrap=0)
+    assert recycled.replayable and "recycle: +1 plain draft pass per seeded cycle" in recycled.fidelity
+    assert "plain draft pass" not in plain.fidelity
