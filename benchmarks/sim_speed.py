@@ -1,31 +1,49 @@
-"""How fast the simulator replays, in simulated cycles per second. Not a test.
+"""How fast the simulator replays, loads and sweeps. Not a test.
 
-Prints exactly one line::
+Prints five lines::
 
     cycles_per_s fixed=N ewma_c1=N ewma_c16=N
+    cycles_per_s_single ewma=N tree=N
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N
+    sweep policies=N sweep_s_1w=X sweep_s_2w=X sweep_speedup_2w=X
+    long_context tokens=N samples=N fixed=N ewma=N ewma_vs_short=X
 
 * fixed: ``fixed(b=16)`` single stream (the vectorised fixed-block path);
-* ewma_c1: ``ewma(candidates=8|12|16)`` through the SimPy engine, closed loop with one
-  request in flight;
-* ewma_c16: the same with 16 requests in flight (batched GPU steps).
+* ewma_c1 / ewma_c16: ``ewma(candidates=8|12|16)`` through the SimPy engine, closed
+  loop with 1 / 16 requests in flight (batched GPU steps at 16);
+* cycles_per_s_single: the same EWMA, and ``fixed(b=16)+tree(topk=3, depth=6)``, single
+  stream (the direct loop over the same per-request code);
+* load: opening the trace and building its oracle arrays, cost model and oracle
+  agreement (a ``Replayer``), in a fresh process that loaded a tiny trace first (imports
+  and one-time set-up): CPU seconds per million output positions, and the growth of
+  the process's resident memory per position (what the loaded trace keeps, plus what
+  the allocators keep of the decoding's buffers), and the bytes per position of the
+  oracle arrays themselves;
+* sweep: a 100-policy EWMA grid (``--sweep-policies``) through ``run_sweep`` with 1 and
+  with 2 worker processes, wall-clock seconds including the load;
+* long_context: samples of 32,768 output tokens, cycles per second of fixed and
+  single-stream EWMA, and EWMA's rate relative to the short-context trace's.
 
-Input: a SYNTHETIC trace (traces/synthetic.py) of 48 samples x 2,000 output tokens
-(96,000 positions; oracle block sizes 8, 12, 16; top-4; the draft's top-1 right with
-probability 0.85 per offset), written to a temporary directory first (that takes a
-while and is not timed). The trace is loaded and its oracle arrays and cost model built
-once, as a sweep does; the timed part is each policy's replay, summary included
-(bootstrap off), without per-cycle policy-state capture (``states=False``, as
-``specreplay replay`` and ``sweep`` run; capturing it costs about a quarter more time
-for the EWMA scheduler, whose state() builds a dict every cycle).
+Input: a SYNTHETIC trace (traces/synthetic.py) of realistic shape, 164 prompts x 2,048
+output tokens (336k positions; oracle block sizes 4, 8, 12, 16; top-4; the draft's
+top-1 right with probability 0.85 per offset), written to a temporary directory first
+(that takes minutes and is not timed). ``--scale S`` multiplies the number of prompts
+(and of long-context samples, at least one) to run smaller.
 
-One core: the process pins itself to one CPU where the OS allows, and the figures are
-cycles per second of that process's CPU time (``time.process_time``), so other load on
-the machine does not deflate them. Each figure is the best of several runs of at least
-half a second each.
+One core: the process pins itself to one CPU where the OS allows (except for the
+two-worker sweep, which gets the CPUs the process started with), and the replay
+figures are cycles per second of that process's CPU time (``time.process_time``), so
+other load on the machine does not deflate them; each is the best of several runs of
+at least half a second each. The sweep's figures are wall-clock, so they do depend on
+how idle the machine is.
 """
 from __future__ import annotations
 
+import argparse
+import gc
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,10 +52,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specreplay.sim.replay import Replayer  # noqa: E402
+from specreplay.sim.sweep import expand_grid, run_sweep  # noqa: E402
 from specreplay.traces.synthetic import make_trace, random_ranks  # noqa: E402
 
-SAMPLES, LENGTH = 48, 2000
+SAMPLES, LENGTH, BLOCK_SIZES = 164, 2048, (4, 8, 12, 16)
+LONG_SAMPLES, LONG_LENGTH = 2, 32768
 EWMA = "ewma(candidates=8|12|16)"
+TREE = "fixed(b=16)+tree(topk=3, depth=6)"
+GRID = "ewma(alpha=0.05|0.1|0.2|0.3|0.5, probe=4|8|12|16|24, margin=0.0|0.05|0.1|0.2)"
 
 
 def cycles_per_s(replayer: Replayer, spec: str, repeats: int = 3, min_s: float = 0.5) -> int:
@@ -55,19 +77,106 @@ def cycles_per_s(replayer: Replayer, spec: str, repeats: int = 3, min_s: float =
     return int(best)
 
 
+def rss_bytes() -> int:
+    """Resident memory of this process (Linux /proc; elsewhere the peak, from rusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def load_only(trace: str, warm: str) -> None:
+    """Child process: time one load and print its figures as JSON. A tiny trace is
+    loaded first, so that the imports and one-time set-up a first load pays are not
+    counted per position."""
+    Replayer(warm, bootstrap=0, states=False)
+    gc.collect()
+    before = rss_bytes()
+    t0 = time.process_time()
+    r = Replayer(trace, bootstrap=0, states=False)
+    spent = time.process_time() - t0
+    gc.collect()
+    positions = r.setting.data.n_positions
+    held = sum(getattr(g, name).nbytes for g in r.setting.acc.groups.values()
+               for name in ("row_of", "position", "ranks", "ids", "logprobs", "chain_acc"))
+    print(json.dumps({"load_s": spent, "positions": positions,
+                      "bytes": rss_bytes() - before, "held": held}))
+
+
+def measure_load(trace: Path, warm: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--load-only", str(trace), str(warm)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sweep_seconds(trace: Path, specs: list[str], workers: int) -> float:
+    t0 = time.perf_counter()
+    run_sweep(specs, {"trace": str(trace), "bootstrap": 0, "states": False}, workers=workers)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply the number of prompts (and long-context samples) by this")
+    ap.add_argument("--sweep-policies", type=int, default=100,
+                    help="policies in the sweep (the first N of a 100-policy grid)")
+    ap.add_argument("--load-only", nargs=2, metavar=("TRACE", "WARM"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load_only:
+        load_only(*args.load_only)
+        return
+    if not 0 < args.scale <= 1 or not 1 <= args.sweep_policies <= 100:
+        ap.error("--scale must be in (0, 1] and --sweep-policies in 1..100")
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    one_core = (lambda: os.sched_setaffinity(0, {sorted(cpus)[0]})) if cpus else (lambda: None)
+    one_core()
+    samples = max(2, round(SAMPLES * args.scale))
+    long_samples = max(1, round(LONG_SAMPLES * args.scale))
     with tempfile.TemporaryDirectory() as tmp:
-        trace = make_trace(Path(tmp) / "bench", output_lengths=[LENGTH] * SAMPLES,
-                           block_sizes=(8, 12, 16), ranks=random_ranks(0.85, 0.1, seed=1),
+        trace = make_trace(Path(tmp) / "bench", output_lengths=[LENGTH] * samples,
+                           block_sizes=BLOCK_SIZES, ranks=random_ranks(0.85, 0.1, seed=1),
                            live_policy="fixed(b=16)")
         single = Replayer(trace, bootstrap=0, states=False)
         data = single.setting.data
         fixed = cycles_per_s(single, "fixed(b=16)")
+        ewma_single = cycles_per_s(single, EWMA)
+        tree = cycles_per_s(single, TREE)
         c1 = cycles_per_s(Replayer(data, concurrency=1, bootstrap=0, states=False), EWMA)
         c16 = cycles_per_s(Replayer(data, concurrency=16, bootstrap=0, states=False), EWMA)
-    print(f"cycles_per_s fixed={fixed} ewma_c1={c1} ewma_c16={c16}")
+        print(f"cycles_per_s fixed={fixed} ewma_c1={c1} ewma_c16={c16}", flush=True)
+        print(f"cycles_per_s_single ewma={ewma_single} tree={tree}", flush=True)
+        del single, data
+        gc.collect()
+
+        warm = make_trace(Path(tmp) / "warm", output_lengths=[64, 64], block_sizes=BLOCK_SIZES,
+                          live_policy="fixed(b=16)")
+        load = measure_load(trace, warm)
+        print(f"load load_s_per_Mpos={load['load_s'] / load['positions'] * 1e6:.2f} "
+              f"bytes_per_pos={load['bytes'] / load['positions']:.0f} "
+              f"oracle_bytes_per_pos={load['held'] / load['positions']:.0f} "
+              f"positions={load['positions']}", flush=True)
+
+        specs = expand_grid(GRID)[:args.sweep_policies]
+        t1 = sweep_seconds(trace, specs, 1)
+        if cpus and len(cpus) >= 2:
+            os.sched_setaffinity(0, cpus)  # the two workers get the CPUs we started with
+        t2 = sweep_seconds(trace, specs, 2)
+        one_core()
+        print(f"sweep policies={len(specs)} sweep_s_1w={t1:.1f} sweep_s_2w={t2:.1f} "
+              f"sweep_speedup_2w={t1 / t2:.2f}", flush=True)
+
+        long = make_trace(Path(tmp) / "long", output_lengths=[LONG_LENGTH] * long_samples,
+                          block_sizes=(8, 12, 16), ranks=random_ranks(0.85, 0.1, seed=2),
+                          live_policy="fixed(b=16)")
+        r = Replayer(long, bootstrap=0, states=False)
+        long_fixed = cycles_per_s(r, "fixed(b=16)")
+        long_ewma = cycles_per_s(r, EWMA)
+        print(f"long_context tokens={LONG_LENGTH} samples={long_samples} fixed={long_fixed} "
+              f"ewma={long_ewma} ewma_vs_short={long_ewma / max(ewma_single, 1):.2f}", flush=True)
 
 
 if __name__ == "__main__":

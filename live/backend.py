@@ -18,11 +18,13 @@ loop can keep them out of every timed figure.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from specreplay.live.drafting import draft_block
 from specreplay.live.profile_cli import BACKENDS
-from specreplay.live.verify import Packed, keep_committed, pack, packed_verified, prefill, verify_nodes
+from specreplay.live.verify import Packed, Verified, keep_committed, pack, packed_verified, prefill, verify_nodes
+from specreplay.policies.base import trie_nodes
 
 
 # Query lengths a captured verify or context append is padded up to; longer ones are
@@ -46,6 +48,24 @@ def bucket(n: int) -> int:
 def kv_span(rows: int, capacity: int) -> int:
     """Cache rows a captured pass reading ``rows`` of them attends over."""
     return min(capacity, -(-rows // KV_QUANTUM) * KV_QUANTUM)
+
+
+def to_device(data, dtype, device) -> torch.Tensor:
+    """Host data (list or numpy) as a tensor on ``device`` without a host sync: a GPU copy
+    goes through pinned memory, asynchronously (a plain ``torch.tensor(..., device=cuda)``
+    waits for the device to drain its queue, which serialises host and device)."""
+    t = torch.as_tensor(data, dtype=dtype)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def rows_of(t: torch.Tensor, rows: list[int], dim: int = 0) -> torch.Tensor:
+    """``t`` indexed by ``rows`` along ``dim``: a slice (no kernel, no index upload) when
+    the rows are consecutive."""
+    if rows and rows == list(range(rows[0], rows[0] + len(rows))):
+        return t.narrow(dim, rows[0], len(rows))
+    return t.index_select(dim, to_device(rows, torch.long, t.device))
 
 
 def graph_unsupported(target, draft) -> str | None:
@@ -170,6 +190,8 @@ class GraphBackend:
         else:
             self.tc.grow(capacity)
             self.dc.grow(capacity)
+            self.fast.ensure_positions(capacity)
+            self.fdraft.ensure_positions(capacity + 2 * BUCKETS[-1])
             self.graphs.clear()
 
     def _check(self, cache) -> None:
@@ -188,6 +210,19 @@ class GraphBackend:
         tc.length = P
         return logits[-1], feats[None]
 
+    def full_pass(self, ids: list[int], keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One causal pass over ``ids`` in this backend's target cache (the oracle's
+        target pass; it hands the cache to a new request): logits [keep, V] float32 of
+        the last ``keep`` rows and raw features [1, len(ids), F]."""
+        tc, _ = self.start(len(ids), 0)
+        n = len(ids)
+        dev = self.device
+        rows = torch.arange(n, device=dev)
+        mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril()[None, None]
+        logits, feats = self.fast.forward(tc, to_device([ids], torch.long, dev), rows[None], rows, mask, n,
+                                          last_logits=keep)
+        return logits, feats[None]
+
     def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
         self._check(tc)
         packed = pack(mode, paths, anchor, node_tokens)
@@ -199,7 +234,11 @@ class GraphBackend:
             self._ensure(L + q)
             ids, pos, rows, mask = self._verify_inputs(packed, L, q, L + q)
             logits, feats = self.fast.forward(tc, ids, pos, rows, mask, L + q)
-        return packed_verified(mode, paths, node_tokens, packed, logits[:q], feats[:q])
+        if mode == "batch":
+            return packed_verified(mode, paths, node_tokens, packed, logits[:q], feats[:q])
+        # chain and tree rows are the packed rows themselves: no index upload
+        return Verified(mode, tuple(paths), trie_nodes(tuple(paths)), list(node_tokens), logits[:q],
+                        feats[None, :q], packed=packed)
 
     def _verify_inputs(self, packed: Packed, L: int, q_pad: int, kv_len: int):
         """ids/positions [1, q_pad], write rows [q_pad], mask [1, 1, q_pad, kv_len] of a
@@ -207,16 +246,17 @@ class GraphBackend:
         only themselves (never seen by a real row)."""
         q = len(packed.tokens)
         pad = q_pad - q
-        ids = torch.tensor([packed.tokens + [0] * pad], dtype=torch.long)
-        pos = torch.tensor([[L + d for d in packed.depths] + [L] * pad], dtype=torch.long)
-        rows = torch.arange(L, L + q_pad)
-        new = torch.eye(q_pad, dtype=torch.bool)
-        new[:q, :q] = torch.from_numpy(packed.ancestors())
-        mask = torch.zeros(q_pad, kv_len, dtype=torch.bool)
-        mask[:q, :L] = True
-        mask[:, L:L + q_pad] = new
+        ids = np.asarray([packed.tokens + [0] * pad], dtype=np.int64)
+        pos = np.asarray([[L + d for d in packed.depths] + [L] * pad], dtype=np.int64)
+        rows = np.arange(L, L + q_pad, dtype=np.int64)
+        mask = np.zeros((1, 1, q_pad, kv_len), dtype=bool)
+        mask[0, 0, :q, :L] = True
+        new = mask[0, 0, :, L:L + q_pad]
+        new[np.arange(q_pad), np.arange(q_pad)] = True
+        new[:q, :q] = packed.ancestors()
         dev = self.device
-        return ids.to(dev), pos.to(dev), rows.to(dev), mask[None, None].to(dev)
+        return (to_device(ids, torch.long, dev), to_device(pos, torch.long, dev),
+                to_device(rows, torch.long, dev), to_device(mask, torch.bool, dev))
 
     def _verify_captured(self, tc, packed: Packed, L: int):
         q_pad = bucket(len(packed.tokens))
@@ -227,17 +267,18 @@ class GraphBackend:
         if step is None:
             step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
         else:
-            for buf, new in zip(step.inputs, inputs):
-                buf.copy_(new)
+            _refill(step, inputs)
         return step.run()
 
     def commit(self, tc, verified, path_index, accepted, L):
         rows = verified.packed.path_rows[path_index][:accepted + 1]
-        idx = torch.tensor(rows, device=self.device)
         if rows != list(range(accepted + 1)):
-            tc.move_rows(idx + L, L)
+            tc.move_rows(to_device([L + r for r in rows], torch.long, self.device), L)
         tc.length = L + accepted + 1
-        return verified.features[:, idx]
+        kept = rows_of(verified.features, rows, dim=1)
+        # a captured verify's outputs are overwritten by the next replay, and these
+        # features may wait in the loop past it (a cycle that drafts nothing)
+        return kept.clone() if self.capture else kept
 
     # ---- draft
     def draft_pass(self, dc, block_ids, context, cached, context_len):
@@ -258,23 +299,26 @@ class GraphBackend:
             return
         T_pad = bucket(T)
         self._ensure(cached + T_pad)
-        ctx = torch.zeros(1, T_pad, context.shape[2], dtype=context.dtype, device=dev)
-        ctx[:, :T] = context
-        rows = torch.arange(cached, cached + T_pad, device=dev)
-        inputs = (ctx, rows[None], rows)
         key = ("append", T_pad, dc.capacity)
         step = self.graphs.get(key)
         if step is None:
-            self._capture(key, "draft", lambda *a: self.fdraft.append_context(dc, *a), inputs)
-        else:
-            for buf, new in zip(step.inputs, inputs):
-                buf.copy_(new)
-            step.run()
+            ctx = torch.zeros(1, T_pad, context.shape[2], dtype=context.dtype, device=dev)
+            ctx[:, :T] = context
+            rows = torch.arange(cached, cached + T_pad, device=dev)
+            self._capture(key, "draft", lambda *a: self.fdraft.append_context(dc, *a), (ctx, rows[None], rows))
+            return
+        # rewrite the captured inputs in place (device ops only; rows past T are padding
+        # that later appends overwrite)
+        ctx, _, rows = step.inputs  # the positions input is a view of the rows input
+        ctx[:, :T].copy_(context)
+        ctx[:, T:].zero_()
+        torch.arange(cached, cached + T_pad, device=dev, out=rows)
+        step.run()
 
     def _block(self, dc, block_ids, context_len: int) -> torch.Tensor:
         b = len(block_ids)
         dev = self.device
-        ids = torch.tensor([block_ids], dtype=torch.long, device=dev)
+        ids = to_device([block_ids], torch.long, dev)
         pos = torch.arange(context_len, context_len + b, device=dev)[None]
         if not self.capture:
             mask = None if self.fdraft.plain else self.fdraft.block_mask(b, context_len, context_len, dev)
@@ -286,9 +330,10 @@ class GraphBackend:
         if step is None:
             step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span), inputs)
         else:
-            for buf, new in zip(step.inputs, inputs):
-                buf.copy_(new)
-        return step.run()
+            _refill(step, inputs)
+        # a copy: refinement and recycling run the same captured pass again within the
+        # cycle while the loop still holds the first pass's logits
+        return step.run().clone()
 
     def _capture(self, key, phase: str, fn, inputs):
         """Capture ``fn`` over ``inputs`` (they become its static buffers; the capture's
@@ -298,3 +343,10 @@ class GraphBackend:
         self.graphs[key] = step
         self.capture_s[phase] += step.capture_s
         return step
+
+
+def _refill(step, inputs) -> None:
+    """Write a call's inputs into a captured step's static buffers (device-side copies,
+    asynchronous)."""
+    for buf, new in zip(step.inputs, inputs):
+        buf.copy_(new, non_blocking=True)

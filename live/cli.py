@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from specreplay.errors import CLIError
+from specreplay.errors import CLIError, check_output_dir
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -75,6 +75,7 @@ def _record(args: argparse.Namespace) -> int:
     probes = _probe_keys(args.probes)
     rank, world = _shard()
     out = Path(args.out) / f"rank-{rank}" if world > 1 else Path(args.out)
+    check_output_dir(out)  # before the models load
     device = _device(args)
     target = load_target(args.target, dtype=args.dtype, attn=args.attn, device=device)
     draft = load_draft(args.draft, target, device=device)
@@ -121,42 +122,132 @@ def _print_summary(out: Path, s: dict, args) -> None:
                   f"record; add them to --oracle-block-sizes to replay it", file=sys.stderr)
 
 
+def _oracle_plan(args: argparse.Namespace, run: dict, recompute_all: str | None = None):
+    """The pass that the flags ask for over a trace whose run.json is ``run``."""
+    from specreplay.live.oracle_plan import plan_oracle
+    from specreplay.policies.spec import parse_policy
+    if args.top_k is not None and args.top_k < 1:
+        raise CLIError(f"--top-k must be at least 1, not {args.top_k}")
+    live_spec = run.get("live_policy")
+    return plan_oracle(
+        run.get("oracle"),
+        block_sizes=_int_list(args.block_sizes, "--block-sizes") if args.block_sizes else None,
+        probes=_probe_keys(args.probes) if args.probes is not None else None,
+        top_k=args.top_k,
+        probe_block_sizes=_int_list(args.probe_block_sizes, "--probe-block-sizes")
+        if args.probe_block_sizes else None,
+        live_probes=parse_policy(live_spec).probes() if live_spec else (),
+        replace=args.replace, recompute_all=recompute_all)
+
+
+def _other_models(args: argparse.Namespace, run: dict) -> str | None:
+    """Why rows recorded earlier cannot sit beside rows computed now (other model files,
+    another dtype), or None."""
+    reasons = []
+    for role in ("target", "draft"):
+        given, recorded = getattr(args, role), (run.get(role) or {}).get("files")
+        if given and recorded:
+            from specreplay.models.loading import file_hashes
+            if file_hashes(given) != recorded:
+                reasons.append(f"--{role} {given} is not the recorded {role} (its files differ)")
+    dtype = (run.get("setup") or {}).get("dtype")
+    if args.dtype and args.dtype != "auto" and dtype and args.dtype != dtype:
+        reasons.append(f"--dtype {args.dtype} is not the recording's {dtype}")
+    return "; ".join(reasons) or None
+
+
+def _kept_rows(table, keep) -> "np.ndarray":
+    """Mask of the rows of an oracle table whose (block size, probe) group is kept."""
+    import numpy as np
+    blocks = table.column("block_size").to_numpy()
+    probes = table.column("probe").to_pylist()
+    return np.fromiter(((int(b), p) in keep for b, p in zip(blocks, probes)), bool, len(probes))
+
+
 def _oracle(args: argparse.Namespace) -> int:
-    from specreplay.live.oracle import Oracle
-    from specreplay.models.loading import load_draft, load_target
+    import pyarrow as pa
+
+    from specreplay.live.oracle_plan import describe_drop
+    from specreplay.traces.io import table_from_rows
     from specreplay.traces.reader import Trace
-    from specreplay.traces.writer import TraceWriter
+    from specreplay.traces.writer import TraceWriter, now_utc
 
     trace = Trace.open(args.trace)
     run = trace.run
-    old = run.get("oracle") or {}
-    block_sizes = _int_list(args.block_sizes, "--block-sizes") if args.block_sizes \
-        else tuple(old.get("block_sizes") or (4, 8, 12, 16))
-    probes = _probe_keys(args.probes) if args.probes is not None else tuple(old.get("probes") or ())
-    top_k = args.top_k or int(old.get("top_k") or 4)
-    target_id = args.target or (run.get("target") or {}).get("id")
-    draft_id = args.draft or (run.get("draft") or {}).get("id")
-    if not target_id or not draft_id:
-        raise CLIError(f"{args.trace}/run.json names no target or draft; pass --target and --draft")
-    device = _device(args)
-    dtype = args.dtype or (run.get("setup") or {}).get("dtype") or "auto"
-    target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
-    draft = load_draft(draft_id, target, device=device)
-    live_spec = run.get("live_policy")
-    if live_spec:
-        from specreplay.policies.spec import parse_policy
-        probes = tuple(dict.fromkeys([*probes, *parse_policy(live_spec).probes()]))
-    max_new = (run.get("sampling") or {}).get("max_new_tokens")
-    oracle = Oracle(target, draft, block_sizes, top_k, probes, max_new)
+    old_meta = run.get("oracle") or {}
+    plan = _oracle_plan(args, run)  # bad flags fail before anything loads
+    reason = _other_models(args, run) if old_meta and plan.keep else None
+    if reason:
+        plan = _oracle_plan(args, run, reason)
+    held = (f"block sizes {','.join(map(str, plan.block_sizes))}, top-{plan.top_k}, "
+            f"probes {list(plan.probes) or 'none'}")
+    if plan.nothing_to_do:
+        print(f"the oracle of {args.trace} already holds {held}: nothing to compute")
+        return 0
+    oracle = None
+    if plan.compute:
+        from specreplay.live.oracle import Oracle
+        from specreplay.models.loading import load_draft, load_target
+        target_id = args.target or (run.get("target") or {}).get("id")
+        draft_id = args.draft or (run.get("draft") or {}).get("id")
+        if not target_id or not draft_id:
+            raise CLIError(f"{args.trace}/run.json names no target or draft; pass --target and --draft")
+        device = _device(args)
+        dtype = args.dtype or (run.get("setup") or {}).get("dtype") or "auto"
+        target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
+        draft = load_draft(draft_id, target, device=device)
+        max_new = (run.get("sampling") or {}).get("max_new_tokens")
+        from specreplay.live.backend import backend_for, cli_backend
+        backend = cli_backend(args.backend or (run.get("setup") or {}).get("backend"), target, draft)
+        oracle = Oracle(target, draft, plan.compute_block_sizes, plan.top_k, plan.compute_probes,
+                        max_new, probe_block_sizes=plan.probe_block_sizes, only=plan.compute,
+                        backend=backend_for(backend, target, draft))
+    old = trace.oracle if plan.keep and trace.has_table("oracle") else None
+    keep = _kept_rows(old, plan.keep) if old is not None else None
+    # the target's top-k along S depends only on the models and k: kept unless they change
+    old_k = int(old_meta.get("top_k") or 0)
+    old_target = trace.oracle_target if old_meta and plan.top_k == old_k and not reason \
+        and trace.has_table("oracle_target") else None
     writer = TraceWriter.reopen(args.trace)
     samples = trace.samples.to_pylist()
     for row in samples:
-        rows, target_rows = oracle.rows(int(row["sample"]), row["prompt_ids"], row["output_ids"])
-        writer.add_oracle(int(row["sample"]), rows, target_rows)
-    writer.update_run(oracle={"block_sizes": list(block_sizes), "top_k": top_k, "probes": list(probes)})
-    print(f"oracle pass over {len(samples)} samples of {args.trace}: block sizes "
-          f"{','.join(map(str, block_sizes))}, top-{top_k}, probes {list(probes) or 'none'}")
+        s = int(row["sample"])
+        parts, target_rows = [], None
+        if old is not None:
+            parts.append(old.filter(pa.array(keep & (old.column("sample").to_numpy() == s))))
+        if oracle is not None:
+            rows, target_rows = oracle.rows(s, row["prompt_ids"], row["output_ids"])
+            parts.append(table_from_rows("oracle", rows))
+        if old_target is not None:
+            mine = old_target.filter(pa.array(old_target.column("sample").to_numpy() == s))
+            target_rows = mine if mine.num_rows else target_rows
+        writer.add_oracle(s, pa.concat_tables(parts) if parts else None, target_rows)
+    writer.update_run(oracle=plan.run_meta(now_utc()))
+    computed = sorted(plan.compute)
+    print(f"oracle pass over {len(samples)} samples of {args.trace}: computed "
+          f"{_groups_text(computed) or 'nothing'}; it now holds {held}")
+    if plan.dropped is not None:
+        print(f"dropped by --replace (recorded in {args.trace}/run.json): "
+              f"{describe_drop(plan.dropped)}")
+        lost = sorted(set(plan.dropped["block_sizes"]) & set(_live_block_sizes(trace)))
+        if lost:
+            print(f"the live policy {run.get('live_policy')} drafted block sizes "
+                  f"{','.join(map(str, lost))}, so it can no longer be replayed from this trace")
     return 0
+
+
+def _groups_text(groups) -> str:
+    """[(8, ""), (8, "refine(...)"), (12, "")] -> 'block size 8 (plain, refine(...)); ...'"""
+    by_size: dict[int, list[str]] = {}
+    for b, p in groups:
+        by_size.setdefault(b, []).append(p or "plain")
+    return "; ".join(f"block size {b} ({', '.join(ps)})" for b, ps in sorted(by_size.items()))
+
+
+def _live_block_sizes(trace) -> list[int]:
+    if not trace.has_table("cycles"):
+        return []
+    return sorted(set(trace.cycles.column("block_size").to_pylist()))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -222,17 +313,34 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Compute the oracle tables of a trace: for every output position and block "
                     "size, the draft's top-k proposals and the true token's rank, plus the probes "
                     "recycling and refinement policies need. Needs the trace's models (ids from "
-                    "run.json unless given).",
+                    "run.json unless given).\n\n"
+                    "On a trace that has an oracle, the block sizes and probes given are ADDED: "
+                    "what is recorded is kept and only what is missing is computed. --replace "
+                    "drops what is not given.",
         epilog="examples:\n"
                "  specreplay oracle traces/he-fixed16\n"
-               "  specreplay oracle traces/he-fixed16 --block-sizes 4,8,16 --probes recycle,refine")
+               "  specreplay oracle traces/he-fixed16 --block-sizes 6,10 --probes recycle,refine\n"
+               "  specreplay oracle traces/he-fixed16 --block-sizes 8,16 --replace")
     p.add_argument("trace", metavar="TRACE", help="trace directory")
-    p.add_argument("--block-sizes", help="comma-separated block sizes (default: run.json's, else 4,8,12,16)")
-    p.add_argument("--probes", help="recycle, refine, or probe keys (default: run.json's)")
-    p.add_argument("--top-k", type=int, help="k kept per offset (default: run.json's, else 4)")
+    p.add_argument("--block-sizes",
+                   help="comma-separated block sizes to add (a trace without an oracle: "
+                        "default 4,8,12,16)")
+    p.add_argument("--probes", help="recycle, refine, or probe keys to add")
+    p.add_argument("--probe-block-sizes",
+                   help="block sizes that get the probes (default: the recorded ones; every "
+                        "block size when the recording gave probes to all)")
+    p.add_argument("--top-k", type=int,
+                   help="k kept per offset (default: run.json's, else 4); a larger k "
+                        "recomputes every block size")
+    p.add_argument("--replace", action="store_true",
+                   help="make the given --block-sizes/--probes/--probe-block-sizes/--top-k the "
+                        "whole oracle, dropping recorded ones not given; run.json records what "
+                        "was dropped, and a replay that needs it says so")
     p.add_argument("--target", help="target model (default: run.json's)")
     p.add_argument("--draft", help="draft model (default: run.json's)")
     p.add_argument("--dtype", help="model dtype (default: the recording's)")
     p.add_argument("--attn", help="attention implementation")
     p.add_argument("--device", help="cuda, cuda:N or cpu")
+    add_backend_flag(p, "the recording's backend (run.json setup), else graph on CUDA for the targets it "
+                        "runs, hf otherwise")
     p.set_defaults(func=_oracle)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from specreplay.live.backend import backend_for
+from specreplay.live.backend import backend_for, rows_of
 from specreplay.live.drafting import block_input, cycle_proposals, topk_logprobs
 from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from specreplay.live.timing import CycleClock, wall_sync
@@ -346,7 +346,7 @@ class Decoder:
             t_logits = ver.rows[acc.path, :n]
         else:
             rows = [0] + [j + 1 for j in ver.path_nodes(acc.path)]
-            t_logits = ver.node_logits[rows]
+            t_logits = rows_of(ver.node_logits, rows)
         target = _topk_raw(t_logits, k)
         draft = _topk_raw(draft_logits, k) if draft_logits is not None else None
         state.pending_logits.append((state.cycle, b, target, draft))

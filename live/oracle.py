@@ -63,8 +63,13 @@ class Oracle:
     """Oracle rows for one (target, draft) pair."""
 
     def __init__(self, target, draft, block_sizes, top_k: int = 4, probes=(),
-                 max_new_tokens: int | None = None, probe_block_sizes=None):
+                 max_new_tokens: int | None = None, probe_block_sizes=None, only=None, backend=None):
+        """``only``: the (block size, probe key) groups to return ("" = plain), e.g. a
+        ``live.oracle_plan`` plan's ``compute``; None returns every group. ``backend``: a
+        graph backend object (live/backend.py) computes the target pass; None: hf."""
         self.target, self.draft = target, draft
+        self.only = None if only is None else {(int(b), str(p)) for b, p in only}
+        self.backend = backend if hasattr(backend, "full_pass") else None
         self.block_sizes = [int(b) for b in block_sizes]
         if any(b < 2 for b in self.block_sizes):
             raise ValueError(f"oracle block sizes must be >= 2, got {self.block_sizes}")
@@ -93,15 +98,25 @@ class Oracle:
         for b in self.block_sizes:
             ids, lps = self._propose(kv, P, [(p, block_input(S[p], b, mask)) for p in starts], b)
             plain = {p: (ids[j], lps[j]) for j, p in enumerate(starts)}
-            out += self._rows(sample, b, "", starts, [0] * len(starts), ids, lps, S)
+            if self._wanted(b, ""):  # computed regardless: every probe starts from them
+                out += self._rows(sample, b, "", starts, [0] * len(starts), ids, lps, S)
             for key, comp in (self.probes if b in self.probe_block_sizes else ()):
+                if not self._wanted(b, key):
+                    continue
                 if comp.name == "recycle":
                     out += self._recycle_rows(sample, key, comp, kv, P, S, b, plain, starts)
                 else:
                     out += self._refine_rows(sample, key, comp, kv, P, S, b, plain, starts)
         return out, target_rows
 
+    def _wanted(self, b: int, probe: str) -> bool:
+        return self.only is None or (b, probe) in self.only
+
     def _target_pass(self, prompt_ids, S):
+        if self.backend is not None:
+            logits, feats = self.backend.full_pass(list(prompt_ids) + S, len(S) + 1)
+            t_ids, t_lps = topk_logprobs(logits[:len(S)], self.k)
+            return feats, t_ids, t_lps
         ids = torch.tensor([list(prompt_ids) + S], dtype=torch.long, device=self.device)
         res = self.target(input_ids=ids, output_hidden_states=True, use_cache=False,
                           logits_to_keep=len(S) + 1)

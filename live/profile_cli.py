@@ -13,12 +13,11 @@ KINDS_SHOWN = ("target", "tree_verify", "draft", "overhead")
 BACKENDS = ("hf", "graph")
 
 
-def add_backend_flag(parser) -> None:
-    """The ``--backend`` flag of record, promote and profile (live/backend.py)."""
+def add_backend_flag(parser, default: str = "graph on CUDA for the targets it runs, hf otherwise") -> None:
+    """The ``--backend`` flag of record, promote, profile and oracle (live/backend.py)."""
     parser.add_argument("--backend", choices=BACKENDS,
                         help="how tensors are computed: graph (static KV caches, CUDA graphs; Qwen3 "
-                             "and Llama-family targets) or hf (transformers, any causal LM); "
-                             "default: graph on CUDA for the targets it runs, hf otherwise")
+                             f"and Llama-family targets) or hf (transformers, any causal LM); default: {default}")
 
 
 def register(sub) -> None:
@@ -36,8 +35,10 @@ def register(sub) -> None:
     p.add_argument("--draft", required=True, metavar="ID", help="DFlash draft: hub id or local folder")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write profile.parquet and profile.json into")
     p.add_argument("--q", metavar="LIST", help="query tokens per row (default 1,2,4,...,256)")
-    p.add_argument("--context", metavar="LIST", help="context lengths (default 256,512,...,8192; points past the "
-                                     "model's max positions are skipped)")
+    p.add_argument("--context", metavar="LIST", help="context lengths (default: when --out is a trace, the "
+                                     "shortest recorded prompt, then doublings up to the longest context "
+                                     "it reached; else 256,512,...,8192; points past the model's max "
+                                     "positions are skipped)")
     p.add_argument("--batch", metavar="LIST", help="batch sizes (default 1,2,4,8,16,32)")
     p.add_argument("--block-sizes", metavar="LIST", help="draft block sizes (default 4,8,12,16)")
     p.add_argument("--repeats", type=int, metavar="N", help="timed calls per point (default 10)")
@@ -46,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--attn", help="attention implementation: sdpa, eager, flash_attention_2 "
                                   "(default: the transformers default)")
     p.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
+    add_backend_flag(p)
     p.add_argument("--quick", action="store_true",
                    help="a small grid (q 1,4; context 16,48; batch 1,2; block size 4; 1 warm-up "
                         "+ 3 timed calls) that runs in seconds: for tests and a first look")
@@ -112,20 +114,45 @@ def describe_skipped(skipped, target_max, draft_max) -> list[str]:
     return lines
 
 
+def recorded_contexts(folder) -> tuple[int, int] | None:
+    """(shortest prompt, longest prompt + output) of the trace in ``folder``, or None
+    when it holds no recorded samples."""
+    from specreplay.traces.reader import Trace
+    if not (Path(folder) / "run.json").exists():
+        return None
+    try:
+        samples = Trace.open(folder).samples.to_pylist()
+    except Exception:  # not a readable trace: the default grid applies
+        return None
+    if not samples:
+        return None
+    return (min(len(s["prompt_ids"]) for s in samples),
+            max(len(s["prompt_ids"]) + len(s["output_ids"]) for s in samples))
+
+
 def run_profile(args) -> int:
     from tqdm import tqdm
 
-    from specreplay.live.profiler import DRAFT_TOP_K, Profiler, describe_setup, estimate_seconds, max_positions
+    from specreplay.live.backend import cli_backend
+    from specreplay.live.profiler import (DRAFT_TOP_K, GraphProfiler, Profiler, context_grid, describe_setup,
+                                          estimate_seconds, max_positions, monotonicity, with_overrides)
     from specreplay.models.loading import file_hashes, load_draft, load_target
-    from specreplay.traces.writer import write_profile
+    from specreplay.traces.io import write_json
+    from specreplay.traces.writer import read_json, write_profile
 
     grid = grid_from_args(args)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CLIError(f"--out {args.out} is a file; give a folder (a trace directory or a new one)")
+    if args.context is None and not args.quick:
+        span = recorded_contexts(args.out)
+        if span is not None:
+            grid = with_overrides(grid, context=context_grid(*span))
+            print(f"context grid from the recorded prompts in {args.out}: {','.join(map(str, grid.context))}")
     device = pick_device(args.device)
     target = load_target(args.target, dtype=args.dtype, attn=args.attn, device=device)
     draft = load_draft(args.draft, target)
-    prof = Profiler(target, draft, grid, device)
+    backend = cli_backend(args.backend, target, draft)
+    prof = (GraphProfiler if backend == "graph" else Profiler)(target, draft, grid, device)
     if not prof.points:
         raise CLIError(f"every point of the grid runs past the position limit (target "
                        f"{max_positions(target)}, draft {max_positions(draft)}); ask for "
@@ -140,7 +167,7 @@ def run_profile(args) -> int:
     with tqdm(total=len(prof.points), desc="profile", unit="point", file=sys.stderr) as bar:
         result = prof.run(progress=lambda group: bar.update(len(group)))
     meta = {
-        "setup": describe_setup(target, device),
+        "setup": describe_setup(target, device, backend),
         "target": {"id": args.target, "files": file_hashes(args.target)},
         "draft": {"id": args.draft, "files": file_hashes(args.draft),
                   "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
@@ -148,5 +175,15 @@ def run_profile(args) -> int:
         "draft_row": f"loop draft step: host-built block, pass, top-{DRAFT_TOP_K} to host",
     }
     out = write_profile(args.out, result.rows, meta)
+    # the checks and the backend's own figures go beside the setup in profile.json
+    extra = prof.meta(result.rows) if backend == "graph" else {"checks": {"monotone": monotonicity(result.rows)}}
+    write_json(Path(out) / "profile.json", {**read_json(Path(out) / "profile.json"), **extra})
+    bad = extra["checks"]["monotone"]["violations"]
     print(f"wrote {len(result.rows)} points to {out}/profile.parquet in {result.elapsed_s:.0f} s")
+    print(f"monotonicity check: {len(bad)} violations in {extra['checks']['monotone']['checked']} "
+          f"neighbouring pairs" + (" (listed in profile.json checks; the points are kept as measured)"
+                                  if bad else ""))
+    for v in bad[:5]:
+        print(f"  {v['kind']} at {'context' if v['axis'] == 'q' else 'q'} {v['at']}: {v['axis']} {v['from']} -> "
+              f"{v['to']} fell from {v['from_s'] * 1e3:.3f} ms to {v['to_s'] * 1e3:.3f} ms")
     return 0

@@ -410,3 +410,227 @@ def gpu_driver() -> str | None:
 def with_overrides(grid: Grid, **changes) -> Grid:
     """The grid with the given fields replaced (None values keep the grid's)."""
     return replace(grid, **{k: v for k, v in changes.items() if v is not None})
+
+
+# --- the graph backend: the loop's own captured calls, interleaved over the grid ------
+
+def tree_paths(nodes: int) -> tuple[tuple[int, ...], ...]:
+    """Rank paths of a binary trie with ``nodes`` nodes in heap order (node i, 1-based
+    after the anchor, is the child of node (i-1)//2 with rank (i-1)%2): every leaf's
+    path. Its packed verify has 1 + nodes rows, like ``tree_layout(1 + nodes)``."""
+    if nodes <= 0:
+        return ((),)
+    children = {i: [] for i in range(nodes + 1)}
+    for i in range(1, nodes + 1):
+        children[(i - 1) // 2].append(i)
+    paths = []
+
+    def walk(i, ranks):
+        if not children[i] and i:
+            paths.append(tuple(ranks))
+        for c in children[i]:
+            walk(c, ranks + [(c - 1) % 2])
+    walk(0, [])
+    return tuple(paths)
+
+
+# A point's cost may fall below its smaller neighbour's by this fraction of it before the
+# monotonicity check calls it a violation (on top of the points' own p10-p90 spread).
+MONOTONE_SLACK = 0.03
+
+
+def monotonicity(rows: list[dict], slack: float = MONOTONE_SLACK) -> dict:
+    """Cost must not decrease with q (same kind, context, batch) nor with context (same
+    kind, q, batch) beyond noise: a step down larger than ``slack`` of the smaller
+    point's median plus both points' half p10-p90 spreads is a violation. Returns
+    {"checked": pairs compared, "violations": [{kind, axis, batch, at, from, to,
+    from_s, to_s}]} for profile.json; the rows are not changed."""
+    by: dict[tuple, dict[int, dict]] = {}
+    for r in rows:
+        if r["kind"] == "overhead":
+            continue
+        by.setdefault(("q", r["kind"], r["context_len"], r["batch"]), {})[r["q"]] = r
+        by.setdefault(("context", r["kind"], r["q"], r["batch"]), {})[r["context_len"]] = r
+    checked, bad = 0, []
+    for (axis, kind, at, batch), series in sorted(by.items(), key=lambda kv: str(kv[0])):
+        xs = sorted(series)
+        for a, b in zip(xs, xs[1:]):
+            ra, rb = series[a], series[b]
+            checked += 1
+            noise = 0.5 * ((ra["p90_s"] - ra["p10_s"]) + (rb["p90_s"] - rb["p10_s"]))
+            if rb["median_s"] < ra["median_s"] * (1 - slack) - noise:
+                bad.append({"kind": kind, "axis": axis, "batch": batch, "at": at, "from": a, "to": b,
+                            "from_s": ra["median_s"], "to_s": rb["median_s"]})
+    return {"checked": checked, "slack": slack, "violations": bad}
+
+
+def context_grid(shortest: int, longest: int) -> tuple[int, ...]:
+    """Context lengths from the shortest recorded prompt up to the longest context a
+    recording reached: the shortest itself, then doublings of it, the last at or past
+    ``longest`` (so an ordinary replay never extrapolates)."""
+    shortest = max(1, int(shortest))
+    grid = [shortest]
+    while grid[-1] < longest:
+        grid.append(grid[-1] * 2)
+    return tuple(grid)
+
+
+class GraphProfiler:
+    """The profile of the graph backend, measured through the backend's own calls (the
+    ones live/loop.py makes, replayed from the same captured graphs): ``target`` = a
+    chain verify of q rows at cache length context_len (padded to its bucket and cache
+    span exactly as in the loop), ``tree_verify`` = a packed binary-trie verify of q
+    rows, ``draft`` = a draft pass of a block of q with one new context row plus the
+    top-k to the host, ``overhead`` = the host step of a greedy chain cycle at the
+    largest block size (argmax to the host, commit). Batch plans are packed rows on this
+    backend, so batch is 1. The host step of each verify mode is measured too
+    (``host_s``, for profile.json).
+
+    Points are measured interleaved across the whole grid: each pass runs every point
+    once in a fresh shuffled order (seeded), the first ``warmup`` passes untimed (they
+    capture the graphs), so one slow phase of the machine spreads over every point."""
+
+    def __init__(self, target, draft, grid: Grid, device: torch.device, seed: int = 0, backend=None):
+        from specreplay.live.backend import GraphBackend
+        self.target, self.draft = target, draft
+        self.grid = replace(grid, batch=(1,))
+        self.device = torch.device(device)
+        self.timer = Timer(self.device)
+        self.seed = seed
+        self.gen = torch.Generator().manual_seed(seed)
+        self.vocab = target.get_input_embeddings().num_embeddings
+        self.backend = backend or GraphBackend(target, draft, capture=self.device.type == "cuda")
+        self.points, self.skipped = plan_points(self.grid, max_positions(target), max_positions(draft))
+        self.host_s: dict[str, float] = {}
+        longest = max([p.context_len + max(p.q, max(self.grid.block_sizes)) for p in self.points] or [1])
+        self.tc, self.dc = self.backend.start(longest, 0)
+
+    def calls(self, p: Point):
+        """(call, reset, prepare) of a point, as in ``Profiler.calls``."""
+        from specreplay.live.drafting import block_input
+        be, tc, dc, L = self.backend, self.tc, self.dc, p.context_len
+        rand = lambda n: torch.randint(0, self.vocab, (n,), generator=self.gen).tolist()  # noqa: E731
+
+        def at_length():
+            tc.length = L
+        if p.kind in ("target", "tree_verify"):
+            if p.kind == "target":
+                mode, paths = "chain", ((0,) * (p.q - 1),)
+            else:
+                mode, paths = "tree", tree_paths(p.q - 1)
+            from specreplay.policies.base import trie_nodes
+            tokens = rand(len(trie_nodes(paths)))
+            anchor = rand(1)[0]
+
+            def call():
+                return be.verify(tc, mode, paths, anchor, tokens, L, True)
+            return call, at_length, at_length
+        if p.kind == "draft":
+            new = min(L, 1)
+            ctx = torch.randn(1, new, self.draft.config.num_context_features, generator=self.gen)
+            ctx = ctx.to(device=self.device, dtype=self.backend.fdraft.dtype)
+            block = block_input(rand(1)[0], p.q, self.draft.config.mask_token_id)
+
+            def prepare():
+                dc.length = L - new
+
+            def call():
+                return topk_logprobs(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
+            return call, prepare, prepare
+        return self.host_call("chain", L)
+
+    def host_call(self, mode: str, L: int):
+        """(call, reset, prepare) of the host step of a greedy cycle verifying ``mode`` at
+        the largest block size: the verify runs untimed in ``prepare``; the call is the
+        acceptance (argmax to the host) and the commit of the deepest path."""
+        from specreplay.live.sampling import greedy_accept
+        from specreplay.policies.base import trie_nodes
+        b = max(self.grid.block_sizes)
+        paths = {"chain": ((0,) * (b - 1),), "tree": tree_paths(b - 1),
+                 "batch": tuple((r,) + (0,) * (b // 4 - 1) for r in range(min(4, DRAFT_TOP_K)))}[mode]
+        tokens = torch.randint(0, self.vocab, (len(trie_nodes(paths)),), generator=self.gen).tolist()
+        be, tc, state = self.backend, self.tc, {}
+
+        def prepare():
+            tc.length = L
+            state["v"] = be.verify(tc, mode, paths, tokens[0], tokens, L, True)
+            if self.timer.cuda:
+                torch.cuda.synchronize()
+
+        def call():
+            v = state["v"]
+            amax = v.node_logits.argmax(-1).tolist()
+            toks, amaxes = [], []
+            for i in range(len(v.paths)):
+                nodes = v.path_nodes(i)
+                toks.append([v.node_tokens[j] for j in nodes])
+                amaxes.append([amax[0]] + [amax[j + 1] for j in nodes])
+            acc = greedy_accept(toks, amaxes)
+            deepest = max(range(len(v.paths)), key=lambda i: len(v.paths[i]))
+            return be.commit(tc, v, deepest, len(v.paths[deepest]), L) if acc is not None else None
+
+        def reset():
+            tc.length = L
+        return call, reset, prepare
+
+    def probe(self) -> dict[str, tuple[float, float]]:
+        """(seconds at zero tokens, seconds per token) per kind from its smallest and
+        largest point at the smallest context, for ``estimate_seconds``."""
+        out = {k: (0.0, 0.0) for k in KINDS}
+        if not self.points:
+            return out
+        L0 = min(p.context_len for p in self.points)
+        with torch.inference_mode():
+            for kind in KINDS:
+                sizes = sorted((p for p in self.points if p.kind == kind and p.context_len == L0), key=lambda p: p.q)
+                if not sizes:
+                    continue
+                lo, hi = sizes[0], sizes[-1]
+                t_lo, t_hi = (min(measure(self.timer, [self.calls(p)], 2, 3)[0]) for p in (lo, hi))
+                n_lo, n_hi = max(lo.q, 1), max(hi.q, 1)
+                slope = max((t_hi - t_lo) / (n_hi - n_lo), 0.0) if n_hi > n_lo else 0.0
+                out[kind] = (max(t_lo - slope * n_lo, 0.0), slope)
+        return out
+
+    def run(self, progress: Callable[[list[Point]], None] | None = None) -> ProfileRun:
+        t0 = time.perf_counter()
+        g = self.grid
+        rng = np.random.default_rng(self.seed)
+        with torch.inference_mode():
+            calls = [self.calls(p) for p in self.points]
+            times: list[list[float]] = [[] for _ in calls]
+            gc_enabled = gc.isenabled()
+            gc.collect()
+            gc.disable()
+            try:
+                for i in range(g.warmup + g.repeats):
+                    for j in rng.permutation(len(calls)):
+                        call, reset, prepare = calls[j]
+                        if prepare is not None:
+                            prepare()
+                        t = self.timer(call)
+                        reset()
+                        if i >= g.warmup:
+                            times[j].append(t)
+                    if progress is not None and i >= g.warmup:
+                        progress(self.points if i == g.warmup + g.repeats - 1 else [])
+                host = {mode: self.host_call(mode, min(p.context_len for p in self.points))
+                        for mode in ("chain", "tree", "batch")} if self.points else {}
+                for mode, (call, reset, prepare) in host.items():
+                    self.host_s[mode] = summarize(measure(self.timer, [(call, reset, prepare)],
+                                                          g.warmup, g.repeats)[0])["median_s"]
+            finally:
+                if gc_enabled:
+                    gc.enable()
+        rows = [{"kind": p.kind, "q": p.q, "context_len": p.context_len, "batch": 1, **summarize(t)}
+                for p, t in zip(self.points, times)]
+        return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
+
+    def meta(self, rows: list[dict]) -> dict:
+        """profile.json additions: the checks, host seconds per verify mode, capture."""
+        return {"checks": {"monotone": monotonicity(rows)},
+                "host_s": dict(self.host_s),
+                "measured": {"order": "interleaved over the whole grid, shuffled per pass",
+                             "passes": self.grid.repeats, "warmup_passes": self.grid.warmup,
+                             "statistic": "median"},
+                "capture_s": dict(self.backend.capture_s)}

@@ -106,7 +106,8 @@ class Recorder:
         if settings.oracle:
             from specreplay.live.oracle import Oracle
             self.oracle = Oracle(target, draft, settings.oracle_block_sizes, settings.oracle_top_k,
-                                 probes, settings.max_new_tokens, settings.probe_block_sizes)
+                                 probes, settings.max_new_tokens, settings.probe_block_sizes,
+                                 backend=self.decoder.backend)
 
     def record(self, prompts, out_dir: Path | None = None, progress: bool = True,
                after_sample: Callable[[SampleResult], None] | None = None) -> dict:

@@ -12,15 +12,21 @@ Write a cost twin: a target and a DFlash draft whose every tensor has the shape 
 real model (Qwen3-8B and its published DFlash draft, for --shape qwen3-8b), and whose
 function is the fixture pair's, embedded exactly in those tensors (the extra width,
 heads, layers and vocabulary change nothing; models/twin.py derives the construction).
+Every weight the construction does not pin is random, as in a fresh model, because a
+GPU runs faster on zeros than on real weights.
 
 What a twin is for: real acceptance at real cost. Its forward passes cost what the real
-model's cost on the same GPU (cost is shape), and it accepts exactly what the fixture
-pair accepts, so a recording, profile or promotion with it times policies in the regime
-users run (an 8B target at batch 1) with acceptance that is measured, not assumed.
+model's cost on the same GPU (same shapes, real-looking values: benchmarks/twin_cost.py
+times it against random weights of the same shape), and it accepts exactly what the
+fixture pair accepts, so a recording, profile or promotion with it times policies in
+the regime users run (an 8B target at batch 1, memory-bound) with acceptance that is
+measured, not assumed.
 
 What it is not: Qwen3-8B. Its text, its quality and its acceptance are the fixture
-pair's (a 13 M-parameter model trained on code), not the real model's. Do not report
-its outputs as Qwen3-8B's.
+pair's (a 13 M-parameter model trained on code), not the real model's or its published
+draft's: acceptance lengths, the best block size or policy, and every output it writes
+are the fixture's. Do not report its outputs or its acceptance as Qwen3-8B's; report
+its timings as what a model of Qwen3-8B's shape costs.
 
 The target is written in the Hugging Face Qwen3 layout (loadable with
 AutoModelForCausalLM.from_pretrained), with the fixture's tokenizer; the draft in the

@@ -1,15 +1,27 @@
 """A compact dense decoder (Qwen3, Llama family) over a preallocated static KV cache,
 and the captured-call helper the fast live engine replays.
 
-The model reuses the parameter tensors of an already-loaded Hugging Face target (no copy,
-no second load), so anything the loaders return runs here. One forward takes q query
-tokens with explicit positions, the cache rows to write their K/V into, and a boolean
-mask over the first ``kv_len`` cache rows; it returns float32 logits for every query row
-and the draft's context features (the outputs of the tapped decoder layers). Committing
-is moving a length; keeping other rows is an index copy inside the cache
-(``StaticKV.move_rows``).
+The model computes with the parameters of an already-loaded Hugging Face target: the
+q/k/v projections of a layer are concatenated into one matrix and gate/up into another
+(one matmul each instead of three and two), and the HF modules' weights are rebound to
+row slices of those matrices, so both backends read the same memory and nothing is held
+twice. One forward takes q query tokens with explicit positions, the cache rows to write
+their K/V into, and a boolean mask over the first ``kv_len`` cache rows; it returns
+float32 logits for the query rows asked for and the draft's context features (the
+outputs of the tapped decoder layers). Committing is moving a length; keeping other rows
+is an index copy inside the cache (``StaticKV.move_rows``).
 
-Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features.
+What keeps a forward short (every op is a kernel launch, and a captured step replays
+them all): RoPE cos/sin come from a table indexed by position (one gather per forward,
+not per layer); the boolean mask becomes one additive bias per forward; grouped-query
+attention folds each KV head's query group into the query-length axis, so attention
+reads K/V once per KV head with the memory-efficient kernel (an explicit mask with
+``enable_gqa`` falls back to the math kernel, which expands K/V per query head); the
+residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
+outputs are copied straight into one preallocated feature buffer.
+
+Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
+G = query heads per KV head.
 """
 from __future__ import annotations
 
@@ -18,12 +30,22 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES"]
+__all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
+           "attention", "attention_bias", "fuse_linears", "rope_table"]
 
 # HF model_type values whose decoder this module computes exactly: pre-norm RMSNorm
 # blocks, RoPE, GQA attention (q/k RMSNorm for Qwen3), SwiGLU MLP.
 SUPPORTED_TYPES = ("qwen3", "llama")
+
+# Attention kernels, best first. cuDNN is left out: it plans per shape, and the math
+# kernel is kept only as the last resort (a CPU, an odd head size).
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+# Rows of the RoPE table built up front when the config names no position limit (it
+# grows with the cache beyond that).
+_ROPE_ROWS = 8192
 
 
 def unsupported_reason(target) -> str | None:
@@ -79,34 +101,101 @@ class StaticKV:
         self.capacity = capacity
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm in float32, cast back, then scaled (Qwen3/Llama order)."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+def fuse_linears(mods: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for linears that read the same input: their rows stacked.
+    Each module's weight is rebound to its row slice of the stacked tensor (a contiguous
+    view), so the modules keep computing what they did and the memory is held once.
+    Done once per module set; a second call returns the same tensors."""
+    first = mods[0]
+    cached = getattr(first, "_fused_with", None)
+    if cached is not None and cached[0] == [id(m) for m in mods] and \
+            first.weight.data_ptr() == cached[1].data_ptr():
+        return cached[1], cached[2]
+    # ordinary tensors even when built inside inference mode: the hf backend's modules
+    # keep using them
+    with torch.inference_mode(False), torch.no_grad():
+        weight = torch.cat([m.weight for m in mods])
+        has_bias = [m.bias is not None for m in mods]
+        bias = torch.cat([m.bias for m in mods]) if all(has_bias) else None
+        if any(has_bias) and bias is None:
+            bias = torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0])
+                              for m in mods])
+        start = 0
+        for m in mods:
+            n = m.weight.shape[0]
+            m.weight = torch.nn.Parameter(weight[start:start + n], requires_grad=False)
+            if m.bias is not None:
+                m.bias = torch.nn.Parameter(bias[start:start + n], requires_grad=False)
+            start += n
+    first._fused_with = ([id(m) for m in mods], weight, bias)
+    return weight, bias
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE (rotate-half) on x [1, heads, q, D] with cos/sin [1, q, D]."""
-    cos, sin = cos[:, None], sin[:, None]
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def rope_table(inv_freq: torch.Tensor, scale: float, rows: int, dtype, device) -> torch.Tensor:
+    """[rows, 2, D] cos and sign-folded sin per position, rotate-half convention, in the
+    model dtype from float32 math (as transformers rounds them). The sin half that
+    multiplies the negated upper half carries the minus sign, so RoPE is
+    ``x * cos + roll(x, D/2) * sin`` with no negation or concatenation."""
+    pos = torch.arange(rows, dtype=torch.float32, device=device)
+    freqs = pos[:, None] * inv_freq.float().to(device)[None]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos() * scale, emb.sin() * scale
+    half = emb.shape[-1] // 2
+    sin[:, :half] = -sin[:, :half]
+    return torch.stack((cos, sin), dim=1).to(dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on x [..., heads, D] with cos/sin broadcastable to it (from ``rope_table``)."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
+
+
+def attention_bias(mask: torch.Tensor | None, groups: int, dtype) -> torch.Tensor | None:
+    """A boolean mask [1, 1, q, S] (True = visible) as the additive bias [1, 1, G*q, S]
+    that ``attention`` takes (its rows repeat per query head of a group), or None."""
+    if mask is None:
+        return None
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.repeat(1, 1, groups, 1) if groups > 1 else bias
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+              scale: float) -> torch.Tensor:
+    """Grouped-query attention. q [1, n, H, D] query rows; k, v [1, KV, S, D]; bias from
+    ``attention_bias`` (or None: all visible). Each KV head's G query heads are laid out
+    as G*n query rows of that head, so no kernel expands K/V. Returns [1, n, H*D]."""
+    _, n, heads, d = q.shape
+    kv_heads = k.shape[1]
+    g = heads // kv_heads
+    q = q.view(1, n, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(1, kv_heads, g * n, d)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out.reshape(1, kv_heads, g, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, heads * d)
 
 
 @dataclass
 class _Layer:
-    """One decoder layer's parameters (the HF module's own tensors)."""
+    """One decoder layer's fused parameters."""
     attn_norm: torch.Tensor
-    q: torch.nn.Linear
-    k: torch.nn.Linear
-    v: torch.nn.Linear
-    o: torch.nn.Linear
-    q_norm: torch.Tensor | None
-    k_norm: torch.Tensor | None
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor | None
+    wo: torch.Tensor
+    bo: torch.Tensor | None
+    qk_norm: torch.Tensor | None      # [heads + kv_heads, D]: q_norm rows then k_norm rows
     mlp_norm: torch.Tensor
-    gate: torch.nn.Linear
-    up: torch.nn.Linear
-    down: torch.nn.Linear
+    w13: torch.Tensor                 # gate rows then up rows
+    b13: torch.Tensor | None
+    w2: torch.Tensor
+    b2: torch.Tensor | None
+
+
+def _residual(x: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """x += h @ w.T (+ b), in place. On a GPU the add happens inside the matmul (addmm_:
+    one kernel, one rounding); on a CPU it is a separate add, rounding as transformers
+    does, which the float32 equality tests compare against."""
+    if x.is_cuda and b is None:
+        x.view(-1, x.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), w.t())
+    else:
+        x.add_(F.linear(h, w, b))
 
 
 class FastTarget:
@@ -124,17 +213,25 @@ class FastTarget:
         self.heads = cfg.num_attention_heads
         self.kv_heads = cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.hidden = cfg.hidden_size
         self.embed = body.embed_tokens.weight
         self.norm = body.norm.weight
-        self.head = hf_model.lm_head
+        self.head_w = hf_model.lm_head.weight
+        self.head_b = hf_model.lm_head.bias
         self.layers = []
         for layer in body.layers:
             a, m = layer.self_attn, layer.mlp
+            wqkv, bqkv = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
+            w13, b13 = fuse_linears([m.gate_proj, m.up_proj])
+            qk_norm = None
+            if hasattr(a, "q_norm"):
+                qk_norm = torch.cat((a.q_norm.weight.detach().expand(self.heads, -1),
+                                     a.k_norm.weight.detach().expand(self.kv_heads, -1)))
             self.layers.append(_Layer(
-                layer.input_layernorm.weight, a.q_proj, a.k_proj, a.v_proj, a.o_proj,
-                a.q_norm.weight if hasattr(a, "q_norm") else None,
-                a.k_norm.weight if hasattr(a, "k_norm") else None,
-                layer.post_attention_layernorm.weight, m.gate_proj, m.up_proj, m.down_proj))
+                layer.input_layernorm.weight.detach(), wqkv, bqkv, a.o_proj.weight.detach(),
+                _detach(a.o_proj.bias), qk_norm, layer.post_attention_layernorm.weight.detach(),
+                w13, b13, m.down_proj.weight.detach(), _detach(m.down_proj.bias)))
+        self.intermediate = self.layers[0].w13.shape[0] // 2
         rotary = body.rotary_emb
         self.inv_freq = rotary.inv_freq.float().to(self.embed.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
@@ -142,53 +239,71 @@ class FastTarget:
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.vocab = self.embed.shape[0]
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
+        self.table = None
+        self.ensure_positions(min(self.max_positions or _ROPE_ROWS, 1 << 16))
+
+    def ensure_positions(self, rows: int) -> None:
+        """A RoPE table covering positions 0..rows-1 (a larger one is a new tensor, so
+        graphs captured over the old one must be dropped: the caches grow with it)."""
+        if self.table is None or self.table.shape[0] < rows:
+            self.table = rope_table(self.inv_freq, self.rope_scale, rows, self.dtype, self.device)
 
     def new_cache(self, capacity: int) -> StaticKV:
+        self.ensure_positions(capacity)
         return StaticKV(len(self.layers), self.kv_heads, capacity, self.head_dim, self.dtype, self.device)
-
-    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [1, q] -> cos, sin [1, q, D] in the model dtype (float32 math)."""
-        freqs = positions[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.rope_scale).to(self.dtype), (emb.sin() * self.rope_scale).to(self.dtype)
 
     def forward(self, kv: StaticKV, ids: torch.Tensor, positions: torch.Tensor,
                 write_rows: torch.Tensor, mask: torch.Tensor, kv_len: int,
-                last_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                last_logits: bool | int = False) -> tuple[torch.Tensor, torch.Tensor]:
         """ids/positions [1, q]; write_rows [q] cache rows receiving the queries' K/V;
         mask [1, 1, q, kv_len] bool (True = visible) over cache rows 0..kv_len-1, which
-        must include the written rows. Returns logits [q, V] float32 (only the last
-        row's, [1, V], with ``last_logits``: a prefill) and features [q, F]."""
-        q_len = ids.shape[1]
+        must include the written rows. Returns logits [q, V] float32 and features [q, F].
+        ``last_logits``: True = only the last row's logits ([1, V], a prefill), n = the
+        last n rows' (the LM head runs over those rows only)."""
+        with sdpa_kernel(SDPA_BACKENDS):
+            return self._forward(kv, ids, positions, write_rows, mask, kv_len, int(last_logits))
+
+    def _forward(self, kv, ids, positions, write_rows, mask, kv_len, last_logits: int):
+        n = ids.shape[1]
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
         x = F.embedding(ids, self.embed)
-        cos, sin = self.rope(positions)
-        feats = []
+        cs = self.table[positions[0]]                       # [q, 2, D]
+        cos, sin = cs[None, :, None, 0], cs[None, :, None, 1]
+        bias = attention_bias(mask, H // KV, self.dtype)
+        feats = torch.empty(1, n, len(self.taps) * self.hidden, dtype=self.dtype, device=x.device)
         last = len(self.layers) - 1
+        scale = D ** -0.5
         for i, layer in enumerate(self.layers):
-            h = rms_norm(x, layer.attn_norm, self.eps)
-            q = layer.q(h).view(1, q_len, self.heads, self.head_dim)
-            k = layer.k(h).view(1, q_len, self.kv_heads, self.head_dim)
-            v = layer.v(h).view(1, q_len, self.kv_heads, self.head_dim).transpose(1, 2)
-            if layer.q_norm is not None:
-                q, k = rms_norm(q, layer.q_norm, self.eps), rms_norm(k, layer.k_norm, self.eps)
-            q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-            kv.k[i].index_copy_(2, write_rows, k)
-            kv.v[i].index_copy_(2, write_rows, v)
-            out = F.scaled_dot_product_attention(q, kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len],
-                                                 attn_mask=mask, scale=self.head_dim ** -0.5,
-                                                 enable_gqa=self.heads != self.kv_heads)
-            x = x + layer.o(out.transpose(1, 2).reshape(1, q_len, -1))
-            h = rms_norm(x, layer.mlp_norm, self.eps)
-            x = x + layer.down(F.silu(layer.gate(h)) * layer.up(h))
+            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps)
+            qkv = F.linear(h, layer.wqkv, layer.bqkv)
+            qk = qkv[..., :(H + KV) * D].view(1, n, H + KV, D)
+            if layer.qk_norm is not None:
+                # normalise, then scale in the model dtype (Qwen3's order)
+                qk = F.rms_norm(qk, (D,), None, self.eps) * layer.qk_norm
+            qk = rope(qk, cos, sin)
+            v = qkv[..., (H + KV) * D:].view(1, n, KV, D)
+            kv.k[i].index_copy_(2, write_rows, qk[:, :, H:].transpose(1, 2))
+            kv.v[i].index_copy_(2, write_rows, v.transpose(1, 2))
+            out = attention(qk[:, :, :H], kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], bias, scale)
+            _residual(x, out, layer.wo, layer.bo)
+            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps)
+            gu = F.linear(h, layer.w13, layer.b13)
+            act = F.silu(gu[..., :self.intermediate]) * gu[..., self.intermediate:]
+            _residual(x, act, layer.w2, layer.b2)
             if i in self.taps and i != last:
-                feats.append((self.taps.index(i), x))
-        x = rms_norm(x, self.norm, self.eps)
+                j = self.taps.index(i)
+                feats[..., j * self.hidden:(j + 1) * self.hidden].copy_(x)
+        x = F.rms_norm(x, (self.hidden,), self.norm, self.eps)
         if last in self.taps:
-            feats.append((self.taps.index(last), x))
-        feats = torch.cat([f for _, f in sorted(feats, key=lambda t: t[0])], dim=-1)
+            j = self.taps.index(last)
+            feats[..., j * self.hidden:(j + 1) * self.hidden].copy_(x)
         if last_logits:
-            x = x[:, -1:]
-        return self.head(x)[0].float(), feats[0]
+            x = x[:, -last_logits:]
+        return F.linear(x[0], self.head_w, self.head_b).float(), feats[0]
+
+
+def _detach(t):
+    return None if t is None else t.detach()
 
 
 class StepGraph:

@@ -11,13 +11,38 @@ from a CUDA graph:
 
 The split is exact: in DFlash the context K/V of a layer depend on the fused features
 only, never on the block, so computing them before the block pass changes nothing.
+
+Each layer is computed with models/fast.py's kernels-lean pieces over the draft's own
+weights (q/k/v and gate/up fused, the modules rebound to row views so the oracle's
+``forward_blocks`` reads the same memory): fused RMSNorm, RoPE from a position table,
+grouped-query attention without expanding K/V.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
 
 from specreplay.models.draft import DFlashDraftModel
-from specreplay.models.fast import StaticKV
+from specreplay.models.fast import (SDPA_BACKENDS, StaticKV, attention, attention_bias, fuse_linears, rope,
+                                    rope_table)
+
+
+@dataclass
+class _DraftLayer:
+    attn_norm: torch.Tensor
+    wqkv: torch.Tensor
+    bqkv: torch.Tensor | None
+    kv_rows: int                      # first row of k in wqkv (k then v follow)
+    wo: torch.Tensor
+    bo: torch.Tensor | None
+    qk_norm: torch.Tensor             # [heads + kv_heads, D]
+    k_norm: torch.Tensor              # [D]
+    mlp_norm: torch.Tensor
+    w13: torch.Tensor
+    w2: torch.Tensor
 
 __all__ = ["FastDraft"]
 
@@ -35,8 +60,36 @@ class FastDraft:
         self.width = cfg.num_context_features
         # all-visible layers take no mask on the exact (eager) path, like models/draft.py
         self.plain = all(not (l.self_attn.block_causal or l.self_attn.sliding_window) for l in self.layers)
+        self.hidden = cfg.hidden_size
+        self.eps = cfg.rms_norm_eps
+        self.fast = []
+        for layer in self.layers:
+            a, m = layer.self_attn, layer.mlp
+            wqkv, bqkv = fuse_linears([a.q_proj, a.k_proj, a.v_proj])
+            w13, _ = fuse_linears([m.gate_proj, m.up_proj])
+            qk_norm = torch.cat((a.q_norm.weight.detach().expand(self.heads, -1),
+                                 a.k_norm.weight.detach().expand(self.kv_heads, -1)))
+            self.fast.append(_DraftLayer(
+                layer.input_layernorm.weight.detach(), wqkv, bqkv, self.heads * self.head_dim,
+                a.o_proj.weight.detach(), None if a.o_proj.bias is None else a.o_proj.bias.detach(),
+                qk_norm, a.k_norm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
+                w13, m.down_proj.weight.detach()))
+        self.intermediate = self.fast[0].w13.shape[0] // 2
+        self.table = None
+        self.ensure_positions(4096)
+
+    def ensure_positions(self, rows: int) -> None:
+        """A RoPE table covering positions 0..rows-1 (see FastTarget.ensure_positions)."""
+        if self.table is None or self.table.shape[0] < rows:
+            rot = self.draft.rotary_emb
+            self.table = rope_table(rot.inv_freq, float(rot.scaling), rows, self.dtype, self.device)
+
+    def _cos_sin(self, positions: torch.Tensor):
+        cs = self.table[positions[0]]
+        return cs[None, :, None, 0], cs[None, :, None, 1]
 
     def new_cache(self, capacity: int) -> StaticKV:
+        self.ensure_positions(capacity + 64)
         return StaticKV(len(self.layers), self.kv_heads, capacity, self.head_dim, self.dtype, self.device)
 
     def append_context(self, kv: StaticKV, context: torch.Tensor, positions: torch.Tensor,
@@ -44,21 +97,43 @@ class FastDraft:
         """context [1, T, F] raw features at ``positions`` [1, T]; their K/V go to cache
         rows ``write_rows`` [T] of every layer."""
         ctx = self.draft.fuse(context)
-        cos, sin = self.draft.rotary_emb(positions, ctx.dtype)
-        for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.project_kv(ctx, cos, sin)
-            kv.k[i].index_copy_(2, write_rows, k)
-            kv.v[i].index_copy_(2, write_rows, v)
+        cos, sin = self._cos_sin(positions)
+        T, KV, D = ctx.shape[1], self.kv_heads, self.head_dim
+        for i, layer in enumerate(self.fast):
+            b = None if layer.bqkv is None else layer.bqkv[layer.kv_rows:]
+            kv_ = F.linear(ctx, layer.wqkv[layer.kv_rows:], b)
+            k = F.rms_norm(kv_[..., :KV * D].view(1, T, KV, D), (D,), None, self.eps) * layer.k_norm
+            k = rope(k, cos, sin)
+            kv.k[i].index_copy_(2, write_rows, k.transpose(1, 2))
+            kv.v[i].index_copy_(2, write_rows, kv_[..., KV * D:].view(1, T, KV, D).transpose(1, 2))
 
     def block_logits(self, kv: StaticKV, block_ids: torch.Tensor, positions: torch.Tensor,
                      mask: torch.Tensor | None, kv_len: int) -> torch.Tensor:
         """block_ids/positions [1, b]; keys = cache rows 0..kv_len-1 then the block's own;
         mask [1, 1, b, kv_len + b] bool or None (all visible). Returns logits [b-1, V]."""
+        with sdpa_kernel(SDPA_BACKENDS):
+            return self._block_logits(kv, block_ids, positions, mask, kv_len)
+
+    def _block_logits(self, kv, block_ids, positions, mask, kv_len):
         draft = self.draft
+        H, KV, D = self.heads, self.kv_heads, self.head_dim
+        n = block_ids.shape[1]
         x = draft.embed(block_ids).to(self.dtype)
-        cos, sin = draft.rotary_emb(positions, x.dtype)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], mask)
+        cos, sin = self._cos_sin(positions)
+        bias = attention_bias(mask, H // KV, self.dtype)
+        scale = D ** -0.5
+        for i, layer in enumerate(self.fast):
+            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps)
+            qkv = F.linear(h, layer.wqkv, layer.bqkv)
+            qk = F.rms_norm(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), (D,), None, self.eps) * layer.qk_norm
+            qk = rope(qk, cos, sin)
+            k = torch.cat((kv.k[i][:, :, :kv_len], qk[:, :, H:].transpose(1, 2)), dim=2)
+            v = torch.cat((kv.v[i][:, :, :kv_len], qkv[..., (H + KV) * D:].view(1, n, KV, D).transpose(1, 2)), dim=2)
+            out = attention(qk[:, :, :H], k, v, bias, scale)
+            x = x + F.linear(out, layer.wo, layer.bo)
+            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps)
+            gu = F.linear(h, layer.w13)
+            x = x + F.linear(F.silu(gu[..., :self.intermediate]) * gu[..., self.intermediate:], layer.w2)
         return draft.logits(draft.norm(x)[0, 1:]).float()
 
     def block_mask(self, b: int, context_len: int, kv_len: int, device) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -13,8 +14,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from specreplay.reports.demo import DEFAULT_POLICIES, parseable
     from specreplay.reports.ledger import LedgerError, read_ledger
     from specreplay.reports.report import build_report, leaderboard_text, replay_traces
-    from specreplay.errors import CLIError
+    from specreplay.errors import CLIError, check_input_dir, check_output_dir
 
+    check_output_dir(args.out)  # before the replays, which take minutes
+    if args.profile is not None:
+        check_input_dir(args.profile, "--profile", "profile")
     if args.ledger is not None:
         try:
             read_ledger(args.ledger)  # a malformed ledger fails before the replay, not after
@@ -24,6 +28,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     replays = replay_traces(args.traces, specs, profile_dir=args.profile,
                             other_setup=args.profile_from_other_setup, log=_log,
                             timing=args.timing)
+    if not any(rep.replayable() for rep in replays):
+        print("specreplay report: no requested policy could be replayed from these traces "
+              "(reasons above), so no report was written", file=sys.stderr)
+        return 1
     _log(leaderboard_text(replays))
     html = build_report(replays, args.out, ledger_path=args.ledger)
     _log(f"report written to {html.parent.resolve()} (open {html.resolve()})")
@@ -33,15 +41,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from specreplay.reports.demo import run_demo
     from specreplay.reports.ledger import LedgerError
-    from specreplay.errors import CLIError
+    from specreplay.errors import CLIError, check_output_dir
 
+    check_output_dir(args.out)
     if args.trace is not None and not args.trace.is_dir():
         raise CLIError(f"--trace {args.trace} is not a directory; pass a trace directory "
                        "(e.g. one under traces/samples/)")
     try:
-        run_demo(out=args.out, trace_dir=args.trace, log=_log)
+        _, replays = run_demo(out=args.out, trace_dir=args.trace, log=_log)
     except LedgerError as e:
         raise CLIError(str(e)) from None
+    if not any(rep.replayable() for rep in replays):
+        print(f"specreplay demo: no policy of the demo could be replayed from {args.trace} "
+              "(reasons above)", file=sys.stderr)
+        return 1
     return 0
 
 

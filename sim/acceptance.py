@@ -24,9 +24,12 @@ beyond the oracle's top-k, raises ``NotReplayable`` with the sentence to show th
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+
 from specreplay.policies.base import DraftView, VerifyPlan
 from specreplay.sim.tracedata import TraceData
 from specreplay.traces.io import TraceError
@@ -47,10 +50,28 @@ class NotReplayable(Exception):
 
 
 class ReplayView(DraftView):
-    """A DraftView whose ``rng`` is created on first use: most policies never draw, and a
-    Generator per cycle would cost more than the rest of the cycle. The stream is the
-    one the live loop uses: ``np.random.default_rng((seed, sample, start))`` with the
-    trace's sampling seed."""
+    """A DraftView built lazily from its oracle row: ``ids`` and ``logprobs`` (stored
+    float16, shown float32 as the live loop shows them) are read from the row on first
+    use, and ``rng`` is created on first use: most policies read neither, and each
+    would cost more than the rest of the cycle. The stream is the one the live loop
+    uses: ``np.random.default_rng((seed, sample, start))`` with the trace's sampling
+    seed."""
+
+    @property
+    def ids(self) -> np.ndarray:  # type: ignore[override]
+        d = self.__dict__
+        ids = d.get("_ids")
+        if ids is None:
+            ids = d["_ids"] = d["_g"].ids[d["_r"]]
+        return ids
+
+    @property
+    def logprobs(self) -> np.ndarray:  # type: ignore[override]
+        d = self.__dict__
+        lps = d.get("_lps")
+        if lps is None:
+            lps = d["_lps"] = d["_g"].logprobs[d["_r"]].astype(np.float32)
+        return lps
 
     @property
     def rng(self) -> np.random.Generator:  # type: ignore[override]
@@ -61,13 +82,22 @@ class ReplayView(DraftView):
         return gen
 
 
-def make_view(sample: int, start: int, block_size: int, ids: np.ndarray,
-              logprobs: np.ndarray, seed: int) -> ReplayView:
-    """Build a view without the frozen-dataclass __init__ (it sets each field through
-    object.__setattr__, a measurable share of a replayed cycle)."""
+def make_view(sample: int, start: int, block_size: int, group: "OracleGroup", row: int,
+              seed: int) -> ReplayView:
+    """Build a view of an oracle row without the frozen-dataclass __init__ (it sets
+    each field through object.__setattr__, a measurable share of a replayed cycle)."""
     v = object.__new__(ReplayView)
-    v.__dict__.update(sample=sample, start=start, block_size=block_size, ids=ids,
-                      logprobs=logprobs, _seed=seed)
+    v.__dict__.update(sample=sample, start=start, block_size=block_size, _g=group, _r=row,
+                      _seed=seed)
+    return v
+
+
+def empty_view(sample: int, start: int, ids: np.ndarray, logprobs: np.ndarray,
+               seed: int) -> ReplayView:
+    """The view of a cycle that drafts nothing (b = 1)."""
+    v = object.__new__(ReplayView)
+    v.__dict__.update(sample=sample, start=start, block_size=1, _ids=ids, _lps=logprobs,
+                      _seed=seed)
     return v
 
 
@@ -81,29 +111,80 @@ class OracleGroup:
     position: np.ndarray      # int64 [rows]: global position of each row
     ranks: np.ndarray         # int8  [rows, b-1]
     ids: np.ndarray           # int32 [rows, b-1, k]
-    logprobs: np.ndarray      # float32 [rows, b-1, k]
+    logprobs: np.ndarray      # float16 [rows, b-1, k], as the trace stores them
     chain_acc: np.ndarray     # int64 [rows]: accepted length of the full chain (greedy or MC)
     l_gen: list[int] | None = None  # [rows]: drafted length up to a stop token (ADL)
 
     @property
-    def row_list(self) -> list[int]:
-        """row_of as a Python list (read once per replayed cycle)."""
+    def row_list(self) -> array:
+        """row_of for scalar reads (one per replayed cycle): reading an array.array
+        costs about what a list read costs and far less than a numpy scalar read, and
+        it holds 4 bytes per position where a list of ints holds about 36."""
         out = self.__dict__.get("_row_list")
         if out is None:
-            out = self.__dict__["_row_list"] = self.row_of.tolist()
+            out = self.__dict__["_row_list"] = _scalar_array("i", self.row_of)
         return out
 
     @property
-    def chain_list(self) -> list[int]:
-        """chain_acc as a Python list: a scalar read per replayed cycle is cheaper."""
+    def chain_list(self) -> array:
+        """chain_acc for scalar reads, like ``row_list``."""
         out = self.__dict__.get("_chain_list")
         if out is None:
-            out = self.__dict__["_chain_list"] = self.chain_acc.tolist()
+            out = self.__dict__["_chain_list"] = _scalar_array("i", self.chain_acc)
         return out
 
     @property
     def k(self) -> int:
         return int(self.ids.shape[2])
+
+
+def _scalar_array(code: str, values: np.ndarray) -> array:
+    out = array(code)
+    out.frombytes(np.ascontiguousarray(values, dtype=np.dtype(code)).tobytes())
+    return out
+
+
+class PathTrie:
+    """A set of rank paths as a trie, answering ``Acceptance.accepted`` for it: the
+    deepest node on the true-rank path is the longest accepted prefix, and the first
+    path through that node (lowest index) is the chosen one, as the path-by-path loop
+    picks it (ties: the first path with the longest match)."""
+    __slots__ = ("children", "first", "max_child", "max_len")
+
+    def __init__(self, paths: tuple) -> None:
+        children: list[dict[int, int]] = [{}]
+        first, max_child = [0], [-1]
+        for i, path in enumerate(paths):
+            node = 0
+            for rank in path:
+                nxt = children[node].get(rank)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][rank] = nxt
+                    children.append({})
+                    first.append(i)
+                    max_child.append(-1)
+                    max_child[node] = max(max_child[node], rank)
+                node = nxt
+        self.children, self.first, self.max_child = children, first, max_child
+        self.max_len = max(len(p) for p in paths)
+
+    def accepted(self, truth: list[int], k: int, block_size: int) -> tuple[int, int]:
+        if self.max_len > len(truth):
+            raise ValueError(f"verify path of length {self.max_len} exceeds the "
+                             f"{len(truth)} drafted offsets of block size {block_size}")
+        children, max_child = self.children, self.max_child
+        node = depth = 0
+        for got in truth:
+            if max_child[node] >= k:  # a rank compared here that the oracle did not keep
+                raise NotReplayable(f"oracle top-k >= {max_child[node] + 1} (this trace "
+                                    f"kept top-{k})")
+            nxt = children[node].get(got)
+            if nxt is None:
+                break
+            node = nxt
+            depth += 1
+        return depth, self.first[node]
 
 
 def leading_true(mask: np.ndarray) -> np.ndarray:
@@ -142,6 +223,7 @@ class Acceptance:
         self.groups: dict[tuple[int, str, int], OracleGroup] = {}
         self._target = None
         self._uniforms = None
+        self._tries: dict[int, tuple[tuple, PathTrie]] = {}
         self._build_groups()
         meta = data.oracle_meta
         self.k = int(meta.get("top_k") or max((g.k for g in self.groups.values()), default=0))
@@ -153,7 +235,9 @@ class Acceptance:
     # -- building
     def _build_groups(self) -> None:
         data = self.data
-        for (b, probe), arr in data.trace.oracle_arrays().items():
+        # float16 as stored, and the decoded Arrow table not kept: the arrays are the
+        # oracle's only copy in memory
+        for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False).items():
             if len(arr) == 0:
                 continue
             if (arr.sample >= data.n_samples).any() or \
@@ -167,6 +251,9 @@ class Acceptance:
                 self.groups[(b, probe, int(d))] = self._group(
                     arr, b, probe, int(d), gpos if whole else gpos[sel],
                     slice(None) if whole else np.flatnonzero(sel))
+        # decoding the Parquet file and splitting it by group took several times the
+        # arrays' size in Arrow buffers that are free now: hand them back to the OS
+        pa.default_memory_pool().release_unused()
 
     def _group(self, arr, b: int, probe: str, d: int, gpos: np.ndarray, sel) -> OracleGroup:
         ranks = arr.true_rank[sel]
@@ -229,13 +316,23 @@ class Acceptance:
         if g is not None:
             return g
         if probe and not any(p == probe for _, p, _ in self.groups):
-            raise NotReplayable(f"record probe {probe}{self._other_settings(probe)}")
+            raise NotReplayable(f"record probe {probe}{self._other_settings(probe)}{self._dropped('probes', probe)}")
         if not any(b == block_size for b, _, _ in self.groups):
             raise NotReplayable(f"record block size {block_size} (the oracle holds "
-                                f"{', '.join(map(str, self.block_sizes))})")
+                                f"{', '.join(map(str, self.block_sizes))})"
+                                + self._dropped("block_sizes", block_size))
         where = f" with prev_offset {prev_offset}" if probe else ""
         raise NotReplayable(f"record probe {probe or '(plain draft)'} at block size "
-                            f"{block_size}{where}")
+                            f"{block_size}{where}"
+                            + (self._dropped("probe_block_sizes", block_size) if probe else ""))
+
+    def _dropped(self, kind: str, value) -> str:
+        """', dropped by `specreplay oracle --replace` at <when>' when run.json's
+        ``oracle.dropped`` (written by that command) says the trace once held it."""
+        for drop in reversed(self.data.oracle_meta.get("dropped") or []):
+            if value in (drop.get(kind) or ()):
+                return f"; {drop.get('by', 'an oracle pass')} dropped it at {drop.get('when', '?')}"
+        return ""
 
     def _other_settings(self, probe: str) -> str:
         """A missing probe's hint: the probes of the same component the trace does hold
@@ -273,17 +370,33 @@ class Acceptance:
         """What the policy sees after drafting (b = 1: an empty view)."""
         if g is None:
             ids, lps = self._empty
-            return make_view(sample, start, 1, ids, lps, self.view_seed)
-        return make_view(sample, start, g.block_size, g.ids[r], g.logprobs[r], self.view_seed)
+            return empty_view(sample, start, ids, lps, self.view_seed)
+        return make_view(sample, start, g.block_size, g, r, self.view_seed)
+
+    def _trie(self, paths: tuple) -> "PathTrie":
+        """The trie of a path set, built once per set object: a tree policy verifies the
+        same set every cycle, and walking its trie along the true ranks costs the depth
+        of the walk instead of a comparison per path."""
+        hit = self._tries.get(id(paths))
+        if hit is not None and hit[0] is paths:
+            return hit[1]
+        if len(self._tries) > 4096:  # sets built per cycle (candidates): keep it small
+            self._tries.clear()
+        trie = PathTrie(paths)
+        self._tries[id(paths)] = (paths, trie)  # the set kept alive: its id stays its own
+        return trie
 
     def check_policy(self, max_rank: int, probes: tuple[str, ...]) -> None:
         """Refuse up front what a policy will certainly need and the trace lacks."""
         for p in probes:
             if p not in self.probes:
-                raise NotReplayable(f"record probe {p}{self._other_settings(p)}")
+                raise NotReplayable(f"record probe {p}{self._other_settings(p)}{self._dropped('probes', p)}")
         if max_rank >= self.k:
+            cut = [d for d in self.data.oracle_meta.get("dropped") or [] if d.get("top_k_before")]
+            why = (f"; {cut[-1].get('by')} cut it from top-{cut[-1]['top_k_before']} at "
+                   f"{cut[-1].get('when', '?')}") if cut and cut[-1]["top_k_before"] > max_rank else ""
             raise NotReplayable(f"oracle top-k >= {max_rank + 1} (this trace kept "
-                                f"top-{self.k})")
+                                f"top-{self.k}){why}")
 
     def accepted(self, g: OracleGroup, r: int, plan: VerifyPlan) -> tuple[int, int]:
         """(accepted drafted tokens, chosen path index) of a verify plan at row r,
@@ -297,6 +410,8 @@ class Acceptance:
             raise NotReplayable(f"verify mode {plan.mode!r} over draft ranks under sampling "
                                 "(only chains are replayed by Monte Carlo)")
         truth = g.ranks[r].tolist()
+        if len(paths) > 4:
+            return self._trie(paths).accepted(truth, self.k, g.block_size)
         best, chosen = -1, 0
         for i, path in enumerate(paths):
             if len(path) > len(truth):

@@ -70,11 +70,17 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append(f"\ntrace: {first['trace']} ({first['samples']} samples, "
                      f"{first['tokens']} output tokens); timing: {first['timing']}")
         lines.append(f"cost: {first['cost']}")
+        if serving:
+            lines.append("serving predictions are unvalidated: no live batched run has "
+                         "confirmed them yet")
     return "\n".join(lines)
 
 
 def _check_trace_args(args: argparse.Namespace) -> None:
-    from specreplay.errors import CLIError
+    """Refuse flag values the trace cannot honour, before any replay runs."""
+    from specreplay.errors import CLIError, check_input_dir
+    if args.profile is not None:
+        check_input_dir(args.profile, "--profile", "profile")
     if args.bootstrap < 0:
         raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     if (args.slo_ttft is not None or args.slo_tpot is not None) and \
@@ -83,13 +89,36 @@ def _check_trace_args(args: argparse.Namespace) -> None:
                        "--rate R")
 
 
+def _check_concurrency(args: argparse.Namespace, n_samples: int) -> None:
+    """A closed loop keeps at most one request per prompt in flight: a larger
+    --concurrency would predict a load that this trace cannot produce."""
+    from specreplay.errors import CLIError
+    if args.concurrency is not None and args.concurrency > n_samples:
+        raise CLIError(f"--concurrency {args.concurrency} is more than the {n_samples} prompts "
+                       f"recorded in {args.trace}, and a closed loop keeps at most one request "
+                       f"per prompt in flight: pass --concurrency {n_samples} or less (or --rate "
+                       "for open-loop arrivals)")
+
+
+def _exit_status(results: list[dict[str, Any]]) -> int:
+    """1 when not one requested policy could be replayed: a script must not take an
+    empty table for a result."""
+    return 0 if any(r["replayable"] for r in results) else 1
+
+
 def _replay(args: argparse.Namespace) -> int:
+    from specreplay.policies.spec import parse_policy
     from specreplay.sim.replay import replay
+    from specreplay.sim.tracedata import load_trace
     _check_trace_args(args)
-    preds = replay(policies=args.policy, **_replay_kwargs(args))
+    for spec in args.policy:
+        parse_policy(spec)  # a typo fails at once, before the trace loads
+    data = load_trace(args.trace)
+    _check_concurrency(args, data.n_samples)
+    preds = replay(policies=args.policy, **{**_replay_kwargs(args), "trace": data})
     results = [p.to_dict() for p in preds]
     print(json.dumps(results, indent=2) if args.json else format_table(results))
-    return 0
+    return _exit_status(results)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -103,7 +132,8 @@ def _sweep(args: argparse.Namespace) -> int:
     if not specs:
         raise CLIError("nothing to sweep: give --grid GRID (or --policy SPEC)")
     specs = list(dict.fromkeys(specs))
-    load_trace(args.trace)  # a bad trace fails here, before any worker starts
+    # a bad trace fails here, before any worker starts
+    _check_concurrency(args, load_trace(args.trace).n_samples)
     bar = tqdm(total=len(specs), unit="policy", desc="replaying", file=sys.stderr,
                disable=args.json and not sys.stderr.isatty())
     try:
@@ -112,7 +142,7 @@ def _sweep(args: argparse.Namespace) -> int:
         bar.close()
     results.sort(key=lambda r: -(r["tokens_per_s"] or 0) if r["replayable"] else math.inf)
     print(json.dumps(results, indent=2) if args.json else format_table(results))
-    return 0
+    return _exit_status(results)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -125,7 +155,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "are labelled 'other-setup profile: <setup>'")
     load = p.add_mutually_exclusive_group()
     load.add_argument("--concurrency", type=_positive_int, metavar="N",
-                      help="serving: N requests in flight (closed loop), batched on one GPU")
+                      help="serving: N requests in flight (closed loop), batched on one GPU; "
+                           "at most the number of recorded prompts")
     load.add_argument("--rate", type=_positive_float, metavar="R",
                       help="serving: Poisson arrivals at R requests per second")
     p.add_argument("--timing", choices=("model", "recorded", "calibrated"), default="model",

@@ -392,6 +392,11 @@ class CostModel:
         return factors
 
     # -- queries
+    def reserve(self, L_max: int) -> None:
+        """Size every table to context lengths 0..L_max up front (a replay passes its
+        trace's longest context), so that no query has to grow one."""
+        self._L_max = max(self._L_max, int(L_max))
+
     def _table(self, kind: str, q: int, batch: int, L_need: int) -> tuple[np.ndarray, np.ndarray]:
         """Seconds and sources over every context length 0..L_max for one (kind, q, batch),
         computed once, so a replayed cycle's cost is one array read."""
@@ -399,7 +404,10 @@ class CostModel:
         hit = self._tables.get(key)
         if hit is not None and hit[0].shape[0] > L_need:
             return hit
-        self._L_max = max(self._L_max, L_need + 1, 4096)
+        if L_need >= self._L_max:
+            # grow geometrically: a replay whose contexts creep up one token a cycle
+            # rebuilds each table O(log L) times, not once per new context length
+            self._L_max = max(2 * self._L_max, L_need + 1, 4096)
         L = np.arange(self._L_max + 1, dtype=np.float64)
         if kind == "tree_verify":
             val, src = self._tree(q, L, batch)

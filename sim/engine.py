@@ -23,13 +23,19 @@ step's seconds: one batched draft pass over the cycles that draft (batch = their
 block size and context padded to the largest), then one batched verify pass (batch =
 their verify rows, query tokens and context padded to the largest; tree-masked if any
 cycle verifies a tree), then the per-cycle host overhead once. Prefills run in steps of
-their own, before waiting cycles, with no decode cycles mixed in; a prefill takes the
-sample's recorded prefill_s when the timing is the trace's own, else the target cost of
-its prompt. Every cycle in a step observes the step's draft/target/overhead seconds and
-a cycle time that includes its wait for the GPU.
+their own, before waiting cycles, with no decode cycles mixed in; with the trace's own
+timing a prefill step costs its prompt tokens at the recorded per-token rate (the median
+over the samples after the cold first one, ``Timer.prefill_per_token``), else the target
+cost of the longest prompt at the step's batch. Every cycle in a step observes the
+step's draft/target/overhead seconds and a cycle time that includes its wait for the GPU.
 
 With one request at a time (single stream) the GPU never queues: each cycle is one
-timeout of its own seconds, exactly the live single-stream loop.
+timeout of its own seconds, exactly the live single-stream loop. So single stream needs
+no event loop: ``run_direct`` drives the same per-request generator (``request``) with a
+plain clock, and a test checks it against the SimPy processes cycle by cycle for every
+policy family. The hot path of a replayed cycle lives here and in sim.acceptance:
+cached draft requests and chain plans (``HotPolicy``), verify shapes memoised per plan,
+tries memoised per path set, views that read their oracle row only when asked.
 """
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ import simpy
 from simpy.events import Event
 
 from specreplay.policies import parse_policy
-from specreplay.policies.base import Composite, CycleContext, CycleOutcome, DraftRequest, VerifyPlan
+from specreplay.policies.base import (Composite, CycleContext, CycleOutcome, DraftRequest,
+                                     Policy, VerifyPlan)
 from specreplay.sim.acceptance import Acceptance
 from specreplay.sim.cost import CostModel, RecordedTiming
 from specreplay.sim.tracedata import TraceData
@@ -67,6 +74,61 @@ def new_outcome(*values) -> CycleOutcome:
     out = object.__new__(CycleOutcome)
     out.__dict__.update(zip(_OUTCOME_FIELDS, values))
     return out
+
+
+class Clock:
+    """The time a request reads when no SimPy environment runs it (``run_direct``)."""
+    __slots__ = ("now",)
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+
+class HotPolicy:
+    """A Composite whose glue hands out its immutable results cached: the draft
+    request of a block size before any input component, the chain plan of a block size.
+    Every component method is called exactly as ``Composite`` calls it (block, then the
+    inputs in order, then verify; observers in component order), so the decisions are
+    the Composite's own; a test replays both and compares them cycle by cycle."""
+
+    def __init__(self, policy: Composite) -> None:
+        self.policy = policy
+        self.reset, self.state = policy.reset, policy.state
+        self._choose = policy.block.choose_block
+        self._inputs = [c.draft_input for c in policy.inputs]
+        self._verify = policy.verify.plan_verify if policy.verify is not None else None
+        self._requests: dict[int, DraftRequest] = {}
+        self._chains: dict[int, VerifyPlan] = {}
+        # components that keep Policy's no-op observe are skipped
+        observers = [c.observe for c in policy.components()
+                     if type(c).observe is not Policy.observe]
+        if len(observers) == 1:
+            self.observe = observers[0]
+        else:
+            self._observers = observers
+
+    def observe(self, outcome: CycleOutcome) -> None:
+        for f in self._observers:
+            f(outcome)
+
+    def plan_draft(self, ctx: CycleContext) -> DraftRequest:
+        b = int(self._choose(ctx))
+        req = self._requests.get(b)
+        if req is None:
+            req = self._requests[b] = DraftRequest(block_size=b)
+        if b > 1:
+            for draft_input in self._inputs:
+                req = draft_input(ctx, req)
+        return req
+
+    def plan_verify(self, view) -> VerifyPlan:
+        b = view.block_size
+        if b > 1 and self._verify is not None:
+            return self._verify(view)
+        plan = self._chains.get(b)
+        if plan is None:
+            plan = self._chains[b] = VerifyPlan.chain(max(b, 1))
+        return plan
 
 
 class Work:
@@ -143,9 +205,26 @@ class Timer:
         w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, overhead_s
         w.step_s = draft_s + target_s + overhead_s
 
+    def prefill_per_token(self) -> float | None:
+        """Seconds per prompt token of the trace's recorded prefills: the median of
+        prefill_s / prompt tokens over the samples after the first, whose prefill ran
+        cold (sample 0 pays the warm-up: 0.64 s against about 0.011 s on the sample
+        trace). None without recorded prefills."""
+        if self.prefill_s is None:
+            return None
+        rate = self.__dict__.get("_per_token")
+        if rate is None:
+            per = self.prefill_s / np.maximum(self.prompt_len, 1)
+            rate = self._per_token = float(np.median(per[1:] if len(per) > 1 else per))
+        return rate
+
     def _prefill(self, works: list[Work]) -> None:
-        if self.prefill_s is not None:
-            secs = float(sum(self.prefill_s[w.sample] for w in works))
+        rate = self.prefill_per_token()
+        if rate is not None:
+            # a batched prefill runs every prompt token of the batch once: charged per
+            # token at the recorded warm rate, not as the sum of the samples' own
+            # single-stream prefills (which would carry sample 0's cold start)
+            secs = rate * float(sum(int(self.prompt_len[w.sample]) for w in works))
             src = NO_SOURCE
         else:
             q = int(max(self.prompt_len[w.sample] for w in works))
@@ -243,25 +322,33 @@ class Engine:
 
     def __init__(self, data: TraceData, acceptance: Acceptance, timer: Timer, spec: str,
                  concurrency: int | None = None, rate: float | None = None, seed: int = 0,
-                 record_states: bool = True) -> None:
+                 record_states: bool = True, direct: bool = True, hot: bool = True) -> None:
         self.data, self.acc, self.timer, self.spec = data, acceptance, timer, spec
+        self.direct, self.hot = direct, hot
         self.concurrency, self.rate, self.seed = concurrency, rate, seed
         self.serving = concurrency is not None or rate is not None
         self.record_states = record_states
         self.env = simpy.Environment()
         solo = rate is None and (concurrency or 1) == 1
         self.gpu = GPU(self.env, timer, solo)
+        self.clock = self.env  # what requests read the time from; run_direct swaps it
         self.log = RunLog()
+        self._plain: dict = {}   # block size -> plain oracle group
+        self._shapes: dict = {}  # id(plan) -> (plan, verify shape)
         self.stop_ids = data.stop_token_ids
         self.data_prompt = data.prompt_len.tolist()
 
     # -- the request: the story of one sample
-    def request(self, sample: int, policy: Composite):
-        env, acc, data, log, gpu = self.env, self.acc, self.data, self.log, self.gpu
-        t_arrival = env.now
+    def request(self, sample: int, policy: "Composite | HotPolicy"):
+        """The story of one sample, as a generator of the GPU jobs it needs: it yields
+        each ``Work`` and is resumed once the job has run (its seconds filled in,
+        ``self.clock.now`` past its end). Both drivers run this one generator: the SimPy
+        process (``process``) and the single-stream loop (``run_direct``)."""
+        clock, acc, data, log = self.clock, self.acc, self.data, self.log
+        t_arrival = clock.now
         if self.serving:
-            yield gpu.submit(Work(sample, 0, 1, 0, prefill=True))
-        t_first = env.now
+            yield Work(sample, 0, 1, 0, prefill=True)
+        t_first = clock.now
         n = int(data.out_len[sample])
         last = n - 1  # S[0] came from prefill; the output is complete once S[n-1] is committed
         prompt = int(data.prompt_len[sample])
@@ -271,12 +358,13 @@ class Engine:
         work = Work(sample, 0, 1, prompt)
         # bound methods as locals: this loop runs once per replayed cycle
         plan_draft, plan_verify, observe = policy.plan_draft, policy.plan_verify, policy.observe
-        draft, plan_work, submit, record = self.draft, self.plan_work, gpu.submit, log.cycles.append
+        draft, plan_work, record = self.draft, self.plan_work, log.cycles.append
+        l_gen, stop_ids = acc.l_gen, self.stop_ids
         policy.reset(sample)
         start = cycle = 0
         prev_view = prev_outcome = None
         while start < last:
-            t_ready = env.now
+            t_ready = clock.now
             ctx = new_context(sample, cycle, start, prompt + start, max(allowed - start, 1),
                               default_b, prev_view, prev_outcome)
             req = plan_draft(ctx)
@@ -286,13 +374,13 @@ class Engine:
             accepted, chosen = acc.accepted(group, row, plan) if group else (0, 0)
             tau = min(accepted + 1, last - start)  # the bonus token still lies inside S
             plan_work(work, start, req, plan)
-            yield submit(work)
+            yield work
             # wait for the GPU plus the step's own seconds; single stream: exactly the step
             cycle_s = (work.t_start - t_ready) + work.step_s
             outcome = new_outcome(sample, cycle, start, b, tau - 1, tau, tau, chosen,
                                   work.verify_tokens, work.draft_s, work.target_s,
                                   work.overhead_s, cycle_s,
-                                  acc.l_gen(group, self.stop_ids)[row] if group else 1)
+                                  l_gen(group, stop_ids)[row] if group else 1)
             observe(outcome)
             record((sample, cycle, start, b, tau - 1, tau, work.verify_tokens, work.draft_s,
                     work.target_s, work.overhead_s, cycle_s, work.draft_src, work.target_src,
@@ -304,16 +392,24 @@ class Engine:
             # recycling seeds come from the previous cycle's plain proposal (as live)
             prev_view = self.plain_view(sample, work.start, b) if req.seeds else view
             prev_outcome = outcome
-        log.requests.append((sample, t_arrival, t_first, env.now, n))
+        log.requests.append((sample, t_arrival, t_first, clock.now, n))
+
+    def process(self, sample: int, policy):
+        """The request as a SimPy process: each job goes to the shared GPU."""
+        submit = self.gpu.submit
+        for work in self.request(sample, policy):
+            yield submit(work)
 
     # -- lookups (no policy logic here)
     def draft(self, sample: int, start: int, req: DraftRequest):
         """The view the draft would produce for this request, with its oracle group
         and row (None, 0 for b = 1: nothing is drafted)."""
         acc = self.acc
-        if req.block_size <= 1:
+        b = req.block_size
+        if b <= 1:
             return acc.view(None, 0, sample, start), None, 0
-        group = acc.group(req.block_size, req.probe, req.prev_offset if req.probe else 0)
+        group = acc.group(b, req.probe, req.prev_offset) if req.probe else \
+            self._plain.get(b) or self._plain.setdefault(b, acc.group(b))
         row = acc.row(group, sample, start)
         return acc.view(group, row, sample, start), group, row
 
@@ -331,11 +427,7 @@ class Engine:
             verify_tokens = work.verify_q = len(paths[0]) + 1
             work.verify_rows = 1
         else:
-            verify_tokens = plan.verify_tokens()
-            if mode == "batch":  # rows padded to the longest candidate
-                work.verify_q, work.verify_rows = max(len(p) for p in paths) + 1, len(paths)
-            else:
-                work.verify_q, work.verify_rows = verify_tokens, 1
+            verify_tokens, work.verify_q, work.verify_rows = self.verify_shape(plan)
         work.start, work.block_size = start, req.block_size
         work.context_len = self.data_prompt[work.sample] + start
         # a seeded draft also runs the plain pass recycling needs next cycle
@@ -348,22 +440,48 @@ class Engine:
         work.recorded = None if rec is None else rec.get(
             work.sample, start, req.block_size, mode, verify_tokens, len(paths), req.probe)
 
+    def verify_shape(self, plan: VerifyPlan) -> tuple[int, int, int]:
+        """(verify tokens, query tokens per row, rows) of a tree or batch plan. Policies
+        that verify a fixed tree return the same plan object every cycle: its shape
+        (a trie build) is computed once per plan, kept by identity."""
+        hit = self._shapes.get(id(plan))
+        if hit is not None and hit[0] is plan:
+            return hit[1]
+        paths = plan.paths
+        tokens = plan.verify_tokens()
+        if plan.mode == "batch":  # rows padded to the longest candidate
+            shape = (tokens, max(len(p) for p in paths) + 1, len(paths))
+        else:
+            shape = (tokens, tokens, 1)
+        if len(self._shapes) > 4096:  # plans built per cycle (candidates): keep it small
+            self._shapes.clear()
+        self._shapes[id(plan)] = (plan, shape)  # the plan kept alive: its id stays its own
+        return shape
+
     # -- running
     def run(self) -> RunLog:
+        """Run every request; single stream (no serving) takes ``run_direct`` unless
+        the engine was built with ``direct=False``."""
         env, n = self.env, self.data.n_samples
-        if self.rate is not None:
+        direct = self.direct and not self.serving
+        if direct:
+            self.clock = Clock()
+        elif self.rate is not None:
             env.process(self.arrivals(n))
         else:
             queue = iter(range(n))
             for _ in range(min(self.concurrency or 1, n)):
-                env.process(self.slot(queue, parse_policy(self.spec)))
+                env.process(self.slot(queue, self.make_policy()))
         # The run allocates millions of short-lived objects and keeps every cycle's
         # record: the cyclic collector would rescan that growing log again and again
         # (15-20 % of the run). Nothing here needs it until the run ends.
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            env.run()
+            if direct:
+                self.run_direct()
+            else:
+                env.run()
         finally:
             if was_enabled:
                 gc.enable()
@@ -371,14 +489,31 @@ class Engine:
         self.log.batch_sizes = self.gpu.batch_sizes
         return self.log
 
+    def run_direct(self) -> None:
+        """Single stream without SimPy: one request after another, each job run at once
+        (the GPU never queues, see the module docstring), the clock advanced by the
+        job's seconds exactly as SimPy's timeout advances ``env.now``."""
+        clock, single, gpu = self.clock, self.timer.single, self.gpu
+        policy = self.make_policy()
+        for sample in range(self.data.n_samples):
+            for work in self.request(sample, policy):
+                work.t_start = clock.now
+                single(work)
+                gpu.steps += 1
+                clock.now += work.step_s
+
+    def make_policy(self):
+        policy = parse_policy(self.spec)
+        return HotPolicy(policy) if self.hot else policy
+
     def slot(self, queue, policy: Composite):
         """Closed loop: a client that sends the next sample as soon as its last one ends."""
         for sample in queue:
-            yield from self.request(sample, policy)
+            yield from self.process(sample, policy)
 
     def arrivals(self, n: int):
         """Open loop: Poisson arrivals at ``rate`` requests per second, seeded."""
         gaps = np.random.default_rng((self.seed, 0xA881)).exponential(1.0 / self.rate, n)
         for sample in range(n):
             yield self.env.timeout(float(gaps[sample]))
-            self.env.process(self.request(sample, parse_policy(self.spec)))
+            self.env.process(self.process(sample, self.make_policy()))

@@ -36,6 +36,8 @@ reasons joined by "; ": "approximate (sampling: Monte Carlo, seed N)", "approxim
 ``tau_error_bound``), "extrapolated cost", "other-setup profile: <setup>". ``label`` is
 the one-word class of it: "approximate" (acceptance not exact), else "extrapolated cost"
 (a cost from the fitted model or another setup's profile), else "exact".
+Serving predictions are also flagged "unvalidated (...)", first, and their label ends in
+", unvalidated": no live batched run has been measured against them yet.
 ``oracle_agreement`` is the measured share of the trace's plain greedy live cycles whose
 draft proposals the oracle reproduces, ``ar_divergences`` the trace's samples whose
 output left plain AR decoding, ``tau_bound`` the bound on |tau_mean error| they imply.
@@ -71,6 +73,8 @@ from specreplay.traces.io import TraceError
 from specreplay.traces.reader import Profile, Trace, check_profile_matches
 
 TIMINGS = ("model", "recorded", "calibrated")
+# the fidelity flag of every serving prediction (concurrency or rate)
+UNVALIDATED = "unvalidated (serving: no live batched run has confirmed it)"
 
 
 class CycleTable:
@@ -181,13 +185,46 @@ class OracleAgreement:
         return (self.share is None or self.share == 1.0) and self.divergent == 0
 
 
-def oracle_agreement(trace: Trace) -> OracleAgreement:
-    """The trace's measured oracle agreement and AR divergences (see OracleAgreement)."""
-    from specreplay.traces.check import oracle_live_agreement
-    agreeing, compared = oracle_live_agreement(trace)
+def oracle_agreement(trace: Trace, acc: Acceptance | None = None) -> OracleAgreement:
+    """The trace's measured oracle agreement and AR divergences (see OracleAgreement).
+    With the trace's ``Acceptance``, the oracle rows are looked up in its arrays
+    (the rule of traces.check.oracle_live_agreement) instead of reading the oracle a
+    second time."""
+    if acc is None:
+        from specreplay.traces.check import oracle_live_agreement
+        agreeing, compared = oracle_live_agreement(trace)
+    else:
+        agreeing, compared = _live_agreement(trace, acc)
     div = np.asarray([d for d in trace.samples.column("ar_divergence").to_pylist()
                       if d is not None], dtype=np.int64)  # null: not checked
     return OracleAgreement(int(agreeing), int(compared), int((div >= 0).sum()), int(div.size))
+
+
+def _live_agreement(trace: Trace, acc: Acceptance) -> tuple[int, int]:
+    """(agreeing, compared) plain greedy live cycles whose drafted tokens equal the top-1
+    proposals of the oracle row at their (sample, start, block size)."""
+    if acc.sampling:
+        return 0, 0
+    cyc = trace.cycles
+    b = cyc.column("block_size").to_numpy().astype(np.int64)
+    plain = np.asarray(cyc.column("probe").to_pylist(), dtype=object) == ""
+    gpos = acc.data.base[cyc.column("sample").to_numpy().astype(np.int64)] \
+        + cyc.column("start").to_numpy().astype(np.int64)
+    drafted = cyc.column("drafted")
+    agree = compared = 0
+    for (size, probe, prev), g in acc.groups.items():
+        if probe or prev:
+            continue
+        rows = np.flatnonzero((b == size) & plain)
+        if not len(rows):
+            continue
+        oracle_rows = g.row_of[gpos[rows]]
+        for r, i in zip(rows.tolist(), oracle_rows.tolist()):
+            if i < 0:
+                continue
+            compared += 1
+            agree += g.ids[i, :, 0].tolist() == drafted[r].as_py()
+    return agree, compared
 
 
 def tau_error_bound(agreement: OracleAgreement, block_sizes: np.ndarray) -> float | None:
@@ -326,12 +363,18 @@ def _summarise(spec: str, canonical: str, cols: dict, log: RunLog, s: Setting) -
                          + f"{agreement.divergent} AR divergence"
                          + ("" if agreement.divergent == 1 else "s")
                          + f" in {agreement.checked} samples; tau +-{bound:.3f})")
+    serving = s.concurrency is not None or s.rate is not None
+    if serving:
+        # no live batched runner exists yet to measure a serving run against
+        flags.insert(0, UNVALIDATED)
     if any(f.startswith("approximate") for f in flags):
         label = "approximate"
     elif fitted or any(f.startswith("other-setup") for f in flags):
         label = "extrapolated cost"
     else:
         label = "exact"
+    if serving:
+        label += ", unvalidated"
     pred = Prediction(
         policy=spec, canonical=canonical, replayable=True,
         tpot_s=float(np.mean(decode / tokens)),
@@ -493,6 +536,9 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
                              "so it needs a profile of the trace's own setup and a trace with live "
                              "cycles; use --timing model")
         cost.calibrate(data.trace.cycles)
+    # the longest context a cycle of this trace can have: every cost table is built
+    # once at that size (grown geometrically past it, e.g. by a prefill's prompt)
+    cost.reserve(int((data.prompt_len + data.out_len).max()))
     recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
     acc = Acceptance(data, seed)
     if acc.sampling:
@@ -500,7 +546,7 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
     prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None
     timer = Timer(cost, recorded, prefill, data.prompt_len)
     return Setting(data, acc, timer, flags, concurrency, rate, seed, bootstrap,
-                   slo_ttft_s, slo_tpot_s, agreement=oracle_agreement(data.trace))
+                   slo_ttft_s, slo_tpot_s, agreement=oracle_agreement(data.trace, acc))
 
 
 __all__ = ["CycleTable", "OracleAgreement", "Prediction", "Replayer", "replay", "TIMINGS",

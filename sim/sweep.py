@@ -11,6 +11,7 @@ knobs accept too. Every combination across all knobs of all components is one po
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -59,7 +60,9 @@ def expand_grid(grid: str) -> list[str]:
     return specs
 
 
-# -- parallel replay: one Replayer per worker process, built once
+# -- parallel replay: one Replayer, built once in the parent and inherited by forked
+# workers (a trace's load, oracle arrays and ar baseline cost more than many replays);
+# where processes cannot fork, each worker builds its own
 _worker = None
 
 
@@ -88,8 +91,13 @@ def run_sweep(specs: list[str], replay_kwargs: dict[str, Any], workers: int = 1,
                 progress(1)
         return out
     results: dict[int, dict[str, Any]] = {}
-    with ProcessPoolExecutor(workers, initializer=_init_worker,
-                             initargs=(replay_kwargs,)) as pool:
+    if "fork" in multiprocessing.get_all_start_methods():
+        _init_worker(replay_kwargs)
+        _worker.baseline  # noqa: B018 -- the speedup's ar replay, once, before forking
+        pool_args: dict[str, Any] = {"mp_context": multiprocessing.get_context("fork")}
+    else:
+        pool_args = {"initializer": _init_worker, "initargs": (replay_kwargs,)}
+    with ProcessPoolExecutor(workers, **pool_args) as pool:
         futures = {pool.submit(_predict, spec): i for i, spec in enumerate(specs)}
         for fut in as_completed(futures):
             results[futures[fut]] = fut.result()

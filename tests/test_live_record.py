@@ -106,7 +106,15 @@ def test_record_and_oracle_commands_end_to_end(model_dirs, tmp_path, capsys):
     rc = _cli("oracle", out, "--block-sizes", "4,8", "--probes", "refine", "--device", "cpu")
     assert rc == 0
     run = json.loads((out / "run.json").read_text())
+    assert run["oracle"]["block_sizes"] == [4, 6, 8]  # added to, nothing dropped
+    sizes = set(pq.read_table(out / "oracle", columns=["block_size"]).column("block_size").to_pylist())
+    assert sizes == {4, 6, 8}
+    assert check_trace(out)["ok"]
+    rc = _cli("oracle", out, "--block-sizes", "4,8", "--replace", "--device", "cpu")
+    assert rc == 0
+    run = json.loads((out / "run.json").read_text())
     assert run["oracle"]["block_sizes"] == [4, 8]
+    assert run["oracle"]["dropped"][-1]["block_sizes"] == [6]
     sizes = set(pq.read_table(out / "oracle", columns=["block_size"]).column("block_size").to_pylist())
     assert sizes == {4, 8}
     assert check_trace(out)["ok"]

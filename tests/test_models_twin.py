@@ -115,6 +115,33 @@ def test_greedy_dflash_output_and_every_accepted_length_equal_the_fixture_pairs(
         assert sum(c["accepted"] for c in runs["twin"].cycles) > 0
 
 
+# Largest share of exact zeros the construction needs per tensor kind on the test shape
+# (half of its width is the fixture's, so these are far above Qwen3-8B's few per cent):
+# o_proj rows beyond the fixture's width, gate and v rows of extra units and heads over
+# the real dimensions, fc columns at every tap's real dimensions. Zero padding put 75 %
+# and more in every one of them. (The fixture itself holds a few exact zeros.)
+ZERO_BOUNDS = {"q_proj": 0.001, "k_proj": 0.001, "up_proj": 0.001, "lm_head": 0.01, "o_proj": 0.2,
+               "down_proj": 0.13, "gate_proj": 0.38, "v_proj": 0.38, "embed_tokens": 0.17,
+               "fc": 0.36}
+
+
+def test_only_the_zeros_the_construction_needs(twin_models):
+    """Zeros are cheaper on a GPU than real weights (fewer bits switch), so a twin padded
+    with zeros runs faster than the real model: every weight the function does not pin
+    is random, and the zeros left stay under the derived shares."""
+    target, draft = twin_models
+    for name, model in (("target", target), ("draft", draft)):
+        shares = twin.zero_shares(model)
+        table = ", ".join(f"{k} {z / n:.3f}" for k, (z, n) in shares.items())
+        zeros, total = shares["all"]
+        assert zeros / total < 0.16, f"{name}: {table}"
+        for kind, bound in ZERO_BOUNDS.items():
+            if kind in shares:
+                z, n = shares[kind]
+                assert z / n <= bound, f"{name} {kind}: {z / n:.3f} > {bound} ({table})"
+    assert set(ZERO_BOUNDS) <= set(twin.zero_shares(target)) | set(twin.zero_shares(draft))
+
+
 def test_a_tied_shape_keeps_the_log_probabilities(fixture_pair):
     """Qwen3-4B ties its embedding and head: the twin then shifts every real logit of a
     position by one constant, which log-softmax removes."""

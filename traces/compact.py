@@ -74,7 +74,9 @@ def merge(out_dir: str | Path, part_dirs: list[str | Path]) -> dict[str, Any]:
     empty). Samples are renumbered in argument order; the inputs must share the
     recording setup and must not repeat a dataset row. Returns the merged run.json."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TraceError(f"{out_dir} is a file: choose an empty or new directory to merge into")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
         raise TraceError(f"{out_dir} is not empty: choose an empty or new directory to merge into")
     if not part_dirs:
         raise TraceError("merge needs at least one trace to join")

@@ -97,7 +97,7 @@ class OracleArrays:
     prev_offset: np.ndarray     # int16 [n]
     true_rank: np.ndarray       # int8 [n, b-1]
     draft_ids: np.ndarray       # int32 [n, b-1, k]
-    draft_logprobs: np.ndarray  # float32 [n, b-1, k]
+    draft_logprobs: np.ndarray  # float32 (or float16, as stored) [n, b-1, k]
 
     def __len__(self) -> int:
         return int(self.sample.shape[0])
@@ -175,18 +175,23 @@ class Trace:
     def has_table(self, name: str) -> bool:
         return bool(table_files(self.dir, name))
 
-    def table(self, name: str) -> pa.Table:
-        """All parts of a table concatenated, validated against the schema."""
+    def table(self, name: str, cache: bool = True) -> pa.Table:
+        """All parts of a table concatenated, validated against the schema.
+        ``cache=False``: read it without keeping it (a caller that converts it to its
+        own arrays at once, so the decoded table does not linger beside them)."""
         if name not in SCHEMAS:
             raise TraceError(f"unknown trace table {name!r}; tables: {', '.join(TABLES)}")
-        if name not in self._tables:
-            files = table_files(self.dir, name)
-            if not files:
-                hint = _HINTS.get(name, "re-record the trace")
-                raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
-            parts = [read_parquet(f, SCHEMAS[name], name) for f in files]
-            self._tables[name] = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        return self._tables[name]
+        if name in self._tables:
+            return self._tables[name]
+        files = table_files(self.dir, name)
+        if not files:
+            hint = _HINTS.get(name, "re-record the trace")
+            raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
+        parts = [read_parquet(f, SCHEMAS[name], name) for f in files]
+        table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+        if cache:
+            self._tables[name] = table
+        return table
 
     @property
     def samples(self) -> pa.Table:
@@ -224,10 +229,13 @@ class Trace:
         return int(oracle["top_k"]) if isinstance(oracle, dict) and oracle.get("top_k") else None
 
     # -- fast columnar access for replay
-    def oracle_arrays(self) -> dict[tuple[int, str], OracleArrays]:
+    def oracle_arrays(self, logprob_dtype=np.float32,
+                      keep_table: bool = True) -> dict[tuple[int, str], OracleArrays]:
         """The oracle as dense numpy arrays per (block size, probe) group, built with
-        vectorised Arrow/numpy operations (no per-row Python)."""
-        t = self.oracle
+        vectorised Arrow/numpy operations (no per-row Python). ``logprob_dtype``
+        np.float16 keeps the stored values as stored (half the memory, no rounding);
+        ``keep_table=False`` does not keep the decoded Arrow table (``table``)."""
+        t = self.table("oracle", cache=keep_table)
         if t.num_rows == 0:
             return {}
         blocks = t.column("block_size").to_numpy()
@@ -240,10 +248,11 @@ class Trace:
             b, code = divmod(int(k), len(names))
             mask = key == k
             out[(int(b), names[code])] = self._oracle_group(t.filter(pa.array(mask)), int(b),
-                                                           names[code])
+                                                           names[code], logprob_dtype)
         return out
 
-    def _oracle_group(self, g: pa.Table, b: int, probe: str) -> OracleArrays:
+    def _oracle_group(self, g: pa.Table, b: int, probe: str,
+                      logprob_dtype=np.float32) -> OracleArrays:
         what = f"{self.dir} table oracle (block size {b}, probe {probe!r})"
         if b < 2:
             raise TraceError(f"{what}: block size must be >= 2 (an oracle row needs a drafted offset)")
@@ -266,7 +275,7 @@ class Trace:
             block_size=b, probe=probe, k=k, sample=sample, start=start, prev_offset=prev,
             true_rank=rank.astype(np.int8, copy=False),
             draft_ids=ids.reshape(n, b - 1, k).astype(np.int32, copy=False),
-            draft_logprobs=lps.reshape(n, b - 1, k).astype(np.float32))
+            draft_logprobs=lps.reshape(n, b - 1, k).astype(logprob_dtype, copy=False))
 
     def target_arrays(self) -> TargetArrays:
         """The oracle_target table as dense arrays (for Monte Carlo acceptance)."""

@@ -1,0 +1,56 @@
+"""The graph backend's profile: measured through the loop's own backend calls,
+interleaved over the whole grid, with the monotonicity check reported (not fitted) and
+the context grid taken from the recorded prompts."""
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.live
+
+from specreplay.live.profiler import (GraphProfiler, Grid, context_grid, monotonicity,  # noqa: E402
+                                      tree_paths)
+from specreplay.live.verify import pack  # noqa: E402
+from specreplay.policies import trie_nodes  # noqa: E402
+from live_pair import tiny_pair  # noqa: E402
+
+
+def _row(kind, q, L, med, spread=0.0):
+    return {"kind": kind, "q": q, "context_len": L, "batch": 1, "median_s": med,
+            "p10_s": med - spread / 2, "p90_s": med + spread / 2, "n": 5}
+
+
+def test_monotonicity_reports_a_step_down_beyond_noise():
+    rows = [_row("target", 1, 256, 1.0), _row("target", 4, 256, 1.1), _row("target", 8, 256, 0.5),
+            _row("target", 1, 512, 1.2), _row("target", 4, 512, 1.3), _row("target", 8, 512, 1.4)]
+    got = monotonicity(rows)
+    assert [(v["axis"], v["at"], v["from"], v["to"]) for v in got["violations"]] == [("q", 256, 4, 8)]
+    assert got["checked"] == 7  # 2 q-steps at each of 2 contexts + 1 context step at each of 3 q
+    # within the points' own spread it is noise, not a violation
+    rows[2] = _row("target", 8, 256, 0.9, spread=0.4)
+    assert monotonicity(rows)["violations"] == []
+
+
+def test_context_grid_starts_at_the_shortest_prompt_and_covers_the_longest_context():
+    assert context_grid(37, 300) == (37, 74, 148, 296, 592)
+    assert context_grid(512, 512) == (512,)
+
+
+@pytest.mark.parametrize("nodes", [1, 3, 7, 15, 10])
+def test_tree_paths_pack_into_q_rows(nodes):
+    paths = tree_paths(nodes)
+    assert len(trie_nodes(paths)) == nodes
+    assert len(pack("tree", paths, 0, [0] * nodes).tokens) == nodes + 1
+
+
+def test_graph_profile_times_every_point_and_each_verify_modes_host_step():
+    target, draft = tiny_pair()
+    grid = Grid(q=(1, 4), context=(8, 24), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1)
+    prof = GraphProfiler(target, draft, grid, torch.device("cpu"))
+    assert {p.batch for p in prof.points} == {1}  # batch plans are packed rows here
+    run = prof.run()
+    assert len(run.rows) == len(prof.points) == 2 * 2 * 2 + 2 + 2
+    assert all(r["n"] == 3 and r["median_s"] > 0 for r in run.rows)
+    meta = prof.meta(run.rows)
+    assert set(meta["host_s"]) == {"chain", "tree", "batch"} and all(v > 0 for v in meta["host_s"].values())
+    assert "violations" in meta["checks"]["monotone"]
+    # every call left the caches as it found them: the loop can start right after
+    assert prof.tc.length in {8, 24}

@@ -1,0 +1,125 @@
+"""The simulator at scale: costs linear in the work, the single-stream direct loop equal
+to the SimPy engine for every policy family, cheap loading, sweeps sharing one load.
+SYNTHETIC traces."""
+import time
+
+import numpy as np
+import pytest
+
+from specreplay.sim.replay import Replayer
+from specreplay.traces.synthetic import leading_zeros, make_trace
+
+
+@pytest.fixture(scope="module")
+def long_and_short(tmp_path_factory):
+    """One 32k-token sample and sixteen 2k-token samples: every cycle accepts 3 of 7
+    drafted tokens, so both replay the same 8,192 cycles, at very different contexts."""
+    root = tmp_path_factory.mktemp("scale")
+    kw = dict(block_sizes=(8,), ranks=leading_zeros(3), live_policy="fixed(b=8)")
+    return (make_trace(root / "long", output_lengths=[32768], **kw),
+            make_trace(root / "short", output_lengths=[2048] * 16, **kw))
+
+
+def test_long_contexts_cost_no_more_per_cycle_than_short_ones(long_and_short):
+    long, short = long_and_short
+    spent = {}
+    for name, trace in (("long", long), ("short", short)):
+        r = Replayer(trace, bootstrap=0, states=False)
+        t0 = time.process_time()
+        pred = r.predict("ewma(candidates=8)")  # through the engine: a cost query per cycle
+        spent[name] = time.process_time() - t0
+        assert pred.cycles == 8192, name
+    # generous: a rebuild of the cost table per new context length took minutes here
+    assert spent["long"] < 4 * spent["short"] + 1.0, spent
+
+
+# -- the single-stream direct loop against the SimPy engine, every policy family
+
+from specreplay.sim.engine import Engine, HotPolicy  # noqa: E402
+from specreplay.policies import parse_policy  # noqa: E402
+from specreplay.traces.synthetic import random_ranks  # noqa: E402
+
+RECYCLE = "recycle(mode=sparse, max=-1, min_margin=-1.0)"
+REFINE = "refine(steps=2, only_below=0.5)"
+FAMILIES = {
+    "fixed": "fixed(b=8)",
+    "ar": "ar",
+    "ewma": "ewma(candidates=4|8|12, warmup=2, probe=3, streak=1, cooldown=1)",
+    "ewma-adl": "ewma(candidates=4|8|12, mode=adl)",
+    "breakeven": "breakeven(candidates=4|8|12, probe=3)",
+    "gate": "fixed(b=12)+gate(min_prob=0.5)",
+    "tree": "fixed(b=8)+tree(topk=3, depth=3)",
+    "tree-paths": "fixed(b=8)+tree(paths=0.0.0|1|0.1)",
+    "candidates-batch": "fixed(b=8)+candidates(mode=branch_beam, depth=3, topk=2, max=4)",
+    "candidates-tree": "fixed(b=8)+candidates(mode=uncertainty_sparse_rank, verify=tree)",
+    "candidates-sample": "fixed(b=8)+candidates(mode=sample, max=3)",
+    "candidates-adaptive": "fixed(b=8)+candidates(mode=fixed_prefix_rank, prefix=2, adaptive=true)",
+    "recycle": f"fixed(b=8)+{RECYCLE}",
+    "refine": f"fixed(b=8)+{REFINE}",
+    "composed": f"ewma(candidates=4|8|12, probe=3)+{RECYCLE}+gate(min_prob=0.3)",
+}
+
+
+@pytest.fixture(scope="module")
+def families_trace(tmp_path_factory):
+    return make_trace(tmp_path_factory.mktemp("families") / "t", output_lengths=(160, 121, 97),
+                      block_sizes=(4, 8, 12), ranks=random_ranks(0.75, 0.15, seed=5),
+                      top1_prob=lambda s, p, i: 0.3 + 0.6 * ((p * 7 + i * 3) % 10) / 10,
+                      probes={RECYCLE: None, REFINE: None},
+                      live_policy="ewma(candidates=4|8|12, warmup=2, probe=3, streak=1, cooldown=1)")
+
+
+@pytest.mark.parametrize("timing", ["model", "recorded"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_direct_loop_equals_the_simpy_engine_cycle_by_cycle(families_trace, family, timing):
+    s = Replayer(families_trace, timing=timing, bootstrap=0).setting
+    spec = FAMILIES[family]
+    s.acc.check_policy(parse_policy(spec).max_rank(), parse_policy(spec).probes())
+    # the reference: SimPy processes running the plain Composite's methods
+    ref = Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run()
+    fast = Engine(s.data, s.acc, s.timer, spec).run()
+    assert len(ref.cycles) > 60
+    assert fast.cycles == ref.cycles  # every field of every cycle, seconds included
+    assert fast.states == ref.states
+    assert fast.requests == ref.requests and fast.steps == ref.steps
+
+
+def test_hot_policy_runs_the_composites_components():
+    hot = HotPolicy(parse_policy(f"ewma(candidates=4|8)+{RECYCLE}+gate"))
+    # the observers kept are the components' own methods, in component order
+    assert [f.__self__.name for f in hot._observers] == ["ewma", "recycle", "gate"]
+
+
+def test_path_trie_accepts_what_the_path_by_path_rule_accepts():
+    from specreplay.sim.acceptance import PathTrie
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        depth = int(rng.integers(1, 8))
+        paths = tuple(dict.fromkeys(
+            tuple(int(x) for x in rng.integers(0, 3, size=rng.integers(0, depth + 1)))
+            for _ in range(rng.integers(5, 30))))
+        truth = [int(x) for x in rng.choice([-1, 0, 0, 0, 1, 2], size=depth)]
+        # the rule (sim.acceptance docstring): the longest prefix equal to the true
+        # ranks, maximised over the paths; ties go to the first path
+        lengths = [next((i for i, (a, b) in enumerate(zip(p, truth)) if a != b),
+                        min(len(p), len(truth))) for p in paths]
+        want = (max(lengths), lengths.index(max(lengths)))
+        assert PathTrie(paths).accepted(truth, 3, depth + 1) == want, (paths, truth)
+
+
+def test_oracle_agreement_from_the_loaded_arrays_matches_the_checker(families_trace):
+    from specreplay.sim.acceptance import Acceptance
+    from specreplay.sim.replay import oracle_agreement
+    from specreplay.sim.tracedata import load_trace
+    data = load_trace(families_trace)
+    acc = Acceptance(data)
+    clean = oracle_agreement(data.trace, acc)
+    assert clean == oracle_agreement(data.trace) and clean.compared > 50
+    # one live cycle's oracle row proposing another top-1 token: one fewer agreeing
+    cyc = data.trace.cycles
+    b, start = int(cyc["block_size"][0].as_py()), int(cyc["start"][0].as_py())
+    g = acc.group(b)
+    g.ids = g.ids.copy()  # the loaded arrays are read-only views of the file's data
+    g.ids[acc.row(g, int(cyc["sample"][0].as_py()), start), 0, 0] += 1
+    moved = oracle_agreement(data.trace, acc)
+    assert (moved.agreeing, moved.compared) == (clean.agreeing - 1, clean.compared)
