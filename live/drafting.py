@@ -25,25 +25,38 @@ def block_input(anchor: int, block_size: int, mask_token_id: int,
     return ids
 
 
-def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of logits [n, V] -> top-k ids (int32 [n, k]) and log-softmax values rounded
-    to float16 and back to float32 ([n, k]), exactly as traces store them."""
+def topk_on_device(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_logprobs`` without the copy to the host: top-k ids (int32) and rounded
+    log-probabilities (float32), on the logits' device."""
     logits = logits.float()
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
     vals, ids = torch.topk(logits, k, dim=-1)
-    lps = (vals - lse).to(torch.float16).to(torch.float32)
-    return ids.to(torch.int32).cpu().numpy(), lps.cpu().numpy()
+    return ids.to(torch.int32), (vals - lse).to(torch.float16).to(torch.float32)
+
+
+def topk_logprobs(logits: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of logits [n, V] -> top-k ids (int32 [n, k]) and log-softmax values rounded
+    to float16 and back to float32 ([n, k]), exactly as traces store them."""
+    ids, lps = topk_on_device(logits, k)
+    return ids.cpu().numpy(), lps.cpu().numpy()
 
 
 def refine_block(anchor: int, ids: np.ndarray, logprobs: np.ndarray, only_below: float,
-                 mask_token_id: int) -> tuple[list[int], np.ndarray]:
+                 mask_token_id: int, feed: str = "mask") -> tuple[list[int], np.ndarray]:
     """Input of one refinement pass: offsets whose top-1 probability (from the stored,
     rounded log-probabilities) is at least ``only_below`` keep their top-1 token as a
-    seed; the others go back to the mask token and are redrafted. Returns the block ids
-    and the bool mask of redrafted offsets 1..b-1."""
+    seed; the others are redrafted, holding the mask token (``feed="mask"``) or their
+    previous top-1 token (``feed="previous"``). Returns the block ids and the bool mask
+    of redrafted offsets 1..b-1."""
     redraft = np.exp(logprobs[:, 0].astype(np.float64)) < only_below
-    block = [int(anchor)] + [int(mask_token_id) if r else int(t) for r, t in zip(redraft, ids[:, 0])]
-    return block, redraft
+    top1 = ids[:, 0].astype(np.int64)
+    if feed == "previous":
+        body = top1
+    elif feed == "mask":
+        body = np.where(redraft, int(mask_token_id), top1)
+    else:
+        raise ValueError(f"refinement input must be mask or previous, got {feed!r}")
+    return [int(anchor)] + body.tolist(), redraft
 
 
 def merge_refined(old: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray],
@@ -71,18 +84,20 @@ def draft_block(draft, cache, block_ids: list[int], context: torch.Tensor | None
 
 def cycle_proposals(draft_pass, mask_token_id: int, anchor: int, block_size: int, seeds, context,
                     cached: int, context_len: int, k: int, refine_steps: int = 0,
-                    refine_only_below: float = 1.0) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
+                    refine_only_below: float = 1.0,
+                    refine_input: str = "mask") -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
     """Draft one live block, then up to ``refine_steps`` refinement passes over the
     same cached context (no new context rows). ``draft_pass(block_ids, context, cached,
     context_len)`` is one draft pass with the request's cache (``draft_block`` or a live
-    backend's). Returns the final logits [b-1, V], the top-k ids and rounded log-probs,
-    and the passes run."""
+    backend's). ``refine_input``: what a redrafted offset holds (``refine_block``).
+    Returns the final logits [b-1, V], the top-k ids and rounded log-probs, and the
+    passes run."""
     mask = mask_token_id
     logits = draft_pass(block_input(anchor, block_size, mask, seeds), context, cached, context_len)
     ids, lps = topk_logprobs(logits, k)
     passes = 1
     for _ in range(refine_steps):
-        block, redraft = refine_block(anchor, ids, lps, refine_only_below, mask)
+        block, redraft = refine_block(anchor, ids, lps, refine_only_below, mask, refine_input)
         if not redraft.any():
             break
         new_logits = draft_pass(block, None, context_len, context_len)

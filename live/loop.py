@@ -262,7 +262,8 @@ class Decoder:
             return self.backend.draft_pass(dc, block_ids, context, cached, context_len)
         logits, ids, lps, _ = cycle_proposals(
             draft_pass, self.draft.mask_token_id, anchor, b, req.seeds, state.pending,
-            state.draft_cached, state.context_len, k, req.refine_steps, req.refine_only_below)
+            state.draft_cached, state.context_len, k, req.refine_steps, req.refine_only_below,
+            req.refine_input)
         state.pending, state.draft_cached = None, state.context_len
         view = DraftView(state.sample, state.start, b, ids, lps, rng)
         state.seed_view = view

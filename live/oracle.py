@@ -5,7 +5,8 @@ at p, without running the decode loop again.
 One target forward over prompt + S gives the context features of every position (and
 the target's own top-k along S, the ``oracle_target`` rows). Then ``forward_blocks``
 drafts all blocks [S[p], MASK, ...] at anchors len(prompt) + p at once, each block seeing
-the context before its anchor. Probes replay draft inputs that depend on the policy:
+the context before its anchor; the context K/V are projected once per sample and shared
+by every block size, probe and refinement pass. Probes replay draft inputs that depend on the policy:
 
 - recycle keys: for each p and previous offset d in 1..b-1, the seeds the SAME policy
   code (``draft_input`` of the parsed probe component) derives from the plain proposal
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs
+from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs, topk_on_device
 from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
 from specreplay.policies.spec import PolicyError, parse_policy
 from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
@@ -86,23 +87,26 @@ class Oracle:
         """(oracle rows, oracle_target rows) of one sample."""
         P, S = len(prompt_ids), [int(t) for t in output_ids]
         feats, t_ids, t_lps = self._target_pass(prompt_ids, S)
+        # every block below, of every size and probe, reads the same context K/V
+        kv = self.draft.context_kv(feats)
+        del feats
         target_rows = [{"sample": sample, "position": i, "target_ids": t_ids[i].tolist(),
                         "target_logprobs": t_lps[i].astype(np.float16)} for i in range(len(S))]
         starts = list(range(max(0, len(S) - 1)))
         out: list[dict] = []
+        mask = self.draft.mask_token_id
         for b in self.block_sizes:
-            mask = self.draft.mask_token_id
-            plain = dict(zip(starts, self._propose(feats, P, [(p, block_input(S[p], b, mask))
-                                                               for p in starts], b)))
+            ids, lps = self._propose(kv, P, [(p, block_input(S[p], b, mask)) for p in starts], b)
+            plain = {p: (ids[j], lps[j]) for j, p in enumerate(starts)}
             if self._wanted(b, ""):  # computed regardless: every probe starts from them
-                out += [self._row(sample, p, b, "", 0, *plain[p], S) for p in starts]
+                out += self._rows(sample, b, "", starts, [0] * len(starts), ids, lps, S)
             for key, comp in (self.probes if b in self.probe_block_sizes else ()):
                 if not self._wanted(b, key):
                     continue
                 if comp.name == "recycle":
-                    out += self._recycle_rows(sample, key, comp, feats, P, S, b, plain, starts)
+                    out += self._recycle_rows(sample, key, comp, kv, P, S, b, plain, starts)
                 else:
-                    out += self._refine_rows(sample, key, comp, feats, P, S, b, plain, starts)
+                    out += self._refine_rows(sample, key, comp, kv, P, S, b, plain, starts)
         return out, target_rows
 
     def _wanted(self, b: int, probe: str) -> bool:
@@ -120,25 +124,34 @@ class Oracle:
         t_ids, t_lps = topk_logprobs(res.logits[0, :len(S)], self.k)
         return feats, t_ids, t_lps
 
-    def _propose(self, feats, P: int, blocks: list[tuple[int, list[int]]], b: int):
-        """Top-k ids and rounded log-probs [b-1, k] for each block (p, ids) anchored at
-        P + p, in order; blocks run in chunks that bound the logits' memory."""
-        out = []
+    def _propose(self, kv, P: int, blocks: list[tuple[int, list[int]]], b: int):
+        """Top-k ids [n, b-1, k] and rounded log-probs for the blocks (p, ids) anchored at
+        P + p, in order. Equal blocks are drafted once. The draft runs all blocks in one
+        ``forward_blocks`` call (it chunks them by attention memory); the LM head and
+        top-k run in chunks that bound the logits' memory."""
+        unique: dict[tuple[int, tuple[int, ...]], int] = {}
+        where = [unique.setdefault((p, tuple(blk)), len(unique)) for p, blk in blocks]
+        if not unique:
+            return (np.zeros((0, b - 1, self.k), np.int32), np.zeros((0, b - 1, self.k), np.float32))
+        anchors = [P + p for p, _ in unique]
+        ids = torch.tensor([blk for _, blk in unique], dtype=torch.long, device=self.device)
+        hidden = self.draft.forward_blocks(kv, anchors, ids)[:, 1:]
         V = self.draft.config.vocab_size
         chunk = max(1, _LOGIT_BYTES // (4 * V * max(1, b - 1)))
-        for lo in range(0, len(blocks), chunk):
-            part = blocks[lo:lo + chunk]
-            anchors = torch.tensor([P + p for p, _ in part], device=self.device)
-            ids = torch.tensor([blk for _, blk in part], dtype=torch.long, device=self.device)
-            hidden = self.draft.forward_blocks(feats, anchors, ids)
-            logits = self.draft.logits(hidden[:, 1:]).float().reshape(-1, V)
-            top_ids, top_lps = topk_logprobs(logits, self.k)
-            top_ids = top_ids.reshape(len(part), b - 1, self.k)
-            top_lps = top_lps.reshape(len(part), b - 1, self.k)
-            out += [(top_ids[j], top_lps[j]) for j in range(len(part))]
-        return out
+        top_ids, top_lps = [], []
+        for lo in range(0, len(unique), chunk):
+            logits = self.draft.logits(hidden[lo:lo + chunk]).reshape(-1, V)
+            i, lp = topk_on_device(logits, self.k)
+            top_ids.append(i)
+            top_lps.append(lp)
+        # one copy to the host per call, after every chunk was queued
+        shape = (len(unique), b - 1, self.k)
+        top_ids = torch.cat(top_ids).cpu().numpy().reshape(shape)
+        top_lps = torch.cat(top_lps).cpu().numpy().reshape(shape)
+        where = np.asarray(where, dtype=np.int64)
+        return top_ids[where], top_lps[where]
 
-    def _recycle_rows(self, sample, key, comp, feats, P, S, b, plain, starts):
+    def _recycle_rows(self, sample, key, comp, kv, P, S, b, plain, starts):
         blocks, meta = [], []
         for p in starts:
             for d in range(1, b):
@@ -150,10 +163,10 @@ class Oracle:
                 if req.seeds:
                     blocks.append((p, block_input(S[p], b, self.draft.mask_token_id, req.seeds)))
                     meta.append((p, d))
-        props = self._propose(feats, P, blocks, b)
-        return [self._row(sample, p, b, key, d, ids, lps, S) for (p, d), (ids, lps) in zip(meta, props)]
+        ids, lps = self._propose(kv, P, blocks, b)
+        return self._rows(sample, b, key, [p for p, _ in meta], [d for _, d in meta], ids, lps, S)
 
-    def _refine_rows(self, sample, key, comp, feats, P, S, b, plain, starts):
+    def _refine_rows(self, sample, key, comp, kv, P, S, b, plain, starts):
         if not starts:
             return []
         req = comp.draft_input(self._context(sample, starts[0], P, None, None), DraftRequest(b))
@@ -162,29 +175,38 @@ class Oracle:
         for _ in range(req.refine_steps):
             todo = {}
             for p in starts:
-                block, redraft = refine_block(S[p], *current[p], req.refine_only_below, mask)
+                block, redraft = refine_block(S[p], *current[p], req.refine_only_below, mask,
+                                              req.refine_input)
                 if redraft.any():
                     todo[p] = (block, redraft)
             if not todo:
                 break
-            new = self._propose(feats, P, [(p, blk) for p, (blk, _) in todo.items()], b)
-            for (p, (_, redraft)), proposal in zip(todo.items(), new):
-                current[p] = merge_refined(current[p], proposal, redraft)
-        return [self._row(sample, p, b, key, 0, *current[p], S) for p in starts]
+            new_ids, new_lps = self._propose(kv, P, [(p, blk) for p, (blk, _) in todo.items()], b)
+            for j, (p, (_, redraft)) in enumerate(todo.items()):
+                current[p] = merge_refined(current[p], (new_ids[j], new_lps[j]), redraft)
+        ids = np.stack([current[p][0] for p in starts])
+        lps = np.stack([current[p][1] for p in starts])
+        return self._rows(sample, b, key, starts, [0] * len(starts), ids, lps, S)
 
     def _context(self, sample, p, P, view, prev):
         remaining = max(1, (self.max_new_tokens or (p + 2)) - p - 1)
         return CycleContext(sample, 1, p, P + p, remaining, self.draft.block_size, view, prev)
 
-    def _row(self, sample, p, b, probe, prev_offset, ids, lps, S):
-        ranks = []
-        for i in range(1, b):
-            if p + i >= len(S):
-                ranks.append(RANK_BEYOND_END)
-                continue
-            hit = np.flatnonzero(ids[i - 1] == S[p + i])
-            ranks.append(int(hit[0]) if hit.size else RANK_NOT_IN_TOPK)
-        return {"sample": sample, "start": p, "block_size": b, "probe": probe,
-                "prev_offset": prev_offset, "true_rank": ranks,
-                "draft_ids": ids.reshape(-1).tolist(),
-                "draft_logprobs": lps.reshape(-1).astype(np.float16)}
+    def _rows(self, sample, b, probe, starts, prev_offsets, ids, lps, S):
+        """Oracle rows of one (block size, probe) group: proposals ids/lps [n, b-1, k] of
+        cycles starting at ``starts`` [n], each offset's true-token rank computed for all
+        rows at once."""
+        n = len(starts)
+        if not n:
+            return []
+        st = np.asarray(starts, dtype=np.int64)
+        pos = st[:, None] + np.arange(1, b)                      # output index of offset i
+        truth = np.asarray(S + [-1] * b, dtype=np.int64)[pos]    # -1 past the end of S
+        hit = ids == truth[..., None]
+        ranks = np.where(hit.any(-1), hit.argmax(-1), RANK_NOT_IN_TOPK)
+        ranks = np.where(pos >= len(S), RANK_BEYOND_END, ranks).tolist()
+        flat_ids = ids.reshape(n, -1).tolist()
+        flat_lps = lps.reshape(n, -1).astype(np.float16)
+        return [{"sample": sample, "start": int(st[j]), "block_size": b, "probe": probe,
+                 "prev_offset": int(prev_offsets[j]), "true_rank": ranks[j],
+                 "draft_ids": flat_ids[j], "draft_logprobs": flat_lps[j]} for j in range(n)]

@@ -15,7 +15,6 @@ Shapes: B batch, b block size, T context rows, H hidden size, n tapped target la
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -26,18 +25,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from specreplay.models.checkpoint import read_state_dict, write_state_dict
 from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
 
-__all__ = ["DFlashDraftModel", "DraftConfig", "build_target_layer_ids", "crop_cache", "new_cache"]
+__all__ = ["ContextKV", "DFlashDraftModel", "DraftConfig", "build_target_layer_ids", "crop_cache", "new_cache"]
 
 # Weights some exports carry that hold nothing (RoPE frequencies are rebuilt from config).
 _IGNORED_WEIGHTS = ("rotary_emb.inv_freq",)
 
-# Default memory budget for the attention scores of one chunk of blocks in forward_blocks,
-# and the cap on the rows of one chunk (blocks of a chunk also score each other's rows,
-# masked: wasted work that grows with the chunk).
+# Default memory budget for the attention scores (float32) of one chunk of blocks in
+# forward_blocks, and the cap on the rows of one chunk.
 _CHUNK_BYTES = 1 << 29
-_CHUNK_ROWS = 4096
-# forward_blocks rounds the context rows a chunk reads up to a multiple of this.
-_KEY_QUANTUM = 128
+_CHUNK_ROWS = 8192
 # Attention kernels the draft may use. cuDNN is left out: it builds a plan for every new
 # shape, and the draft's key length changes on every call (measured on an H200: 41 ms
 # per live draft pass with it, 5 ms without).
@@ -168,6 +164,41 @@ class DraftAttention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, b, -1))
 
 
+    def forward_shared(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       ctx_k: torch.Tensor, ctx_v: torch.Tensor, ctx_mask: torch.Tensor,
+                       own_mask: torch.Tensor | None) -> torch.Tensor:
+        """Many blocks over ONE shared context, the same math as ``forward`` per block.
+        x [c,b,H] (normed) the rows of c blocks; ctx_k/v [1,kv_heads,T,D] the context
+        rows 0..T-1 of the sequence, never copied per block; ctx_mask [c,b,T] bool, the
+        context rows each block row may see; own_mask [b,b] bool inside a block, or None
+        for all visible. The queries of every block are stacked as rows of one matrix
+        per key-value head, so the context scores of the whole chunk are one batched
+        matmul over the heads, and a block's own rows add a small b x b product.
+        Returns [c,b,H]."""
+        c, b, _ = x.shape
+        kv, g, D = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        q = self.q_norm(self.q_proj(x).view(c, b, self.num_heads, D)).transpose(1, 2)
+        q = _rotate(q, cos, sin)                                   # [c, h, b, D]
+        k, v = self.project_kv(x, cos, sin)                        # [c, kv, b, D]
+        q = q.reshape(c, kv, g * b, D)                             # head h = kv_head * g + j
+        scale = D ** -0.5
+        rows = q.permute(1, 0, 2, 3).reshape(kv, c * g * b, D)
+        s_ctx = torch.matmul(rows, ctx_k[0].transpose(1, 2)).float() * scale  # [kv, c*g*b, T]
+        s_own = torch.matmul(q, k.transpose(2, 3)).float() * scale            # [c, kv, g*b, b]
+        T = s_ctx.shape[-1]
+        s_ctx = s_ctx.view(kv, c, g, b, T).masked_fill_(~ctx_mask[None, :, None], float("-inf"))
+        s_own = s_own.view(c, kv, g, b, b).permute(1, 0, 2, 3, 4)
+        if own_mask is not None:
+            s_own = s_own.masked_fill(~own_mask, float("-inf"))
+        p = torch.softmax(torch.cat((s_ctx, s_own), dim=-1), dim=-1).to(v.dtype)
+        p_ctx, p_own = p[..., :T], p[..., T:]
+        out = torch.matmul(p_ctx.reshape(kv, c * g * b, T), ctx_v[0]).view(kv, c, g, b, D)
+        out = out + torch.matmul(p_own.permute(1, 0, 2, 3, 4).reshape(c, kv, g * b, b), v) \
+            .view(c, kv, g, b, D).permute(1, 0, 2, 3, 4)
+        out = out.permute(1, 3, 0, 2, 4).reshape(c, b, kv * g * D)  # [c, b, (kv, g, D)]
+        return self.o_proj(out)
+
+
 class DraftMLP(nn.Module):
     """SwiGLU feed-forward (Qwen3MLP)."""
 
@@ -193,6 +224,12 @@ class DraftLayer(nn.Module):
 
     def forward(self, x, cos, sin, prefix_k, prefix_v, mask):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, prefix_k, prefix_v, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_shared(self, x, cos, sin, ctx_k, ctx_v, ctx_mask, own_mask):
+        """``forward`` for c blocks over one shared context (``DraftAttention.forward_shared``)."""
+        x = x + self.self_attn.forward_shared(self.input_layernorm(x), cos, sin, ctx_k, ctx_v,
+                                              ctx_mask, own_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -376,63 +413,93 @@ class DFlashDraftModel(nn.Module):
             x = layer(x, cos[:, T_new:], sin[:, T_new:], k, v, mask)
         return self.norm(x)
 
+    def context_kv(self, context: torch.Tensor) -> "ContextKV":
+        """Raw context features [1,T,n*H] of absolute positions 0..T-1 -> every layer's
+        context K/V, computed once per sequence and shared by every ``forward_blocks``
+        call over it (all block sizes, probes and refinement passes of the oracle)."""
+        ctx = self.fuse(context)
+        T = ctx.shape[1]
+        cos, sin = self.rotary_emb(torch.arange(T, device=ctx.device)[None], ctx.dtype)
+        return ContextKV([layer.self_attn.project_kv(ctx, cos, sin) for layer in self.layers], T)
+
     def forward_blocks(self, context, anchors, block_ids, chunk_size: int | None = None) -> torch.Tensor:
         """Many blocks of one sequence in one call (the oracle pass and training).
 
-        context [1,T,n*H]: raw features of absolute positions 0..T-1. anchors [n]:
-        absolute anchor positions (0 <= anchor <= T). block_ids [n,b]. Block j attends to
-        context rows [0, anchors[j]) and to its own b rows (bidirectionally), its row i
-        at position anchors[j] + i; it equals a cache-free ``forward`` with context rows
-        [0, anchors[j]) and position ids 0..anchors[j]+b-1. Returns hidden [n,b,H].
+        context: raw features [1,T,n*H] of absolute positions 0..T-1, or their
+        ``context_kv``. anchors [n]: absolute anchor positions (0 <= anchor <= T).
+        block_ids [n,b]. Block j attends to context rows [0, anchors[j]) and to its own b
+        rows (bidirectionally), its row i at position anchors[j] + i; it equals a
+        cache-free ``forward`` with context rows [0, anchors[j]) and position ids
+        0..anchors[j]+b-1. Returns hidden [n,b,H].
 
-        The blocks of a chunk are packed into one sequence after the context rows they
-        can see, under a block-sparse mask, so context K/V are computed once per layer
-        and never copied per block. ``chunk_size`` blocks per chunk (default: sized so a
-        chunk's attention scores stay near 512 MiB, at most 4096 rows). Gradients flow
-        (training).
+        The blocks of a chunk form a batch whose queries all read the one copy of the
+        context K/V (``DraftAttention.forward_shared``): context K/V are projected once
+        per sequence, never copied per block, and no block scores another block's rows.
+        ``chunk_size`` blocks per chunk (default: sized so a chunk's attention scores stay
+        near 512 MiB, at most 8192 rows). Gradients flow (training).
         """
-        anchors = torch.as_tensor(anchors, device=block_ids.device).long()
+        kv = context if isinstance(context, ContextKV) else self.context_kv(context)
+        # chunk bounds are read on the host: anchors given as a list or CPU tensor cost
+        # the GPU no synchronisation
+        host = torch.as_tensor(anchors).long().cpu().reshape(-1)
+        anchors = host.to(block_ids.device)
         n, b = block_ids.shape
-        ctx = self.fuse(context)
-        T = ctx.shape[1]
-        if n and (int(anchors.min()) < 0 or int(anchors.max()) > T):
+        T = kv.length
+        if n and (int(host.min()) < 0 or int(host.max()) > T):
             raise ValueError(f"anchors must lie in [0, {T}] for {T} context rows.")
-        x_all = self.embed(block_ids).to(ctx.dtype)
-        ctx_cos, ctx_sin = self.rotary_emb(torch.arange(T, device=ctx.device)[None], ctx.dtype)
-        # Context K/V are padded with masked zero rows to a multiple of _KEY_QUANTUM so that
-        # attention sees few distinct shapes (GPU kernels plan per shape, at a cost).
-        # (GPU only: on the CPU the padding would change float32 sums in the last bit, and
-        # the oracle must equal the live draft exactly there)
-        quantum = _KEY_QUANTUM if ctx.is_cuda else 1
-        T_pad = -(-T // quantum) * quantum
-        prefixes = [tuple(F.pad(t, (0, 0, 0, T_pad - T)) for t in layer.self_attn.project_kv(ctx, ctx_cos, ctx_sin))
-                    for layer in self.layers]
+        dtype = kv.layers[0][0].dtype if kv.layers else self.fc.weight.dtype
         chunk_size = chunk_size or self._blocks_per_chunk(T, b)
+        i = torch.arange(b, device=block_ids.device)
         outputs = []
         for lo in range(0, n, chunk_size):
             a = anchors[lo:lo + chunk_size]
-            c = a.shape[0]
-            visible = min(T_pad, -(-int(a.max()) // quantum) * quantum)
-            positions = (a[:, None] + torch.arange(b, device=a.device)).reshape(1, c * b)
-            cos, sin = self.rotary_emb(positions, ctx.dtype)
-            x = x_all[lo:lo + c].reshape(1, c * b, -1)
+            visible = int(host[lo:lo + chunk_size].max())  # no block here reads a row past this
+            positions = a[:, None] + i  # [c, b]
+            cos, sin = self.rotary_emb(positions, dtype)
+            x = self.embed(block_ids[lo:lo + chunk_size]).to(dtype)
             masks = {}
-            for layer, (k, v) in zip(self.layers, prefixes):
+            for layer, (k, v) in zip(self.layers, kv.layers):
                 attn = layer.self_attn
                 kind = (attn.block_causal, attn.sliding_window)
                 if kind not in masks:
-                    masks[kind] = _packed_mask(a, visible, b, *kind)
-                x = layer(x, cos, sin, k[:, :, :visible], v[:, :, :visible], masks[kind])
-            outputs.append(self.norm(x).reshape(c, b, -1))
+                    masks[kind] = _shared_masks(positions, visible, *kind)
+                x = layer.forward_shared(x, cos, sin, k[:, :, :visible], v[:, :, :visible], *masks[kind])
+            outputs.append(self.norm(x))
         if not outputs:
-            return ctx.new_zeros(0, b, self.config.hidden_size)
+            return torch.zeros(0, b, self.config.hidden_size, dtype=dtype, device=block_ids.device)
         return torch.cat(outputs)
 
     def _blocks_per_chunk(self, T: int, b: int) -> int:
-        """Largest c with heads * c*b * (T + c*b) float32 scores <= the chunk budget."""
-        rows = _CHUNK_BYTES / (4 * self.config.num_attention_heads * b)  # c * (T + c*b)
-        by_memory = int((-T + math.sqrt(T * T + 4 * b * rows)) / (2 * b))
+        """Largest c with heads * c*b * (T + b) float32 scores <= the chunk budget."""
+        by_memory = int(_CHUNK_BYTES / (4 * self.config.num_attention_heads * b * (T + b)))
         return max(1, min(by_memory, _CHUNK_ROWS // b))
+
+
+class ContextKV:
+    """Per draft layer, the context K/V [1,kv_heads,T,D] of one sequence's rows 0..T-1."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
+        self.layers, self.length = layers, length
+
+
+def _shared_masks(positions: torch.Tensor, visible: int, causal: bool,
+                  window: int | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For blocks whose rows sit at ``positions`` [c,b] (row 0 = the anchor, the first
+    position the block does not see as context): the context mask [c,b,visible] (row t
+    visible iff t < anchor, and within the sliding window when the layer has one) and
+    the mask [b,b] inside a block (None = all visible)."""
+    t = torch.arange(visible, device=positions.device)
+    ctx = t[None, None, :] < positions[:, :1, None]
+    i = torch.arange(positions.shape[1], device=positions.device)
+    own = None
+    if causal or window:
+        own = torch.ones(len(i), len(i), dtype=torch.bool, device=positions.device)
+        if causal:
+            own &= i[None, :] <= i[:, None]
+        if window:
+            own &= (i[:, None] - i[None, :]).abs() < window
+            ctx = ctx & (positions[:, :, None] - t[None, None, :] < window)
+    return ctx, own
 
 
 def _relative_mask(b: int, keys: int, causal: bool, window: int | None, device) -> torch.Tensor:
@@ -448,30 +515,6 @@ def _relative_mask(b: int, keys: int, causal: bool, window: int | None, device) 
         if not causal:
             visible &= k - q < window
     return visible[None, None]
-
-
-def _packed_mask(anchors: torch.Tensor, visible: int, b: int, causal: bool,
-                 window: int | None) -> torch.Tensor:
-    """[1,1,c*b,visible+c*b] visibility for c blocks packed after context rows
-    0..visible-1: context row t is visible to block j iff t < anchors[j]; a block sees
-    its own rows (all of them, or causally / within a sliding window when the layer
-    asks) and never another block's."""
-    device = anchors.device
-    c = anchors.shape[0]
-    i = torch.arange(b, device=device)
-    q_pos = (anchors[:, None] + i).reshape(-1)  # absolute position of each packed row
-    q_block = torch.arange(c, device=device).repeat_interleave(b)
-    t = torch.arange(visible, device=device)
-    ctx = t[None, :] < anchors[q_block][:, None]
-    own = q_block[:, None] == q_block[None, :]
-    if causal:
-        own &= q_pos[None, :] <= q_pos[:, None]
-    if window:
-        ctx &= q_pos[:, None] - t[None, :] < window
-        own &= q_pos[:, None] - q_pos[None, :] < window
-        if not causal:
-            own &= q_pos[None, :] - q_pos[:, None] < window
-    return torch.cat((ctx, own), dim=-1)[None, None]
 
 
 def _as_dtype(dtype) -> torch.dtype | None:

@@ -54,6 +54,7 @@ class DraftRequest:
     prev_offset: int = 0            # recycling: start - start of the cycle the seeds came from
     refine_steps: int = 0           # extra draft passes after the first (0 = none)
     refine_only_below: float = 1.0  # redraft only offsets whose top-1 prob is below this
+    refine_input: str = "mask"      # a redrafted offset holds: "mask" | "previous" (its last token)
     probe: str = ""
 
 

@@ -22,6 +22,7 @@ def component_info(cls: type) -> dict[str, Any]:
     first = doc.split("\n\n")[0].replace("\n", " ").replace("``", "")
     summary = first.split(". ")[0].rstrip(".") + "."
     return {"name": cls.name, "role": cls.role, "summary": summary,
+            "note": getattr(cls, "note", ""),
             "knobs": [{"name": k, "default": format_value(v), "help": knob_help.get(k, "")}
                       for k, v in cls.params.items()]}
 
@@ -31,6 +32,7 @@ def spec_info(spec: str) -> dict[str, Any]:
     from specreplay.policies.spec import parse_policy
     policy = parse_policy(spec)
     return {"spec": policy.spec(), "components": [c.name for c in policy.components()],
+            "notes": [f"{c.name}: {c.note}" for c in policy.components() if getattr(c, "note", "")],
             "probes": list(policy.probes()), "max_rank": policy.max_rank(),
             "uses_time": policy.uses_time()}
 
@@ -43,6 +45,8 @@ def print_listing(infos: list[dict[str, Any]]) -> None:
                               if k["default"] != "")
             print(f"  {info['name']}({knobs})" if knobs else f"  {info['name']}")
             print(f"      {info['summary']}")
+            if info.get("note"):
+                print(f"      note: {info['note']}.")
             for k in info["knobs"]:
                 if k["help"]:
                     print(f"      {k['name']:<18} {k['help']}")

@@ -51,9 +51,18 @@ class Recycle(Policy):
     spec) and ``prev_offset`` = the previous tau, the start distance that selects the
     probe row. The leftovers are the previous draft's top-1 tokens, whatever path was
     chosen, because that is what the oracle can reproduce.
+
+    Cost: live, a seeded cycle runs one more draft pass, a plain one over the same cached
+    context, so that the next cycle's seeds come from the plain proposal the oracle's
+    probe row is built from (this keeps replay exact). Live and predicted times include
+    that pass; an implementation that does not need exact replay would skip it.
     """
     name = "recycle"
     role = "input"
+    # shown by `specreplay policies`; the short form labels every prediction using it
+    note = ("live and predicted times include one extra plain draft pass per seeded cycle, "
+            "which the live loop runs so that the recycle probe stays exact")
+    label = "+1 plain draft pass per seeded cycle"
     params = {"mode": "sparse", "max": -1, "min_margin": -1.0}
     help = ("mode: sparse (seeds at new offsets 2, 4, 6, ...) | dense (every offset)\n"
             "max: seeds per cycle, first by offset (-1 = unlimited)\n"

@@ -316,7 +316,7 @@ class Acceptance:
         if g is not None:
             return g
         if probe and not any(p == probe for _, p, _ in self.groups):
-            raise NotReplayable(f"record probe {probe}{self._dropped('probes', probe)}")
+            raise NotReplayable(f"record probe {probe}{self._other_settings(probe)}{self._dropped('probes', probe)}")
         if not any(b == block_size for b, _, _ in self.groups):
             raise NotReplayable(f"record block size {block_size} (the oracle holds "
                                 f"{', '.join(map(str, self.block_sizes))})"
@@ -333,6 +333,17 @@ class Acceptance:
             if value in (drop.get(kind) or ()):
                 return f"; {drop.get('by', 'an oracle pass')} dropped it at {drop.get('when', '?')}"
         return ""
+
+    def _other_settings(self, probe: str) -> str:
+        """A missing probe's hint: the probes of the same component the trace does hold
+        (a probe is recorded for one setting of its knobs; a changed default, such as
+        refine's only_below, needs a new recording)."""
+        name = probe.split("(", 1)[0]
+        held = [p for p in self.probes if p.split("(", 1)[0] == name]
+        if not held:
+            return ""
+        return (f" (this trace holds {', '.join(held)}, recorded for other settings; "
+                f"`specreplay oracle TRACE --probes '{probe}'` records it)")
 
     def l_gen(self, g: OracleGroup, stop_ids: tuple[int, ...]) -> list[int]:
         """Per row, the drafted length up to the first stop token among the top-1
@@ -379,7 +390,7 @@ class Acceptance:
         """Refuse up front what a policy will certainly need and the trace lacks."""
         for p in probes:
             if p not in self.probes:
-                raise NotReplayable(f"record probe {p}{self._dropped('probes', p)}")
+                raise NotReplayable(f"record probe {p}{self._other_settings(p)}{self._dropped('probes', p)}")
         if max_rank >= self.k:
             cut = [d for d in self.data.oracle_meta.get("dropped") or [] if d.get("top_k_before")]
             why = (f"; {cut[-1].get('by')} cut it from top-{cut[-1]['top_k_before']} at "

@@ -439,6 +439,8 @@ def _run_policy(spec: str, s: Setting) -> Prediction:
         return Prediction(policy=spec, canonical=canonical, replayable=False, reason=str(e),
                           fidelity="not replayable", trace=str(s.data.path))
     pred = _summarise(spec, canonical, cols, log, s)
+    # a component whose live execution differs from a plain implementation says so
+    pred.fidelity += "".join(f"; {c.name}: {c.label}" for c in policy.components() if getattr(c, "label", ""))
     pred.per_cycle = CycleTable(cols, states, captured=s.states or b is not None)
     return pred
 

@@ -35,7 +35,8 @@ def _same(row, view):
 
 
 @pytest.mark.parametrize("spec", ["fixed(b=6)", "ewma(candidates=4|6, probe=2)",
-                                  "fixed(b=6)+refine(steps=2)", "fixed(b=6)+refine(steps=3, only_below=0.6)"])
+                                  "fixed(b=6)+refine(steps=2)", "fixed(b=6)+refine(steps=3, only_below=0.6)",
+                                  "fixed(b=6)+refine(steps=3, only_below=0.8, input=previous)"])
 def test_oracle_equals_live_plain_and_refine(pair, spec):
     target, draft = pair
     policy = parse_policy(spec)

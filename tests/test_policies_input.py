@@ -74,7 +74,7 @@ def test_refine_request_fields():
     req = parse_policy("fixed(b=16)+refine(steps=3, only_below=0.5)").plan_draft(ctx(0))
     assert req == DraftRequest(block_size=16, refine_steps=2, refine_only_below=0.5,
                                probe="refine(steps=3, only_below=0.5)")
-    assert parse_policy("refine").probes() == ("refine(steps=2, only_below=1.0)",)
+    assert parse_policy("refine").probes() == ("refine(steps=2, only_below=0.5)",)
     assert parse_policy("refine(steps=1)").plan_draft(ctx(0)) == DraftRequest(block_size=16)
     assert parse_policy("refine(steps=1)").probes() == ()
 
