@@ -431,7 +431,7 @@ class Engine:
         work.start, work.block_size = start, req.block_size
         work.context_len = self.data_prompt[work.sample] + start
         # a seeded draft also runs the plain pass recycling needs next cycle
-        work.passes = 1 + req.refine_steps + (1 if req.seeds else 0)
+        work.passes = 1 + self.refine_passes(work.sample, start, req) + (1 if req.seeds else 0)
         work.tree = mode == "tree"
         work.mode = mode
         work.verify_tokens = verify_tokens
@@ -439,6 +439,21 @@ class Engine:
         rec = self.timer.recorded if self.gpu.solo else None
         work.recorded = None if rec is None else rec.get(
             work.sample, start, req.block_size, mode, verify_tokens, len(paths), req.probe)
+
+    def refine_passes(self, sample: int, start: int, req: DraftRequest) -> int:
+        """Refinement passes the live loop runs for this cycle. It stops as soon as no
+        offset's top-1 probability is below ``only_below``, so the first pass runs only if
+        the plain proposal (the oracle row, in the rounded log-probs the loop compares)
+        has such an offset; later passes depend on refined proposals the trace does not
+        keep and are charged in full (an upper bound). A seeded block starts from no
+        plain row: charged in full too."""
+        steps = req.refine_steps
+        if not steps or req.seeds:
+            return steps
+        lps = self.plain_view(sample, start, req.block_size).logprobs
+        if len(lps) and (np.exp(lps[:, 0].astype(np.float64)) < req.refine_only_below).any():
+            return steps
+        return 0
 
     def verify_shape(self, plan: VerifyPlan) -> tuple[int, int, int]:
         """(verify tokens, query tokens per row, rows) of a tree or batch plan. Policies

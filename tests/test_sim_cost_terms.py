@@ -138,3 +138,20 @@ def test_calibration_is_fitted_on_half_the_samples_and_checked_on_the_other(trac
 def test_calibrated_replay_prints_its_check(trace):
     (p,) = replay(trace, ["fixed(b=8)"], timing="calibrated")
     assert "calibration check: fitted on 2 samples, on the other 2" in p.cost
+
+
+@pytest.mark.parametrize("top1, extra", [(0.9, False), (0.3, True)])
+def test_refine_is_charged_a_pass_only_where_the_live_loop_runs_one(tmp_path, top1, extra):
+    """The live loop skips refinement when every offset's top-1 probability is at least
+    only_below: a confident draft costs what the plain policy costs; an unsure one costs
+    one draft pass more per cycle (the draft step of the synthetic profile)."""
+    key = "refine(steps=2, only_below=0.5)"
+    t = make_trace(tmp_path / "t", output_lengths=(60, 50), block_sizes=(8,), ranks=leading_zeros(3),
+                   top1_prob=top1, probes={key: None}, live_policy="fixed(b=8)", cost=COST)
+    plain, refine = replay(t, ["fixed(b=8)", "fixed(b=8)+refine(steps=2)"])
+    assert refine.replayable, refine.reason
+    assert refine.tau_mean == pytest.approx(plain.tau_mean)
+    if extra:
+        assert refine.tpot_s > plain.tpot_s * 1.01
+    else:
+        assert refine.tpot_s == pytest.approx(plain.tpot_s, rel=1e-9)
