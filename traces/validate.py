@@ -608,6 +608,8 @@ def check_oracle_coverage(oracle: pa.Table, out_len: np.ndarray, run: dict[str, 
                 "(an interrupted `specreplay oracle` pass? run it again)")
     table_probes = sorted(n for n in names if n and (code == names.index(n)).any())
     listed_probes = meta.get("probes") if isinstance(meta.get("probes"), list) else []
+    if meta.get("probe_block_sizes") == []:  # probes listed, but at no block size
+        listed_probes = []
     if sorted(listed_probes) != table_probes:
         ck.note("probes", table_probes, f"the probes run.json lists under oracle.probes, "
                 f"{sorted(listed_probes)} (an interrupted `specreplay oracle` pass? run it again)")
