@@ -193,6 +193,12 @@ class GraphBackend:
             self.fast.ensure_positions(capacity)
             self.fdraft.ensure_positions(capacity + 2 * BUCKETS[-1])
             self.graphs.clear()
+            if self.capture:
+                # the dropped graphs held the only references to their memory pool, which
+                # the allocator then frees: capturing into that handle again trips its
+                # internal assert, so the new graphs get a pool of their own
+                torch.cuda.synchronize()
+                self.pool = torch.cuda.graph_pool_handle()
 
     def _check(self, cache) -> None:
         if cache is not self.tc and cache is not self.dc:
