@@ -49,19 +49,13 @@ def random_target(plan, device, dtype, seed: int = 2):
     import torch
     from transformers import Qwen3ForCausalLM
     from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
+    from specreplay.models.twin import _filled
 
     config = plan.target_config(dtype)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
-    model.to(dtype=dtype)
-    model.to_empty(device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.02, generator=generator)
-            else:
-                p.fill_(1.0)
+    # the twin's own fill (normal(0, 0.02) matrices, unit norms), with nothing pinned
+    _filled(model, device, dtype, seed, 0.02)
     model.model.rotary_emb = Qwen3RotaryEmbedding(config).to(device)
     return model.eval()
 
