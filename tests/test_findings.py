@@ -45,13 +45,13 @@ def _sections(text: str) -> dict[str, str]:
 
 
 def _raw_studies():
-    """The shipped ledger grouped straight from the CSV (prompt set and the order= tag
-    of the note), latest row per policy: an independent path to the same numbers."""
-    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    """The shipped ledger grouped straight from the CSV (trace, prompt set and the order=
+    tag of the note), latest row per policy: an independent path to the same numbers."""
+    groups: dict[tuple[str, str, str], dict[str, dict]] = {}
     with open(ROOT / LEDGER, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
             order = [t.strip() for t in r["note"].split(";") if t.strip().startswith("order=")]
-            groups.setdefault((r["prompts"], order[0] if order else ""), {})[r["policy"]] = r
+            groups.setdefault((r["trace"], r["prompts"], order[0] if order else ""), {})[r["policy"]] = r
     return groups
 
 
@@ -64,9 +64,9 @@ def test_every_study_number_matches_a_recomputation_from_the_csv():
         import scipy.stats as stats
     except ImportError:
         stats = None
-    for (prompts, order), by_policy in raw.items():
+    for (trace, prompts, order), by_policy in raw.items():
         where = "the trace's own prompts" if prompts == "same" else "held-out prompts"
-        (name,) = [k for k in studies if k.endswith(f"{where}, {order}")]
+        (name,) = [k for k in studies if f"{where}, {order}" in k and f"Trace `{trace}`" in studies[k]]
         text = studies[name]
         rows = list(by_policy.values())
         pred = [float(r["predicted_tokens_per_s"]) for r in rows]

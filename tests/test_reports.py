@@ -326,7 +326,9 @@ def test_demo_page_shows_each_path_once_and_measured_beside_predicted(demo):
     lb = page.tables["leaderboard-table"]
     header = [t for t, _ in lb[0]]
     cells = {c[1][0]: dict(zip(header, c)) for c in lb[1:]}
-    same = [r for r in rows if r["prompts"] == "same"]
+    from specreplay.reports.ledger import resolve_path
+    here = Path(rep.trace.dir).resolve()  # measurements of this trace only, not of other studies
+    same = [r for r in rows if r["prompts"] == "same" and resolve_path(SHIPPED_LEDGER, r["trace"]) == here]
     for policy, cell in cells.items():
         from specreplay.reports.report import canonical
         mine = [r for r in same if canonical(r["policy"]) == canonical(policy)]
