@@ -307,19 +307,7 @@ class Decoder:
         return multiround(ver.nodes, ver.node_tokens, probs, ver.paths, state.gen)
 
     def _greedy_inputs(self, ver: Verified):
-        """Per path: its tokens, and the target argmax after the anchor and each token
-        (batch mode: from that path's own row)."""
-        if ver.mode == "batch":
-            amax = ver.rows.argmax(-1).tolist()
-            toks = [[ver.node_tokens[j] for j in ver.path_nodes(i)] for i in range(len(ver.paths))]
-            return toks, [amax[i][:len(t) + 1] for i, t in enumerate(toks)]
-        amax = ver.node_logits.argmax(-1).tolist()
-        toks, amaxes = [], []
-        for i in range(len(ver.paths)):
-            nodes = ver.path_nodes(i)
-            toks.append([ver.node_tokens[j] for j in nodes])
-            amaxes.append([amax[0]] + [amax[j + 1] for j in nodes])
-        return toks, amaxes
+        return greedy_inputs(ver)
 
     def _commit(self, state: DecodeState, ver: Verified, acc: Acceptance, path_tokens, L: int) -> None:
         feats = self.backend.commit(state.target_cache, ver, acc.path, acc.accepted, L)
@@ -444,3 +432,19 @@ def cache_length(cache) -> int:
 
 
 __all__ = ["Decoder", "DecodeState", "LoopConfig", "SampleResult", "SAMPLING_MODES", "cache_length"]
+
+
+def greedy_inputs(ver: "Verified"):
+    """Per path: its tokens, and the target argmax after the anchor and each token
+    (batch mode: from that path's own row)."""
+    if ver.mode == "batch":
+        amax = ver.rows.argmax(-1).tolist()
+        toks = [[ver.node_tokens[j] for j in ver.path_nodes(i)] for i in range(len(ver.paths))]
+        return toks, [amax[i][:len(t) + 1] for i, t in enumerate(toks)]
+    amax = ver.node_logits.argmax(-1).tolist()
+    toks, amaxes = [], []
+    for i in range(len(ver.paths)):
+        nodes = ver.path_nodes(i)
+        toks.append([ver.node_tokens[j] for j in nodes])
+        amaxes.append([amax[0]] + [amax[j + 1] for j in nodes])
+    return toks, amaxes

@@ -547,6 +547,7 @@ class GraphProfiler:
         the largest block size: the verify runs untimed in ``prepare``; the call is the
         acceptance (argmax to the host) and the commit of the deepest path."""
         from specreplay.live.sampling import greedy_accept
+        from specreplay.live.loop import greedy_inputs
         from specreplay.policies.base import trie_nodes
         b = max(self.grid.block_sizes)
         paths = {"chain": ((0,) * (b - 1),), "tree": tree_paths(b - 1),
@@ -562,13 +563,7 @@ class GraphProfiler:
 
         def call():
             v = state["v"]
-            amax = v.node_logits.argmax(-1).tolist()
-            toks, amaxes = [], []
-            for i in range(len(v.paths)):
-                nodes = v.path_nodes(i)
-                toks.append([v.node_tokens[j] for j in nodes])
-                amaxes.append([amax[0]] + [amax[j + 1] for j in nodes])
-            acc = greedy_accept(toks, amaxes)
+            acc = greedy_accept(*greedy_inputs(v))  # the loop's own host step
             deepest = max(range(len(v.paths)), key=lambda i: len(v.paths[i]))
             return be.commit(tc, v, deepest, len(v.paths[deepest]), L) if acc is not None else None
 
