@@ -135,7 +135,8 @@ def run_profile(args) -> int:
 
     from specreplay.live.backend import cli_backend
     from specreplay.live.profiler import (DRAFT_TOP_K, GraphProfiler, Profiler, context_grid, describe_setup,
-                                          estimate_seconds, max_positions, monotonicity, with_overrides)
+                                          estimate_seconds, host_policies, host_summary, max_positions,
+                                          monotonicity, with_overrides)
     from specreplay.models.loading import file_hashes, load_draft, load_target
     from specreplay.traces.io import write_json
     from specreplay.traces.writer import read_json, write_profile
@@ -157,9 +158,12 @@ def run_profile(args) -> int:
         raise CLIError(f"every point of the grid runs past the position limit (target "
                        f"{max_positions(target)}, draft {max_positions(draft)}); ask for "
                        f"shorter --context values")
-    counts = {k: sum(p.kind == k for p in prof.points) for k in KINDS_SHOWN}
+    counts = {k: sum(p.kind == k for p in prof.points) for k in KINDS_SHOWN if k != "overhead"}
+    hosts = host_policies(grid.block_sizes)
     print("profile grid: " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
-          f" points, {grid.warmup} warm-up + {grid.repeats} timed calls each")
+          f" points, {grid.warmup} warm-up + {grid.repeats} timed calls each; host time from "
+          f"{grid.host_cycles} live cycles of each of {len(hosts)} policies ({', '.join(hosts)}) "
+          f"per context length and pass")
     if prof.skipped:
         print("\n".join(describe_skipped(prof.skipped, max_positions(target), max_positions(draft))))
     estimate = estimate_seconds(prof.points, grid, prof.probe())
@@ -176,10 +180,13 @@ def run_profile(args) -> int:
     }
     out = write_profile(args.out, result.rows, meta)
     # the checks and the backend's own figures go beside the setup in profile.json
-    extra = prof.meta(result.rows) if backend == "graph" else {"checks": {"monotone": monotonicity(result.rows)}}
+    extra = prof.meta(result.rows) if backend == "graph" else {"checks": {"monotone": monotonicity(result.rows)},
+                                                                "host_s": host_summary(result.rows)}
     write_json(Path(out) / "profile.json", {**read_json(Path(out) / "profile.json"), **extra})
     bad = extra["checks"]["monotone"]["violations"]
     print(f"wrote {len(result.rows)} points to {out}/profile.parquet in {result.elapsed_s:.0f} s")
+    print("host part of a live cycle (median ms): " +
+          ", ".join(f"{m} {v * 1e3:.3f}" for m, v in extra["host_s"].items()))
     print(f"monotonicity check: {len(bad)} violations in {extra['checks']['monotone']['checked']} "
           f"neighbouring pairs" + (" (listed in profile.json checks; the points are kept as measured)"
                                   if bad else ""))

@@ -14,12 +14,16 @@ The simulator's cost model (traces/schema.py PROFILE_SCHEMA) reads four kinds of
                  draft cache of context_len - 1 rows, the target's LM head (float32
                  logits) on the b-1 drafted rows, and their top-4 ids and log-probs
                  copied to the host
-    overhead     the host part of a cycle with no model forward (q = 0): argmax of the
-                 verify logits over the vocabulary, compare with the drafted tokens,
-                 cumprod, accepted lengths to the host, cut the KV cache back; measured at
-                 the largest block size of the grid
+    overhead     the host part of a live cycle (its seconds outside the draft and verify
+                 passes: policy calls, the view, planning, acceptance, commit,
+                 bookkeeping), taken from the cycles the live loop itself runs
+                 (``measure_host``): short decodes of random prompts at the grid's context
+                 lengths, one policy per host mode (traces.schema HOST_MODES: ar, chain at
+                 every block size, gated, trees of three sizes, a candidate batch), with
+                 recording off as ``promote`` runs them; ``mode`` = the cycle's host
+                 mode, q = its verify tokens
 
-Every point runs ``warmup`` untimed calls, then ``repeats`` timed ones (round-robin over
+Every forward point runs ``warmup`` untimed calls, then ``repeats`` timed ones (round-robin over
 the points that share a cache, so slow drifts of the host hit them alike): CUDA events on
 a GPU, perf_counter on a CPU; rows hold the median and the 10th/90th percentiles. The KV
 caches for a context length are built once per (context_len, batch) from random tokens
@@ -62,6 +66,9 @@ class Grid:
     block_sizes: tuple[int, ...]
     repeats: int
     warmup: int
+    # cycles of each host-time decode after its untimed first ``warmup`` + 1 (the first
+    # cycle captures graphs), over ``min(repeats, HOST_PASSES)`` interleaved passes
+    host_cycles: int = 8
 
 
 # Log-spaced so interpolation has a point per doubling. Sized for a target and draft of
@@ -75,7 +82,10 @@ DEFAULT_GRID = Grid(q=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                     repeats=10, warmup=2)
 
 # Seconds, not minutes, on a CPU: for tests and a first look.
-QUICK_GRID = Grid(q=(1, 4), context=(16, 48), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1)
+QUICK_GRID = Grid(q=(1, 4), context=(16, 48), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1,
+                  host_cycles=3)
+# passes over the host-time points: each is a whole decode, so a few passes suffice
+HOST_PASSES = 3
 
 
 @dataclass(frozen=True)
@@ -93,38 +103,38 @@ def max_positions(model) -> int | None:
 
 
 def plan_points(grid: Grid, target_max: int | None, draft_max: int | None) -> tuple[list[Point], list[Point]]:
-    """All points of the grid in measuring order (grouped by context length and batch,
-    which share KV caches), and the points skipped because they would run past the
-    target's or the draft's position limit."""
+    """All forward points of the grid in measuring order (grouped by context length and
+    batch, which share KV caches), and the points skipped because they would run past
+    the target's or the draft's position limit. (Overhead rows come from the loop's own
+    cycles: ``measure_host``.)"""
     keep, skipped = [], []
-    overhead_b = max(grid.block_sizes)
     for L in grid.context:
         for B in grid.batch:
             group = [Point(kind, q, L, B) for kind in ("target", "tree_verify") for q in grid.q]
             group += [Point("draft", b, L, B) for b in grid.block_sizes]
-            group.append(Point("overhead", 0, L, B))
             for p in group:
-                limit, reach = (draft_max, L + p.q) if p.kind == "draft" else (target_max, L + (p.q or overhead_b))
-                (skipped if limit is not None and reach > limit else keep).append(p)
+                limit = draft_max if p.kind == "draft" else target_max
+                (skipped if limit is not None and L + p.q > limit else keep).append(p)
     return keep, skipped
 
 
 def estimate_seconds(points: Iterable[Point], grid: Grid, probe: dict[str, tuple[float, float]]) -> float:
     """Expected seconds of the calls of a grid: per kind a call costs ``t0 + slope *
-    tokens``, tokens = batch * q (``probe[kind] = (t0, slope)``, see Profiler.probe); an
-    overhead point also runs an untimed verify of the largest block before each call.
-    Building the KV caches is left out."""
+    tokens``, tokens = batch * q (``probe[kind] = (t0, slope)``, see Profiler.probe); the host-time
+    decodes count as cycles of a verify of the largest block plus a draft pass. Building
+    the KV caches is left out."""
     def cost(kind: str, tokens: int) -> float:
         t0, slope = probe[kind]
         return t0 + slope * tokens
 
     total = 0.0
     for p in points:
-        call = cost(p.kind, p.batch * max(p.q, 1))
-        if p.kind == "overhead":
-            call += cost("target", p.batch * max(grid.block_sizes))
-        total += (grid.warmup + grid.repeats) * call
-    return total
+        total += (grid.warmup + grid.repeats) * cost(p.kind, p.batch * max(p.q, 1))
+    b = max(grid.block_sizes)
+    cycle = cost("target", b) + cost("draft", b)
+    cycles = len(host_policies(grid.block_sizes)) * len(grid.context) * min(grid.repeats, HOST_PASSES) \
+        * (grid.warmup + 1 + grid.host_cycles)
+    return total + cycles * cycle
 
 
 class Timer:
@@ -232,17 +242,86 @@ def draft_cache(draft, rows: int, batch: int, gen: torch.Generator, device, dtyp
     return cache
 
 
-def accept_step(logits: torch.Tensor, drafted: torch.Tensor, cache, keep: int) -> list[int]:
-    """The host part of a greedy cycle: the target's argmax, the accepted prefix of the
-    drafted tokens, the bonus token, accepted lengths on the host, the cache cut back."""
-    posterior = logits.argmax(dim=-1)
-    match = drafted == posterior[:, :-1]
-    accepted = match.to(torch.int32).cumprod(dim=-1).sum(dim=-1)
-    bonus = posterior.gather(1, accepted[:, None].long())
-    lengths = accepted.tolist()
-    bonus.tolist()
-    crop_cache(cache, keep)
-    return lengths
+# --- the host part of a cycle, from the loop's own cycles ----------------------------
+
+def host_policies(block_sizes: Iterable[int]) -> list[str]:
+    """The policies whose live cycles the profiler times for host seconds: one per host
+    mode (traces.schema HOST_MODES) and verify size a replay commonly asks for: ar,
+    fixed chains at every block size, a gated chain, trees of three sizes and a batch
+    of candidate rows at the largest block size."""
+    sizes = sorted(set(int(b) for b in block_sizes if b > 1))
+    if not sizes:
+        return ["ar"]
+    B = sizes[-1]
+    specs = ["ar"] + [f"fixed(b={b})" for b in sizes] + [f"fixed(b={B})+gate(min_prob=0.2)"]
+    trees = [(2, 2), (2, 4), (3, 3)]
+    specs += [f"fixed(b={B})+tree(topk={k}, depth={d})" for k, d in trees if d <= B - 1]
+    specs.append(f"fixed(b={B})+candidates(mode=fixed_prefix_rank, prefix={min(2, B - 1)}, verify=batch)")
+    return specs
+
+
+def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
+                 progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Overhead rows from the live loop's own cycles (live/loop.py ``Decoder``, recording
+    off as ``promote`` runs it): for every ``host_policies`` policy and grid context
+    length, a decode of a random prompt of that length; its first ``warmup`` + 1 cycles
+    untimed (graph capture, warm caches), the next ``host_cycles`` timed by the loop
+    itself (``overhead_s`` = cycle seconds outside the draft and verify spans). Points
+    are run in a fresh shuffled order on each of ``min(repeats, HOST_PASSES)`` passes.
+    One row per (host mode, verify tokens, context length): the median and spread of
+    its cycles' overhead_s."""
+    from specreplay.live.loop import Decoder, LoopConfig
+    from specreplay.policies import parse_policy
+    from specreplay.policies.base import host_mode
+
+    specs = host_policies(grid.block_sizes)
+    skip = grid.warmup + 1
+    cycles = skip + grid.host_cycles
+    longest = max(int(b) for b in (*grid.block_sizes, 1)) * (cycles + 1)
+    limit = max_positions(target)
+    contexts = [L for L in grid.context if L >= 1 and (limit is None or L + longest <= limit)]
+    cfg = LoopConfig(max_new_tokens=longest, record=False)
+    decoders = {s: Decoder(target, draft, parse_policy(s), cfg, backend=backend) for s in specs}
+    vocab = target.get_input_embeddings().num_embeddings
+    rng = np.random.default_rng(seed)
+    points = [(s, L) for s in specs for L in contexts]
+    seen: dict[tuple[str, int, int], list[float]] = {}
+    gc_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # a collection inside a timed cycle is host noise, not the loop's cost
+    try:
+        with torch.inference_mode():
+            for _ in range(max(1, min(grid.repeats, HOST_PASSES))):
+                for j in rng.permutation(len(points)):
+                    spec, L = points[j]
+                    dec = decoders[spec]
+                    gated = dec.policy.verify is not None and dec.policy.verify.gates
+                    state = dec.begin(0, rng.integers(0, vocab, L).tolist())
+                    while len(state.cycles) < cycles and dec.step(state):
+                        pass
+                    dec.finish(state)
+                    for c in state.cycles[skip:]:
+                        key = (host_mode(c["block_size"], c["verify_mode"], gated), c["verify_tokens"], L)
+                        seen.setdefault(key, []).append(c["overhead_s"])
+                    if progress is not None:
+                        progress(1)
+    finally:
+        if gc_enabled:
+            gc.enable()
+    # a cycle whose host part read 0 s (clock resolution) says nothing about its cost
+    seen = {k: [t for t in v if t > 0] for k, v in seen.items()}
+    return [{"kind": "overhead", "q": int(q), "context_len": int(L), "batch": 1, "mode": mode,
+             **summarize(t)} for (mode, q, L), t in sorted(seen.items()) if t]
+
+
+def host_summary(rows: list[dict]) -> dict[str, float]:
+    """Median host seconds per host mode over a profile's overhead rows (for
+    profile.json and the profile command's summary line)."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        if r["kind"] == "overhead":
+            by.setdefault(r.get("mode") or "chain", []).append(r["median_s"])
+    return {m: float(np.median(v)) for m, v in by.items()}
 
 
 # --- the profile ---------------------------------------------------------------------
@@ -262,6 +341,7 @@ class Profiler:
         self.target, self.draft, self.grid = target, draft, grid
         self.device = torch.device(device)
         self.timer = Timer(self.device)
+        self.seed = seed
         self.gen = torch.Generator().manual_seed(seed)
         self.vocab = target.get_input_embeddings().num_embeddings
         self.dtype = next(draft.parameters()).dtype
@@ -275,6 +355,7 @@ class Profiler:
         with torch.inference_mode():
             for (L, B), group in _groups(self.points):
                 rows += self.measure_group(L, B, group, progress)
+        rows += measure_host(self.target, self.draft, "hf", self.grid, self.seed)
         return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
 
     def probe(self) -> dict[str, tuple[float, float]]:
@@ -353,18 +434,7 @@ class Profiler:
                 logits = self.draft.logits(hidden[:, 1:]).float()
                 return topk_logprobs(logits.reshape(-1, logits.shape[-1]), DRAFT_TOP_K)
             return call, lambda: crop_cache(dc, L - new), None
-        b = max(self.grid.block_sizes)
-        state = {}
-        verify_ids = torch.randint(0, self.vocab, (B, b), generator=self.gen).to(dev)
-        drafted = torch.randint(0, self.vocab, (B, b - 1), generator=self.gen).to(dev)
-
-        def prepare():
-            state["logits"] = self.target(input_ids=verify_ids, **cache_kwargs(self.target, tc),
-                                          use_cache=True).logits
-
-        def call():
-            return accept_step(state["logits"], drafted, tc, L)
-        return call, lambda: crop_cache(tc, L), prepare
+        raise ValueError(f"no forward call for a {p.kind} point")
 
 
 def _groups(points: list[Point]) -> list[tuple[tuple[int, int], list[Point]]]:
@@ -484,10 +554,9 @@ class GraphProfiler:
     chain verify of q rows at cache length context_len (padded to its bucket and cache
     span exactly as in the loop), ``tree_verify`` = a packed binary-trie verify of q
     rows, ``draft`` = a draft pass of a block of q with one new context row plus the
-    top-k to the host, ``overhead`` = the host step of a greedy chain cycle at the
-    largest block size (argmax to the host, commit). Batch plans are packed rows on this
-    backend, so batch is 1. The host step of each verify mode is measured too
-    (``host_s``, for profile.json).
+    top-k to the host; ``overhead`` rows come from the loop's own cycles on this
+    backend (``measure_host``). Batch plans are packed rows on this backend, so batch is
+    1.
 
     Points are measured interleaved across the whole grid: each pass runs every point
     once in a fresh shuffled order (seeded), the first ``warmup`` passes untimed (they
@@ -504,7 +573,6 @@ class GraphProfiler:
         self.vocab = target.get_input_embeddings().num_embeddings
         self.backend = backend or GraphBackend(target, draft, capture=self.device.type == "cuda")
         self.points, self.skipped = plan_points(self.grid, max_positions(target), max_positions(draft))
-        self.host_s: dict[str, float] = {}
         longest = max([p.context_len + max(p.q, max(self.grid.block_sizes)) for p in self.points] or [1])
         self.tc, self.dc = self.backend.start(longest, 0)
 
@@ -540,36 +608,7 @@ class GraphProfiler:
             def call():
                 return topk_logprobs(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
             return call, prepare, prepare
-        return self.host_call("chain", L)
-
-    def host_call(self, mode: str, L: int):
-        """(call, reset, prepare) of the host step of a greedy cycle verifying ``mode`` at
-        the largest block size: the verify runs untimed in ``prepare``; the call is the
-        acceptance (argmax to the host) and the commit of the deepest path."""
-        from specreplay.live.sampling import greedy_accept
-        from specreplay.live.loop import greedy_inputs
-        from specreplay.policies.base import trie_nodes
-        b = max(self.grid.block_sizes)
-        paths = {"chain": ((0,) * (b - 1),), "tree": tree_paths(b - 1),
-                 "batch": tuple((r,) + (0,) * (b // 4 - 1) for r in range(min(4, DRAFT_TOP_K)))}[mode]
-        tokens = torch.randint(0, self.vocab, (len(trie_nodes(paths)),), generator=self.gen).tolist()
-        be, tc, state = self.backend, self.tc, {}
-
-        def prepare():
-            tc.length = L
-            state["v"] = be.verify(tc, mode, paths, tokens[0], tokens, L, True)
-            if self.timer.cuda:
-                torch.cuda.synchronize()
-
-        def call():
-            v = state["v"]
-            acc = greedy_accept(*greedy_inputs(v))  # the loop's own host step
-            deepest = max(range(len(v.paths)), key=lambda i: len(v.paths[i]))
-            return be.commit(tc, v, deepest, len(v.paths[deepest]), L) if acc is not None else None
-
-        def reset():
-            tc.length = L
-        return call, reset, prepare
+        raise ValueError(f"no forward call for a {p.kind} point")
 
     def probe(self) -> dict[str, tuple[float, float]]:
         """(seconds at zero tokens, seconds per token) per kind from its smallest and
@@ -612,22 +651,18 @@ class GraphProfiler:
                             times[j].append(t)
                     if progress is not None and i >= g.warmup:
                         progress(self.points if i == g.warmup + g.repeats - 1 else [])
-                host = {mode: self.host_call(mode, min(p.context_len for p in self.points))
-                        for mode in ("chain", "tree", "batch")} if self.points else {}
-                for mode, (call, reset, prepare) in host.items():
-                    self.host_s[mode] = summarize(measure(self.timer, [(call, reset, prepare)],
-                                                          g.warmup, g.repeats)[0])["median_s"]
             finally:
                 if gc_enabled:
                     gc.enable()
         rows = [{"kind": p.kind, "q": p.q, "context_len": p.context_len, "batch": 1, **summarize(t)}
                 for p, t in zip(self.points, times)]
+        rows += measure_host(self.target, self.draft, self.backend, g, self.seed)
         return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
 
     def meta(self, rows: list[dict]) -> dict:
-        """profile.json additions: the checks, host seconds per verify mode, capture."""
+        """profile.json additions: the checks, host seconds per mode, capture."""
         return {"checks": {"monotone": monotonicity(rows)},
-                "host_s": dict(self.host_s),
+                "host_s": host_summary(rows),
                 "measured": {"order": "interleaved over the whole grid, shuffled per pass",
                              "passes": self.grid.repeats, "warmup_passes": self.grid.warmup,
                              "statistic": "median"},

@@ -228,6 +228,20 @@ class Policy:
         cost model, not only on the oracle)."""
         return False
 
+    # a verify component that shortens the chain by the draft's confidence: its cycles
+    # are costed with the host time of a gated chain (see ``host_mode``)
+    gates: ClassVar[bool] = False
+
+
+def host_mode(block_size: int, plan_mode: str, gated: bool) -> str:
+    """The traces.schema HOST_MODES entry of a cycle of ``block_size`` verified as ``plan_mode``, by a
+    policy whose verify component gates (``Policy.gates``) or not."""
+    if block_size <= 1:
+        return "ar"
+    if plan_mode == "chain" and gated:
+        return "gated"
+    return plan_mode
+
 
 @dataclass
 class Composite:
@@ -278,3 +292,8 @@ class Composite:
 
     def uses_time(self) -> bool:
         return any(c.uses_time() for c in self.components())
+
+    def host_mode(self, block_size: int, plan: VerifyPlan) -> str:
+        """Which host time a cycle of this policy costs (``host_mode``): the profiler
+        labels the cycles it times with this, and the simulator costs cycles by it."""
+        return host_mode(block_size, plan.mode, self.verify is not None and self.verify.gates)

@@ -51,6 +51,7 @@ class Gate(Policy):
     """
     name = "gate"
     role = "verify"
+    gates = True
     params = {"min_prob": 0.2, "mode": "threshold", "budget": 1.5, "metric": "nlogp",
               "min_verify": 1}
     help = ("min_prob: threshold mode stops before the first offset with top-1 prob below this\n"

@@ -15,14 +15,17 @@ the draft), context length ``L`` and ``batch``.
 * Tree verification: the chain cost at the same (q, L, batch) times the measured ratio
   tree_verify / target at equal q (interpolated in q). Without tree rows the ratio is 1
   and flagged.
-* Overhead (the host part of a cycle), per verify mode (chain, tree, batch; a gated chain
-  is a chain of its verify length, so it takes the chain figure): the median of the
-  profile's overhead rows of that ``mode`` (PROFILE_SCHEMA; a profile without the column
-  reads as chain rows), else of its chain rows, else the median ``overhead_s`` of the
-  trace's live cycles of that verify mode, else of all its live cycles, else 0 (flagged).
-  On the trace's own setup with a profile that has no ``mode`` column (its overhead
-  rows time only the acceptance tensor ops), the live cycles come first. The source of
-  each mode is named in ``overhead_source``.
+* Overhead (the host part of a cycle: the live loop's own work between its GPU passes),
+  per host mode (traces.schema HOST_MODES: ar, chain, gated, tree, batch; named by
+  policies.base.host_mode) and verify tokens: the profile's overhead rows of that
+  ``mode`` (PROFILE_OPTIONAL; the profiler times them over the loop's own cycles, so
+  the policy calls, views and bookkeeping are in them), linear in verify tokens between
+  the measured sizes; else its chain rows (a profile without the column reads as chain
+  rows at q = 0, one figure for every size); else the median ``overhead_s`` of the
+  trace's live cycles of that mode (a gated or ar cycle: of its verify mode), else of
+  all its live cycles, else 0 (flagged). On the trace's own setup with a profile that
+  has no ``mode`` column (its overhead rows time only the acceptance tensor ops), the
+  live cycles come first. The source of each mode is named in ``overhead_source``.
 * Batch verification (a plan verifying n candidate rows) is costed as the live backend
   runs it (profile.json setup ``batch_verify``): "packed" (one row of disjoint paths under
   an ancestor-only mask) is a tree_verify of q = verify tokens; "rows" (the hf loop: n
@@ -46,6 +49,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
+
+from specreplay.traces.schema import HOST_MODES
 
 FITTED = -1
 
@@ -171,8 +176,12 @@ class CostModel:
         has_mode = "mode" in table.column_names
         mode = (np.asarray(table["mode"].to_pylist(), dtype=object) if has_mode
                 else np.full(table.num_rows, "", dtype=object))
-        # contract: an overhead row without a mode (older profiles) times the chain step
-        self.rows["mode"] = np.where((self.rows["kind"] == "overhead") & (mode == ""), "chain", mode)
+        # contract: an overhead row without a mode (older profiles) times the chain step;
+        # the loop's host step is measured per mode only where some overhead row has one
+        over = self.rows["kind"] == "overhead"
+        mode = np.where(np.equal(mode, None), "", mode)
+        has_mode = bool((over & (mode != "")).any())
+        self.rows["mode"] = np.where(over & (mode == ""), "chain", mode)
         self.label = label
         self.setup = setup or {}
         self.cells: list[tuple[str, int, Grid]] = []
@@ -198,39 +207,75 @@ class CostModel:
         self.calibration_check: dict[str, Any] | None = None
 
     def _set_overheads(self, cyc: dict[str, float], cycles_first: bool) -> None:
-        """Per verify mode: (seconds, source), in the order the class docstring gives."""
+        """Per host mode: a host-time curve over verify tokens and its source, in the
+        order the class docstring gives."""
         over = self.rows["kind"] == "overhead"
-        med = self.rows["median_s"]
-        self.overhead_by_mode: dict[str, tuple[float, str]] = {}
-        for mode in VERIFY_MODES:
-            prof = med[over & (self.rows["mode"] == mode)]
-            chain = med[over & (self.rows["mode"] == "chain")]
+        med, q, modes = self.rows["median_s"], self.rows["q"], self.rows["mode"]
+
+        def curve(mode: str):
+            sel = over & (modes == mode)
+            if not sel.any():
+                return None
+            qs = np.unique(q[sel])
+            return qs, np.array([np.median(med[sel & (q == v)]) for v in qs])
+
+        def const(v):
+            return None if v is None else (np.zeros(1), np.array([float(v)]))
+
+        measured = {m: curve(m) for m in HOST_MODES}
+        self._host: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._host_memo: dict[tuple[str, int], float] = {}
+        sources: dict[str, str] = {}
+        for mode in HOST_MODES:
+            verify = "chain" if mode in ("ar", "gated") else mode
             options = [
-                (cyc.get(mode), f"median overhead_s of the trace's live {mode} cycles"),
-                (cyc.get("all"), "median overhead_s of all the trace's live cycles"),
+                (const(cyc.get(mode)), f"median overhead_s of the trace's live {mode} cycles"),
+                (const(cyc.get(verify)) if verify != mode else None,
+                 f"median overhead_s of the trace's live {verify} cycles (no {mode} cycles)"),
+                (const(cyc.get("all")), "median overhead_s of all the trace's live cycles"),
             ]
             prof_options = [
-                (float(np.median(prof)) if prof.size else None, f"profile {mode} overhead rows"),
-                (float(np.median(chain)) if chain.size else None,
-                 "profile chain overhead rows" + ("" if mode == "chain" else f" (no {mode} rows)")),
+                (measured[mode], f"profile {mode} overhead rows"),
+                (measured["chain"] if mode != "chain" else None,
+                 f"profile chain overhead rows (no {mode} rows)"),
             ]
             chosen = next(((v, src) for v, src in (options + prof_options if cycles_first
                                                     else prof_options + options)
                            if v is not None), None)
             if chosen is None:
-                chosen = (0.0, "none (no overhead rows, no live cycles)")
+                chosen = (const(0.0), "none (no overhead rows, no live cycles)")
                 self.notes.add(f"no {mode} overhead measured: 0 s per cycle")
-            self.overhead_by_mode[mode] = (float(chosen[0]), chosen[1])
-        self.overhead_s = self.overhead_by_mode["chain"][0]
-        sources = {m: src for m, (_, src) in self.overhead_by_mode.items()}
+            self._host[mode] = chosen[0]
+            qs = chosen[0][0]
+            sources[mode] = chosen[1] + (f" over verify tokens {_ranges(qs.astype(int).tolist())}"
+                                         if len(qs) > 1 else "")
+        self.overhead_s = self.overhead("chain")
         if len(set(sources.values())) == 1:
             self.overhead_source = sources["chain"]
         else:
             self.overhead_source = "; ".join(f"{m}: {src}" for m, src in sources.items())
 
-    def overhead(self, mode: str) -> float:
-        """Host seconds of one cycle that verifies in ``mode`` (chain | tree | batch)."""
-        return self.overhead_by_mode.get(mode, self.overhead_by_mode["chain"])[0]
+    def overhead(self, mode: str, verify_tokens: int | None = None) -> float:
+        """Host seconds of one cycle of host mode ``mode`` (traces.schema HOST_MODES; an
+        unknown mode takes the chain's) verifying ``verify_tokens`` query tokens: linear
+        between the measured verify sizes, the nearest one's below the smallest, the
+        last segment's line above the largest (never below the largest's seconds);
+        None takes the mode's median."""
+        key = (mode, -1 if verify_tokens is None else int(verify_tokens))
+        hit = self._host_memo.get(key)
+        if hit is not None:
+            return hit
+        qs, secs = self._host.get(mode) or self._host["chain"]
+        if verify_tokens is None or len(qs) == 1:
+            v = float(np.median(secs))
+        elif verify_tokens <= qs[-1]:
+            v = float(np.interp(verify_tokens, qs, secs))
+        else:
+            slope = (secs[-1] - secs[-2]) / (qs[-1] - qs[-2])
+            v = float(secs[-1] + max(slope, 0.0) * (verify_tokens - qs[-1]))
+            self.notes.add(f"{mode} host time extrapolated past {int(qs[-1])} verify tokens")
+        self._host_memo[key] = v
+        return v
 
     def fit_kv_copy(self, cycles: pa.Table) -> None:
         """Fit the hf batch verify's KV copy to the trace's batch cycles: their target_s
@@ -492,12 +537,17 @@ def _ranges(rows: list[int]) -> str:
 
 
 def cycle_overheads(cycles: pa.Table) -> dict[str, float]:
-    """Median live ``overhead_s`` per verify mode (chain, tree, batch) and over all cycles
-    ("all"), from a trace's cycles table; modes without cycles are absent."""
+    """Median live ``overhead_s`` per mode, from a trace's cycles table: "ar" for cycles
+    of block size 1, else their verify mode (chain, tree, batch; a recorded cycle does
+    not say whether a gate shortened its chain), and over all cycles ("all"); modes
+    without cycles are absent."""
     over = np.asarray(cycles["overhead_s"].to_numpy(zero_copy_only=False), np.float64)
     mode = np.asarray(cycles["verify_mode"].to_pylist(), dtype=object)
+    if "block_size" in cycles.column_names:
+        b = np.asarray(cycles["block_size"].to_numpy(zero_copy_only=False))
+        mode = np.where(b <= 1, "ar", mode)
     ok = np.isfinite(over)
-    out = {m: float(np.median(over[ok & (mode == m)])) for m in VERIFY_MODES
+    out = {m: float(np.median(over[ok & (mode == m)])) for m in ("ar", *VERIFY_MODES)
            if (ok & (mode == m)).any()}
     if ok.any():
         out["all"] = float(np.median(over[ok]))

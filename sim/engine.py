@@ -47,7 +47,7 @@ import simpy
 from simpy.events import Event
 
 from specreplay.policies import parse_policy
-from specreplay.policies.base import (Composite, CycleContext, CycleOutcome, DraftRequest,
+from specreplay.policies.base import (Composite, CycleContext, CycleOutcome, DraftRequest, host_mode,
                                      Policy, VerifyPlan)
 from specreplay.sim.acceptance import Acceptance
 from specreplay.sim.cost import CostModel, RecordedTiming
@@ -134,7 +134,7 @@ class HotPolicy:
 class Work:
     """One GPU job: a planned cycle, or a prefill. The GPU fills in the seconds."""
     __slots__ = ("sample", "start", "block_size", "context_len", "passes", "verify_q",
-                 "verify_rows", "verify_tokens", "tree", "mode", "recorded", "prefill",
+                 "verify_rows", "verify_tokens", "tree", "mode", "host_mode", "recorded", "prefill",
                  "draft_s", "target_s", "overhead_s", "step_s", "draft_src", "target_src",
                  "t_start")
 
@@ -147,6 +147,7 @@ class Work:
         self.recorded, self.prefill = recorded, prefill
         self.verify_tokens = verify_tokens
         self.mode = "tree" if tree else "chain"
+        self.host_mode = self.mode if block_size > 1 else "ar"
 
 
 class Timer:
@@ -178,7 +179,7 @@ class Timer:
         kind = "tree_verify" if any(w.tree for w in works) else "target"
         rows = sum(w.verify_rows for w in works)
         target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
-        overhead_s = max(self.cost.overhead(w.mode) for w in works)
+        overhead_s = max(self.cost.overhead(w.host_mode, w.verify_tokens) for w in works)
         step_s = draft_s + target_s + overhead_s
         for w in works:
             w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, overhead_s, step_s
@@ -201,7 +202,7 @@ class Timer:
         else:
             target_s, w.target_src = self.cost.seconds("tree_verify" if w.tree else "target",
                                                        w.verify_q, w.context_len, w.verify_rows)
-        overhead_s = self.cost.overhead(w.mode)
+        overhead_s = self.cost.overhead(w.host_mode, w.verify_tokens)
         w.draft_s, w.target_s, w.overhead_s = draft_s, target_s, overhead_s
         w.step_s = draft_s + target_s + overhead_s
 
@@ -361,6 +362,8 @@ class Engine:
         draft, plan_work, record = self.draft, self.plan_work, log.cycles.append
         l_gen, stop_ids = acc.l_gen, self.stop_ids
         policy.reset(sample)
+        verify = getattr(policy, "policy", policy).verify  # a HotPolicy wraps the Composite
+        gated = verify is not None and verify.gates
         start = cycle = 0
         prev_view = prev_outcome = None
         while start < last:
@@ -373,7 +376,7 @@ class Engine:
             plan = plan_verify(view)
             accepted, chosen = acc.accepted(group, row, plan) if group else (0, 0)
             tau = min(accepted + 1, last - start)  # the bonus token still lies inside S
-            plan_work(work, start, req, plan)
+            plan_work(work, start, req, plan, gated)
             yield work
             # wait for the GPU plus the step's own seconds; single stream: exactly the step
             cycle_s = (work.t_start - t_ready) + work.step_s
@@ -419,7 +422,8 @@ class Engine:
         group = self.acc.group(block_size)
         return self.acc.view(group, self.acc.row(group, sample, start), sample, start)
 
-    def plan_work(self, work: Work, start: int, req: DraftRequest, plan: VerifyPlan) -> None:
+    def plan_work(self, work: Work, start: int, req: DraftRequest, plan: VerifyPlan,
+                  gated: bool = False) -> None:
         """Set a request's GPU job to a planned cycle: its shapes, and its recorded
         seconds if the live run ran this very cycle."""
         paths, mode = plan.paths, plan.mode
@@ -434,6 +438,7 @@ class Engine:
         work.passes = 1 + self.refine_passes(work.sample, start, req) + (1 if req.seeds else 0)
         work.tree = mode == "tree"
         work.mode = mode
+        work.host_mode = host_mode(req.block_size, mode, gated)
         work.verify_tokens = verify_tokens
         # recorded seconds only where the GPU runs this cycle alone, as the live loop did
         rec = self.timer.recorded if self.gpu.solo else None

@@ -72,7 +72,7 @@ def replay_fixed(data: TraceData, acc: Acceptance, timer: Timer, b: int) -> tupl
     else:
         draft_s, draft_src = np.zeros(n), np.full(n, NO_SOURCE, dtype=np.int64)
     target_s, target_src = cost.seconds_array("target", b, ctx, 1)
-    overhead_s = np.full(n, cost.overhead("chain"))
+    overhead_s = np.full(n, cost.overhead("chain" if b > 1 else "ar", b))
     cycle_s = draft_s + target_s + overhead_s
     recorded = np.zeros(n, dtype=bool)
     if timer.recorded is not None:

@@ -47,10 +47,11 @@ def test_graph_profile_times_every_point_and_each_verify_modes_host_step():
     prof = GraphProfiler(target, draft, grid, torch.device("cpu"))
     assert {p.batch for p in prof.points} == {1}  # batch plans are packed rows here
     run = prof.run()
-    assert len(run.rows) == len(prof.points) == 2 * 2 * 2 + 2 + 2
-    assert all(r["n"] == 3 and r["median_s"] > 0 for r in run.rows)
+    forward = [r for r in run.rows if r["kind"] != "overhead"]
+    assert len(forward) == len(prof.points) == 2 * 2 * 2 + 2
+    assert all(r["n"] == 3 and r["median_s"] > 0 for r in forward)
     meta = prof.meta(run.rows)
-    assert set(meta["host_s"]) == {"chain", "tree", "batch"} and all(v > 0 for v in meta["host_s"].values())
+    assert set(meta["host_s"]) == {"ar", "chain", "gated", "tree", "batch"}
+    assert all(v > 0 for v in meta["host_s"].values())
     assert "violations" in meta["checks"]["monotone"]
-    # every call left the caches as it found them: the loop can start right after
-    assert prof.tc.length in {8, 24}
+    # the host rows came from real decodes through this very backend

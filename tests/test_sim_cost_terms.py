@@ -35,6 +35,50 @@ def with_modes(table: pa.Table, overhead: dict[str, float] | None) -> pa.Table:
     return pa.table(cols)
 
 
+def with_host_rows(table: pa.Table, rows: list[tuple[str, int, float]]) -> pa.Table:
+    """The profile table with its overhead rows replaced by host rows (mode, verify
+    tokens, seconds), as the profiler measures them over the loop's own cycles."""
+    keep = [i for i, k in enumerate(table["kind"].to_pylist()) if k != "overhead"]
+    base = table.take(keep)
+    cols = {c: base[c].to_pylist() for c in ("kind", "q", "context_len", "batch", "median_s")}
+    cols["mode"] = [""] * base.num_rows
+    for mode, q, secs in rows:
+        for c, v in zip(("kind", "q", "context_len", "batch", "median_s", "mode"),
+                        ("overhead", q, 16, 1, secs, mode)):
+            cols[c].append(v)
+    return pa.table(cols)
+
+
+HOST = [("ar", 1, 0.5e-3), ("chain", 4, 1e-3), ("chain", 8, 2e-3), ("gated", 8, 3e-3),
+        ("tree", 7, 4e-3)]
+
+
+def test_host_time_is_per_host_mode_and_linear_in_verify_tokens(trace):
+    m = CostModel(with_host_rows(Profile.open(trace).table, HOST))
+    assert m.overhead("chain", 6) == pytest.approx(1.5e-3, rel=1e-12)
+    assert m.overhead("chain", 2) == 1e-3                               # the smallest size's
+    assert m.overhead("chain", 12) == pytest.approx(3e-3, rel=1e-12)    # the last segment's line
+    assert m.overhead("ar", 1) == 0.5e-3 and m.overhead("gated", 5) == 3e-3
+    assert m.overhead("tree", 30) == 4e-3
+    # a mode without rows takes the chain's curve, and says so
+    assert m.overhead("batch", 6) == pytest.approx(1.5e-3, rel=1e-12)
+    assert "batch: profile chain overhead rows (no batch rows)" in m.overhead_source
+    assert "chain: profile chain overhead rows over verify tokens 4, 8" in m.overhead_source
+
+
+def test_replay_charges_ar_gated_and_chain_cycles_their_own_host_rows(trace):
+    prof = profile_with(trace, with_host_rows(Profile.open(trace).table, HOST))
+    want = {"ar": 0.5e-3, "fixed(b=8)": 2e-3, "fixed(b=4)": 1e-3,
+            "fixed(b=8)+gate(min_prob=0.2)": 3e-3, "ewma(candidates=4|8)": None}
+    for spec, secs in want.items():
+        (p,) = replay(trace, [spec], profile=prof)
+        over = np.asarray(p.per_cycle["overhead_s"])
+        if secs is None:  # a scheduler's cycles: the chain's host time at their block size
+            b = np.asarray(p.per_cycle["block_size"])
+            secs = np.where(b == 8, 2e-3, 1e-3)
+        assert np.allclose(over, secs, rtol=1e-12, atol=0), spec
+
+
 def profile_with(trace, table: pa.Table, batch_verify: str | None = None) -> Profile:
     p = Profile.open(trace)
     meta = dict(p.meta)

@@ -382,7 +382,9 @@ def _profile_row(d: Path, kind: str) -> int:
     ("kind", "warp", "target", "one of 'target', 'tree_verify', 'draft', 'overhead'"),
     ("q", 0, "target", "query tokens 1 to 16777216"),
     ("q", 1 << 30, "draft", "query tokens 1 to 16777216"),
-    ("q", -1, "overhead", "0 for overhead rows"),
+    ("q", -1, "overhead", "for overhead rows the cycle's verify tokens"),
+    ("mode", "warp", "overhead", "one of 'ar', 'chain', 'gated', 'tree', 'batch' on overhead rows"),
+    ("mode", "chain", "target", "empty on the others"),
     ("context_len", -1, "target", "an integer from 0 to 16777216"),
     ("context_len", 2 ** 31 - 1, "target", "an integer from 0 to 16777216"),
     ("batch", 0, "draft", "an integer >= 1"),
@@ -394,6 +396,13 @@ def test_profile_values(trace, column, value, kind, allowed):
     row = _profile_row(trace, kind)
     edit(trace, "profile", column, row, value)
     refused(trace, f"(table profile), column {column}, row {row}", allowed)
+
+
+def test_profile_host_rows_without_a_mode_are_the_legacy_q0_rows(trace):
+    """An overhead row with verify tokens must say which cycle kind it timed."""
+    row = _profile_row(trace, "overhead")
+    edit(trace, "profile", "q", row, 8)
+    refused(trace, f"(table profile), column mode, row {row}", "or empty where q is 0")
 
 
 def test_profile_one_row_per_grid_point(trace):

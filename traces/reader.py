@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, setup_identity
 from specreplay.traces.io import TraceError, table_files
-from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces.schema import PROFILE_OPTIONAL, PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 from specreplay.traces import validate
 from specreplay.traces.writer import read_json
 
@@ -68,9 +68,11 @@ def check_version(meta: dict[str, Any], path: Path) -> int:
     return version
 
 
-def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
+def read_parquet(path: Path, schema: pa.Schema, table: str,
+                 optional: pa.Schema | None = None) -> pa.Table:
     """Read one Parquet file (memory-mapped) and check it has every column of ``schema``
-    with the right type; returns exactly those columns."""
+    with the right type; returns exactly those columns, plus the columns of ``optional``
+    the file has (type-checked alike)."""
     try:
         # checksums are verified where the writer stored them (traces.io writes them)
         t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
@@ -80,7 +82,8 @@ def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
         raise TraceError(f"{path} (table {table}) is truncated or not Parquet, or damaged ({why}); "
                          "re-record that sample, or delete the file and resume the "
                          "recording") from None
-    for field in schema:
+    extra = [f for f in (optional or []) if f.name in names]
+    for field in [*schema, *extra]:
         if field.name not in names:
             raise TraceError(f"{path} (table {table}) has no column {field.name!r} "
                              f"({field.type}); the file does not follow trace schema "
@@ -89,7 +92,8 @@ def read_parquet(path: Path, schema: pa.Schema, table: str) -> pa.Table:
         if found != field.type:
             raise TraceError(f"{path} (table {table}): column {field.name!r} is {found}, "
                              f"expected {field.type}")
-    return pa.Table.from_arrays([t.column(n) for n in schema.names], schema=schema)
+    out = pa.schema([*schema, *extra])
+    return pa.Table.from_arrays([t.column(n) for n in out.names], schema=out)
 
 
 @dataclass(eq=False)
@@ -382,7 +386,7 @@ class Profile:
         pfile = path / "profile.parquet"
         if not pfile.exists():
             raise TraceError(f"{pfile} is missing: measure one with `specreplay profile`")
-        table = read_parquet(pfile, PROFILE_SCHEMA, "profile")
+        table = read_parquet(pfile, PROFILE_SCHEMA, "profile", PROFILE_OPTIONAL)
         if table.num_rows == 0:
             raise TraceError(f"{pfile} holds no measurements")
         report_problems(validate.check_profile(table, pfile), collect, path)

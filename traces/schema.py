@@ -115,6 +115,22 @@ PROFILE_SCHEMA = pa.schema([
     ("n", pa.int32()),          # timed repetitions behind the median
 ])
 
+# The host part of a cycle (the loop's own work between its GPU passes) is measured and
+# costed per kind of cycle: plain autoregressive (block size 1, nothing drafted), a full
+# chain, a gated chain, a packed tree, a batch of candidate rows.
+HOST_MODES = ("ar", "chain", "gated", "tree", "batch")
+
+# Columns a profile may have beyond PROFILE_SCHEMA (profiles written before them lack
+# them; readers keep them when present, writers always write them):
+#   mode  overhead rows: the cycle kind whose host time the row holds (HOST_MODES,
+#         named by policies.base.host_mode), measured over the live loop's
+#         own cycles with q = their verify tokens; "" on every other row. A profile
+#         without the column has overhead rows with q = 0 that time only the acceptance
+#         step of a chain.
+PROFILE_OPTIONAL = pa.schema([
+    ("mode", pa.string()),
+])
+
 # run.json keys. Nested objects are documented by example in traces/README.md.
 RUN_KEYS = (
     "schema_version",   # int, SCHEMA_VERSION of the writer

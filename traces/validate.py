@@ -46,9 +46,11 @@ Rules (the limits are module constants):
   (``oracle_gaps``); the reader does not, since replay names a missing row itself.
 - oracle_target: ids and positions >= 0; ``target_ids`` and ``target_logprobs`` hold
   top_k values, ids >= 0, log-probabilities <= 0 and not NaN.
-- profile: ``kind`` one of PROFILE_KINDS; ``q`` 1..MAX_TOKENS (0 for overhead rows);
-  ``context_len`` 0..MAX_TOKENS; ``batch`` >= 1; ``median_s``, ``p10_s``, ``p90_s`` finite, > 0,
-  < MAX_PASS_S; ``n`` >= 1; one row per grid point (kind, q, context_len, batch).
+- profile: ``kind`` one of PROFILE_KINDS; ``q`` 1..MAX_TOKENS (overhead rows: 0..MAX_TOKENS,
+  0 in profiles without a ``mode`` column); ``context_len`` 0..MAX_TOKENS; ``batch`` >= 1;
+  ``median_s``, ``p10_s``, ``p90_s`` finite, > 0, < MAX_PASS_S; ``n`` >= 1; ``mode`` (where
+  present) one of HOST_MODES on overhead rows (or empty with q 0) and empty on the others; one row per grid
+  point (kind, q, context_len, batch, mode).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
+from specreplay.traces.schema import HOST_MODES, RANK_BEYOND_END, RANK_NOT_IN_TOPK
 
 # One forward pass, prefill or cycle of a specreplay recording takes milliseconds to
 # seconds; an hour is far beyond any real one and catches garbage such as 1e250.
@@ -476,8 +478,17 @@ def check_profile(t: pa.Table, file: str | Path) -> list[Problem]:
     ck = _Checker(file, "profile", lambda i: f"kind {kind[i]!r} q {q[i]} context_len {L[i]} batch {B[i]}")
     ck.choice(t, "kind", PROFILE_KINDS)
     over = kind == "overhead"
-    ck.ints(t, "q", np.where(over, 0, 1), MAX_TOKENS,
-            allowed=f"query tokens 1 to {MAX_TOKENS} (block size for draft rows; 0 for overhead rows)")
+    has_mode = "mode" in t.column_names
+    ck.ints(t, "q", np.where(over, 0, 1), np.where(over & (not has_mode), 0, MAX_TOKENS),
+            allowed=f"query tokens 1 to {MAX_TOKENS} (block size for draft rows; for overhead "
+                    "rows the cycle's verify tokens, or 0 in a profile without a mode column)")
+    if has_mode:
+        mode = np.asarray(t.column("mode").to_pylist(), dtype=object)
+        empty = (mode == "") | np.equal(mode, None)
+        ok = np.where(over, np.isin(mode, HOST_MODES) | (empty & (q == 0)), empty)
+        ck.rows("mode", ~ok, mode, "one of " + ", ".join(repr(m) for m in HOST_MODES)
+                + " on overhead rows (or empty where q is 0: the chain's acceptance step), "
+                "empty on the others")
     ck.ints(t, "context_len", 0, MAX_TOKENS)
     ck.ints(t, "batch", 1)
     for name in ("median_s", "p10_s", "p90_s"):

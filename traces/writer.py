@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from specreplay.traces.identity import differences, git_dirty, recording_identity
 from specreplay.traces.io import (PARQUET_WRITE, TraceError, _fsync_write, table_files,
                                   table_from_rows, write_json, write_part)
-from specreplay.traces.schema import PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
+from specreplay.traces.schema import PROFILE_OPTIONAL, PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 
 Rows = list[dict[str, Any]] | pa.Table  # dicts keyed by column, or an Arrow table
 _PART = re.compile(r"part-(\d+)\.parquet$")
@@ -226,11 +226,14 @@ def write_profile(profile_dir: str | Path, rows: list[dict[str, Any]] | pa.Table
     may be a trace directory."""
     d = Path(profile_dir)
     d.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([*PROFILE_SCHEMA, *PROFILE_OPTIONAL])
     if isinstance(rows, pa.Table):
-        table = rows.select(PROFILE_SCHEMA.names).cast(PROFILE_SCHEMA)
+        if "mode" not in rows.column_names:
+            rows = rows.append_column("mode", pa.array([""] * rows.num_rows, pa.string()))
+        table = rows.select(schema.names).cast(schema)
     else:
-        table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in rows] for f in PROFILE_SCHEMA},
-                                     schema=PROFILE_SCHEMA)
+        table = pa.Table.from_pydict({f.name: [r.get(f.name, "" if f.name == "mode" else None) for r in rows]
+                                      for f in schema}, schema=schema)
     _fsync_write(d / "profile.parquet", lambda p: pq.write_table(table, p, **PARQUET_WRITE))
     write_json(d / "profile.json", {"schema_version": SCHEMA_VERSION, "created": now_utc(),
                                     **{k: meta.get(k) for k in ("setup", "target", "draft")}})
