@@ -20,12 +20,17 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return values
 
 
-def _probe_keys(text: str | None) -> tuple[str, ...]:
+def _probe_keys(texts: list[str] | str | None) -> tuple[str, ...]:
     """Probe keys from ``recycle,refine(steps=3, only_below=0.5)`` (commas inside
-    parentheses belong to a key)."""
+    parentheses belong to a key); ``--probes`` given several times adds up, so a
+    second flag never silently replaces the first (with ``--replace`` that would drop
+    a recorded probe)."""
     from specreplay.live.oracle import default_probe_keys
     from specreplay.policies.spec import split_top
-    return tuple(default_probe_keys(split_top(text, ","))) if text else ()
+    if isinstance(texts, str):
+        texts = [texts]
+    parts = [k for t in texts or () if t for k in split_top(t, ",")]
+    return tuple(dict.fromkeys(default_probe_keys(parts))) if parts else ()
 
 
 def _stop_ids(tokenizer, target) -> tuple[int, ...]:
@@ -289,7 +294,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oracle-top-k", type=int, default=4,
                    help="k of the draft proposals a policy sees and the oracle stores (default 4)")
     p.add_argument("--oracle-block-sizes", default="4,8,12,16", help="block sizes of the oracle pass")
-    p.add_argument("--probes", help="oracle probes: recycle, refine, or probe keys, comma-separated")
+    p.add_argument("--probes", action="append",
+                   help="oracle probes: recycle, refine, or probe keys, comma-separated (the flag may repeat)")
     p.add_argument("--probe-block-sizes",
                    help="block sizes that get the probes (default: every oracle block size); "
                         "probes add up to b-1 rows per position, so this bounds a trace's size")
@@ -325,7 +331,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-sizes",
                    help="comma-separated block sizes to add (a trace without an oracle: "
                         "default 4,8,12,16)")
-    p.add_argument("--probes", help="recycle, refine, or probe keys to add")
+    p.add_argument("--probes", action="append",
+                   help="recycle, refine, or probe keys to add, comma-separated (the flag may repeat)")
     p.add_argument("--probe-block-sizes",
                    help="block sizes that get the probes (default: the recorded ones; every "
                         "block size when the recording gave probes to all)")

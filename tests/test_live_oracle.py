@@ -82,3 +82,15 @@ def test_default_probe_keys_are_canonical_specs():
                     parse_policy("recycle(mode=dense)").inputs[0].spec(),
                     parse_policy("refine(steps=2)").inputs[0].spec()]
     assert keys[2].startswith("refine(steps=2")
+
+
+def test_probes_flag_given_twice_adds_up():
+    """`--probes A --probes B` asks for both (a second flag replacing the first would,
+    with --replace, drop a recorded probe the user meant to keep)."""
+    from specreplay.cli import build_parser
+    from specreplay.live.cli import _probe_keys
+    args = build_parser().parse_args(["oracle", "T", "--probes", "recycle(mode=sparse, max=-1, min_margin=-1.0)",
+                                      "--probes", "refine(steps=2, only_below=0.5)"])
+    assert _probe_keys(args.probes) == ("recycle(mode=sparse, max=-1, min_margin=-1.0)",
+                                        "refine(steps=2, only_below=0.5)")
+    assert _probe_keys("recycle") == _probe_keys(["recycle", "recycle(mode=sparse)"])

@@ -19,14 +19,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, recording_identity
-from specreplay.traces.io import PARQUET_WRITE, TraceError, _fsync_write, table_files, write_json
+from specreplay.traces.io import PARQUET_COMPACT, TraceError, _fsync_write, table_files, write_json
 from specreplay.traces.reader import COMPACT_MARKER, Trace
 from specreplay.traces.schema import TABLES
 from specreplay.traces.writer import now_utc, read_json
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    _fsync_write(path, lambda p: pq.write_table(table, p, **PARQUET_WRITE))
+    _fsync_write(path, lambda p: pq.write_table(table, p, **PARQUET_COMPACT))
 
 
 def _finish_compaction(trace_dir: Path) -> None:
