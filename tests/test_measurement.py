@@ -33,6 +33,23 @@ def test_run_json_records_git_dirty(tmp_path):
     assert run["git_dirty"] == git_dirty()
 
 
+def test_a_copied_tree_states_its_commit(tmp_path, monkeypatch):
+    """A tree copied without its git metadata records the commit its copier states,
+    with the stated dirtiness (unknown when not stated), never the copy's stale git."""
+    from specreplay.traces.synthetic import make_trace
+    sha = "ab" * 20
+    monkeypatch.setenv("SPECREPLAY_GIT_COMMIT", sha)
+    monkeypatch.setenv("SPECREPLAY_GIT_DIRTY", "0")
+    run = json.loads((make_trace(tmp_path / "a", output_lengths=(20,), block_sizes=(4,),
+                                 live_policy="fixed(b=4)") / "run.json").read_text())
+    assert (run["git_commit"], run["git_dirty"]) == (sha, False)
+    monkeypatch.delenv("SPECREPLAY_GIT_DIRTY")
+    monkeypatch.setenv("SPECREPLAY_GIT_COMMIT", "not-a-sha")
+    run = json.loads((make_trace(tmp_path / "b", output_lengths=(20,), block_sizes=(4,),
+                                 live_policy="fixed(b=4)") / "run.json").read_text())
+    assert (run["git_commit"], run["git_dirty"]) == (None, None)
+
+
 @pytest.mark.live
 @pytest.mark.parametrize("warmup", [True, False])
 def test_record_warms_up_once_untimed_before_the_first_sample(tmp_path, warmup):

@@ -7,6 +7,7 @@ trace's timing.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,11 @@ def git_dirty(where: str | Path | None = None) -> bool | None:
     """Whether the git checkout holding ``where`` (default: this package) has changes to
     tracked files or untracked files not ignored, i.e. whether the code that wrote a
     recording differs from its ``git_commit``; None when there is no checkout (installed
-    package, no git): provenance must never fail a recording."""
+    package, no git): provenance must never fail a recording. A stated commit
+    (``traces.writer.COMMIT_ENV``) comes with its stated dirtiness: ``DIRTY_ENV`` "1" or
+    "0", None when not stated."""
+    if where is None and os.environ.get("SPECREPLAY_GIT_COMMIT") is not None:
+        return {"1": True, "0": False}.get(os.environ.get("SPECREPLAY_GIT_DIRTY", "").strip())
     cwd = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal"],

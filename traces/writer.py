@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -33,9 +34,20 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+# A tree copied without its own git metadata (a container image, a synced copy of a
+# checkout) cannot ask git; whoever copied it states the commit and whether the copy had
+# uncommitted changes ("1"/"0") in these variables, and they win over the copy's git.
+COMMIT_ENV, DIRTY_ENV = "SPECREPLAY_GIT_COMMIT", "SPECREPLAY_GIT_DIRTY"
+
+
 def git_commit() -> str | None:
-    """The commit of the checkout specreplay runs from, or None when there is none
-    (installed package, no git, no commits): provenance must never fail a recording."""
+    """The commit of the checkout specreplay runs from (``COMMIT_ENV`` when set), or None
+    when there is none (installed package, no git, no commits, or a malformed
+    ``COMMIT_ENV``): provenance must never fail a recording."""
+    stated = os.environ.get(COMMIT_ENV)
+    if stated is not None:
+        stated = stated.strip().lower()
+        return stated if re.fullmatch(r"[0-9a-f]{40}", stated) else None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
                              capture_output=True, text=True, timeout=5)
