@@ -13,7 +13,8 @@
 #
 # Knobs (environment): TARGET, DRAFT (twin:qwen3-8b), BACKEND (graph; empty: the
 # command's default), DTYPE (bfloat16), DEVICE, SAMPLES (24 HumanEval prompts), TOKENS
-# (128 new tokens), REPEATS (3), HELDOUT (12 held-out prompts), POLICY_GROUPS (2: the policy
+# (128 new tokens), PROBES (the oracle probes: the matrix's sparse recycling and the
+# refinement default), REPEATS (3), HELDOUT (12 held-out prompts), POLICY_GROUPS (2: the policy
 # matrix is promoted in this many groups, each a step of its own, each with its own ar
 # baseline), POLICIES (the matrix, specs separated by ";"), TIMING (promote's prediction
 # timing: model or calibrated), STEP_TIMEOUT (seconds per step, 530), PROFILE_ARGS
@@ -83,7 +84,7 @@ group_args() {
 record_step() {
     "${SR[@]}" record --target "$TARGET" --draft "$DRAFT" --dataset humaneval --policy 'fixed(b=16)' \
         --max-samples "$SAMPLES" --max-new-tokens "$TOKENS" --oracle-block-sizes 4,8,12,16 \
-        --probes recycle,refine --probe-block-sizes 16 --check-ar --out "$SAMPLE" --quiet \
+        --probes "${PROBES:-recycle(mode=sparse),refine}" --probe-block-sizes 16 --check-ar --out "$SAMPLE" --quiet \
         "${MODEL_ARGS[@]}" --resume
     "${SR[@]}" trace compact "$SAMPLE"
     "${SR[@]}" trace check "$SAMPLE"
