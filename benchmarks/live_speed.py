@@ -194,8 +194,18 @@ def check_captured(target, draft, prompt: list[int], cycles: int) -> dict:
         return out
     (out["eager_rel32"], out["eager_top1_32"]), (out["captured_rel32"], out["captured_top1_32"]) = \
         compare("eager", "float32"), compare("captured", "float32")
+    # the recording's captured top-k: the same ids and values as the eager ops, and the
+    # log-sum-exp to float32 rounding
+    from specreplay.live.backend import topk_raw
+    same = True
+    with torch.inference_mode():
+        for x in outs["captured"]:
+            got, want = backends["captured"].record_topk(x, 8), topk_raw(x, 8)
+            same &= bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+                         and torch.allclose(got[2], want[2], rtol=1e-6, atol=0))
+    out["record_topk_equal"] = same
     out["ok"] = (out["captured_rel32"] <= CHECK_RATIO * out["eager_rel32"]
-                 and out["captured_top1_32"] >= out["eager_top1_32"] - CHECK_TOP1_DROP)
+                 and out["captured_top1_32"] >= out["eager_top1_32"] - CHECK_TOP1_DROP and same)
     return out
 
 
@@ -333,7 +343,8 @@ def main() -> int:
             print(f"captured_vs_eager max_rel_diff={chk['rel']:.2e} top1_agree={chk['top1']:.3f}; against float32: "
                   f"eager max_rel_diff={chk['eager_rel32']:.2e} top1_agree={chk['eager_top1_32']:.3f}, captured "
                   f"max_rel_diff={chk['captured_rel32']:.2e} top1_agree={chk['captured_top1_32']:.3f}; tolerance "
-                  f"captured <= {CHECK_RATIO:g} x eager, top1 >= eager - {CHECK_TOP1_DROP:g} {'ok' if ok else 'FAILED'}")
+                  f"captured <= {CHECK_RATIO:g} x eager, top1 >= eager - {CHECK_TOP1_DROP:g}; recording top-k "
+                  f"captured equal to eager: {chk['record_topk_equal']} {'ok' if ok else 'FAILED'}")
         else:
             print(f"graph_vs_hf max_rel_diff={chk['rel']:.2e} top1_agree={chk['top1']:.3f} tolerance "
                   f"rel<={CHECK_REL_F32:g} top1>=1 {'ok' if ok else 'FAILED'}")

@@ -129,7 +129,7 @@ class HFBackend:
 
     def __init__(self, target, draft):
         self.target, self.draft = target, draft
-        self.capture_s = {"target": 0.0, "draft": 0.0}
+        self.capture_s = {"target": 0.0, "draft": 0.0, "record": 0.0}
 
     def start(self, prompt_len: int, max_new_tokens: int):
         from transformers import DynamicCache
@@ -149,6 +149,18 @@ class HFBackend:
     def draft_pass(self, dc, block_ids, context, cached, context_len):
         return draft_block(self.draft, dc, block_ids, context, cached, context_len)
 
+    def record_topk(self, logits: torch.Tensor, k: int):
+        return topk_raw(logits, k)
+
+
+def topk_raw(logits: torch.Tensor, k: int):
+    """Top-k raw logits per row with each row's log-sum-exp (tensors, left on the device):
+    what a recorded cycle_logits row keeps."""
+    logits = logits.float()
+    k = min(k, logits.shape[-1])
+    vals, ids = torch.topk(logits, k, dim=-1)
+    return ids, vals, torch.logsumexp(logits, dim=-1)
+
 
 class GraphBackend:
     """models/fast.py's target and draft over static caches owned by the backend (one
@@ -167,7 +179,7 @@ class GraphBackend:
         self.capture = capture
         self.tc = self.dc = None
         self.graphs: dict[tuple, object] = {}
-        self.capture_s = {"target": 0.0, "draft": 0.0}
+        self.capture_s = {"target": 0.0, "draft": 0.0, "record": 0.0}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
 
     # ---- caches
@@ -340,6 +352,26 @@ class GraphBackend:
         # a copy: refinement and recycling run the same captured pass again within the
         # cycle while the loop still holds the first pass's logits
         return step.run().clone()
+
+    # ---- recording
+    def record_topk(self, logits: torch.Tensor, k: int):
+        """``topk_raw`` of ``logits`` [n, V]. Captured, it is one replayed graph per padded
+        row count: a top-k and a log-sum-exp over the vocabulary launch about twenty
+        kernels from the host, 0.2 ms of host time each on an H200 host, which the GPU
+        spends waiting (the whole cost of recording). The outputs are copies: the loop
+        keeps them until the sample ends, past later replays."""
+        if not self.capture:
+            return topk_raw(logits, k)
+        n, V = logits.shape
+        key = ("topk", bucket(n), V, k)
+        step = self.graphs.get(key)
+        if step is None:
+            buf = torch.zeros(key[1], V, dtype=torch.float32, device=logits.device)
+            buf[:n].copy_(logits)
+            step = self._capture(key, "record", lambda b: topk_raw(b, k), (buf,))
+        else:
+            step.inputs[0][:n].copy_(logits)  # rows past n keep stale values, never read
+        return tuple(t[:n].clone() for t in step.run())
 
     def _capture(self, key, phase: str, fn, inputs):
         """Capture ``fn`` over ``inputs`` (they become its static buffers; the capture's

@@ -213,12 +213,13 @@ class Decoder:
         clock.mark("end")
         clock.sync()
         # a graph captured inside this cycle ran between the phase's marks: not its cost
-        cap_d = self.backend.capture_s["draft"] - captured0["draft"]
-        cap_t = self.backend.capture_s["target"] - captured0["target"]
-        state.capture_s += cap_d + cap_t
+        cap = {ph: s - captured0.get(ph, 0.0) for ph, s in self.backend.capture_s.items()}
+        cap_d, cap_t = cap.get("draft", 0.0), cap.get("target", 0.0)
+        state.capture_s += sum(cap.values())
         draft_s = max(0.0, clock.seconds("draft0", "draft1") - cap_d)
         target_s = max(0.0, clock.seconds("target0", "target1") - cap_t)
-        cycle_s = max(draft_s + target_s, clock.seconds("start", "end") - cap_d - cap_t)
+        # a recording graph captured at the cycle's end is left out like the others
+        cycle_s = max(draft_s + target_s, clock.seconds("start", "end") - sum(cap.values()))
         overhead_s = max(0.0, cycle_s - draft_s - target_s)
         tau = acc.accepted + 1
         outcome = CycleOutcome(state.sample, state.cycle, p, b, acc.accepted, tau, tau, acc.path,
@@ -335,8 +336,8 @@ class Decoder:
         else:
             rows = [0] + [j + 1 for j in ver.path_nodes(acc.path)]
             t_logits = rows_of(ver.node_logits, rows)
-        target = _topk_raw(t_logits, k)
-        draft = _topk_raw(draft_logits, k) if draft_logits is not None else None
+        target = self.backend.record_topk(t_logits, k)
+        draft = self.backend.record_topk(draft_logits, k) if draft_logits is not None else None
         state.pending_logits.append((state.cycle, b, target, draft))
 
     def _flush_logits(self, state) -> None:
@@ -403,14 +404,6 @@ class Decoder:
             state.stop_reason = "eos"
         elif len(state.output) >= self.cfg.max_new_tokens:
             state.stop_reason = "max_new_tokens"
-
-
-def _topk_raw(logits: torch.Tensor, k: int):
-    """Top-k raw logits per row with each row's log-sum-exp (tensors, left on the device)."""
-    logits = logits.float()
-    k = min(k, logits.shape[-1])
-    vals, ids = torch.topk(logits, k, dim=-1)
-    return ids, vals, torch.logsumexp(logits, dim=-1)
 
 
 def _l_gen(drafted: list[int], b: int, stop_ids) -> int:
