@@ -39,6 +39,14 @@ def test_shipped_findings_equal_the_command_output():
                                      "regenerate it with the command in its first paragraph")
 
 
+def test_benchmark_findings_equal_the_command_output():
+    """The float32 fixture-pair study's record in benchmarks/results: its findings are
+    what its ledger gives."""
+    ledger, out = "benchmarks/results/fixture_graph_ledger.csv", "benchmarks/results/fixture_graph_findings.md"
+    want = findings_markdown(read_ledger(ROOT / ledger), ledger, f"specreplay ledger findings {ledger} --out {out}")
+    assert (ROOT / out).read_text(encoding="utf-8") == want
+
+
 def _sections(text: str) -> dict[str, str]:
     parts = re.split(r"^## ", text, flags=re.M)[1:]
     return {p.splitlines()[0]: p for p in parts}
