@@ -75,13 +75,30 @@ def test_direct_loop_equals_the_simpy_engine_cycle_by_cycle(families_trace, fami
     s = Replayer(families_trace, timing=timing, bootstrap=0).setting
     spec = FAMILIES[family]
     s.acc.check_policy(parse_policy(spec).max_rank(), parse_policy(spec).probes())
-    # the reference: SimPy processes running the plain Composite's methods
+    # the reference: SimPy processes running the plain Composite's methods, a fresh
+    # context, view and outcome per cycle, every job through the GPU
     ref = Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run()
-    fast = Engine(s.data, s.acc, s.timer, spec).run()
     assert len(ref.cycles) > 60
-    assert fast.cycles == ref.cycles  # every field of every cycle, seconds included
+    # the hot path, driven by the direct loop and by SimPy processes
+    for direct in (True, False):
+        fast = Engine(s.data, s.acc, s.timer, spec, direct=direct).run()
+        assert fast.cycles == ref.cycles, direct  # every field of every cycle, seconds included
+        assert fast.states == ref.states, direct
+        assert fast.requests == ref.requests and fast.steps == ref.steps, direct
+
+
+@pytest.mark.parametrize("load", [{"concurrency": 1}, {"concurrency": 3}, {"rate": 40.0}])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hot_serving_equals_the_reference_engine(families_trace, family, load):
+    s = Replayer(families_trace, bootstrap=0).setting
+    spec = FAMILIES[family]
+    ref = Engine(s.data, s.acc, s.timer, spec, hot=False, seed=3, **load).run()
+    fast = Engine(s.data, s.acc, s.timer, spec, seed=3, **load).run()
+    assert len(ref.cycles) > 60
+    assert fast.cycles == ref.cycles
     assert fast.states == ref.states
-    assert fast.requests == ref.requests and fast.steps == ref.steps
+    assert fast.requests == ref.requests
+    assert (fast.steps, fast.batch_sizes) == (ref.steps, ref.batch_sizes)
 
 
 def test_hot_policy_runs_the_composites_components():
