@@ -100,8 +100,7 @@ def load_only(trace: str, warm: str) -> None:
     spent = time.process_time() - t0
     gc.collect()
     positions = r.setting.data.n_positions
-    held = sum(getattr(g, name).nbytes for g in r.setting.acc.groups.values()
-               for name in ("row_of", "position", "ranks", "ids", "logprobs", "chain_acc"))
+    held = sum(g.nbytes() for g in r.setting.acc.groups.values())
     print(json.dumps({"load_s": spent, "positions": positions,
                       "bytes": rss_bytes() - before, "held": held}))
 

@@ -140,3 +140,59 @@ def test_oracle_agreement_from_the_loaded_arrays_matches_the_checker(families_tr
     g.ids[acc.row(g, int(cyc["sample"][0].as_py()), start), 0, 0] += 1
     moved = oracle_agreement(data.trace, acc)
     assert (moved.agreeing, moved.compared) == (clean.agreeing - 1, clean.compared)
+
+
+# -- cheap loading: the proposal's columns read only when a policy reads them
+
+def test_a_loaded_replayer_holds_only_the_ranks(families_trace):
+    r = Replayer(families_trace, bootstrap=0)
+    acc = r.setting.acc
+    positions = r.setting.data.n_positions
+    assert not acc.loaded("draft_ids") and not acc.loaded("draft_logprobs")
+    # per group: a rank byte per row and offset, a 4-byte row index per position, and
+    # per row a 4-byte position and a 2-byte chain length; nothing else
+    bound = sum(len(g.position) * (g.block_size - 1 + 6) + 4 * positions
+                for g in acc.groups.values())
+    held = sum(g.nbytes() for g in acc.groups.values())
+    assert held <= bound, (held, bound)
+    # under a fifth of what the ids and log-probabilities (6 bytes per row, offset, rank) hold
+    proposal = sum(len(g.position) * (g.block_size - 1) * g.k * 6 for g in acc.groups.values())
+    assert held < proposal / 5, (held, proposal)
+    r.predict("ewma(candidates=4|8|12)")  # a scheduler of chains reads no proposal
+    assert not acc.loaded("draft_ids") and not acc.loaded("draft_logprobs")
+
+
+@pytest.mark.parametrize("family", ["gate", "candidates-batch", "recycle", "ewma-adl", "refine"])
+def test_policies_reading_the_proposal_replay_the_same_from_reloaded_columns(families_trace, family):
+    from specreplay.sim.acceptance import Acceptance
+    from specreplay.sim.tracedata import load_trace
+    spec = FAMILIES[family]
+    r = Replayer(families_trace, bootstrap=0)
+    lazy = r.predict(spec)
+    assert r.setting.acc.loaded("draft_logprobs") or r.setting.acc.loaded("draft_ids")
+    # against every column decoded up front and never dropped
+    full = Acceptance(load_trace(families_trace))
+    full.load("draft_logprobs")
+    s = r.setting
+    ref = Engine(s.data, full, s.timer, spec, direct=False, hot=False).run()
+    got = Engine(s.data, s.acc, s.timer, spec).run()
+    assert got.cycles == ref.cycles and got.states == ref.states
+    assert lazy.cycles == len(ref.cycles)
+
+
+def test_reloaded_columns_are_the_trace_s_columns(families_trace):
+    from specreplay.sim.tracedata import load_trace
+    from specreplay.sim.acceptance import Acceptance
+    data = load_trace(families_trace)
+    acc = Acceptance(data)
+    first = {k: g.ids.copy() for k, g in acc.groups.items()}
+    acc.release("draft_ids")
+    assert all(g._ids is None for g in acc.groups.values())
+    whole = data.trace.oracle_arrays(np.float16, keep_table=False)
+    for (b, probe, d), g in acc.groups.items():
+        arr = whole[(b, probe)]
+        sel = arr.prev_offset == d
+        assert np.array_equal(g.ids, first[(b, probe, d)])  # read again on use
+        assert np.array_equal(g.ids, arr.draft_ids[sel])
+        assert np.array_equal(g.logprobs.view(np.uint16), arr.draft_logprobs[sel].view(np.uint16))
+        assert np.array_equal(g.ranks, arr.true_rank[sel])
