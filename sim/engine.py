@@ -555,6 +555,7 @@ class Engine:
         tokens, q, rows = self.verify_shape(plan)
         dv, ds = cost.seconds_lists("draft", b, 1, L)
         tv, ts = cost.seconds_lists("tree_verify", q, rows, L)
+        # the overhead query Timer.single makes for this job (keep the two alike)
         out = (dv, ds, tv, ts, cost.overhead("tree"), tokens)
         if len(self._tree_costs) > 4096:  # plans built per cycle: keep it small
             self._tree_costs.clear()
@@ -571,6 +572,7 @@ class Engine:
         else:
             dv, ds = [0.0] * (L + 1), [NO_SOURCE] * (L + 1)  # b = 1 drafts nothing
         tv, ts = cost.seconds_lists("target", max(b, 1), 1, L)
+        # the overhead query Timer.single makes for this job (keep the two alike)
         out = self._chain_costs[b] = (dv, ds, tv, ts, cost.overhead("chain"), max(b, 1))
         return out
 
