@@ -32,10 +32,20 @@ step's draft/target/overhead seconds and a cycle time that includes its wait for
 With one request at a time (single stream) the GPU never queues: each cycle is one
 timeout of its own seconds, exactly the live single-stream loop. So single stream needs
 no event loop: ``run_direct`` drives the same per-request generator (``request``) with a
-plain clock, and a test checks it against the SimPy processes cycle by cycle for every
-policy family. The hot path of a replayed cycle lives here and in sim.acceptance:
-cached draft requests and chain plans (``HotPolicy``), verify shapes memoised per plan,
-tries memoised per path set, views that read their oracle row only when asked.
+plain clock.
+
+The hot path of a replayed cycle lives in ``request`` (and sim.acceptance): one
+context and one outcome per request rewritten every cycle (``HotContext``,
+``HotOutcome``), cached draft requests and chain plans (``HotPolicy``), views built only
+when a verify component reads them, a previous view only when a policy reads it, a
+plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
+verify shapes memoised per plan, tries memoised per path set. The policy objects are
+the ones the live loop runs, called as ``Composite`` calls them; nothing of their
+decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
+frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
+as plainly as the loop reads above. Tests replay every policy family both ways (the
+direct loop, SimPy single stream, closed and open loop serving) and demand the same
+cycles, field by field.
 """
 from __future__ import annotations
 
