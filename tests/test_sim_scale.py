@@ -207,3 +207,49 @@ def test_reloaded_columns_are_the_trace_s_columns(families_trace):
         assert np.array_equal(g.ids, arr.draft_ids[sel])
         assert np.array_equal(g.logprobs.view(np.uint16), arr.draft_logprobs[sel].view(np.uint16))
         assert np.array_equal(g.ranks, arr.true_rank[sel])
+
+
+# -- the vectorised fixed-block path: both walks of the cycle starts, against the engine
+
+@pytest.fixture(scope="module")
+def many_samples(tmp_path_factory):
+    """Enough samples for the frontier walk, of lengths from 1 token up."""
+    lengths = (2, 3, 4, 17, 64, 5, 130, 41, 9, 77, 2, 200)
+    return make_trace(tmp_path_factory.mktemp("many") / "t", output_lengths=lengths,
+                      block_sizes=(4, 8), ranks=random_ranks(0.7, 0.2, seed=11),
+                      live_policy="fixed(b=8)")
+
+
+@pytest.mark.parametrize("spec", ["ar", "fixed(b=4)", "fixed(b=8)"])
+def test_the_fixed_block_path_equals_the_reference_engine(many_samples, spec):
+    from specreplay.sim import fastpath
+    from specreplay.sim.replay import _columns
+    r = Replayer(many_samples, bootstrap=0)
+    s = r.setting
+    assert s.data.n_samples >= fastpath._FRONTIER_SAMPLES
+    ref = _columns(Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run().cycles)
+    pred = r.predict(spec)
+    for col, want in ref.items():
+        assert np.array_equal(pred.per_cycle[col], want), col
+
+
+def test_the_frontier_walk_equals_the_list_walk(many_samples, monkeypatch):
+    from specreplay.sim import fastpath
+    from specreplay.sim.acceptance import NotReplayable
+    from specreplay.sim.fastpath import frontier_starts, list_starts, replay_fixed
+    s = Replayer(many_samples, bootstrap=0).setting
+    base, g = s.data.base, s.acc.group(4)
+    row_of = g.row_of.copy()
+    row_of[base[6] + 9] = -1  # rows missing: tau 1 there, flagged
+    row_of[base[11] + 1] = -1
+    for args in ((None, None), (g.row_of, g.chain_acc), (row_of, g.chain_acc)):
+        a, b = frontier_starts(base, *args), list_starts(base, *args)
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y)
+    assert frontier_starts(base, row_of, g.chain_acc)[2].any()
+    g.row_of = row_of
+    g.__dict__.pop("_row_list", None)
+    for frontier_from in (1, 1000):  # both walks refuse a start without a row
+        monkeypatch.setattr(fastpath, "_FRONTIER_SAMPLES", frontier_from)
+        with pytest.raises(NotReplayable, match="row missing"):
+            replay_fixed(s.data, s.acc, s.timer, 4)
