@@ -1,11 +1,12 @@
 """How fast the simulator replays, loads and sweeps. Not a test.
 
-Prints five lines::
+Prints six lines::
 
     cycles_per_s fixed=N ewma_c1=N ewma_c16=N
     cycles_per_s_single ewma=N tree=N
-    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N
-    sweep policies=N sweep_s_1w=X sweep_s_2w=X sweep_speedup_2w=X
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=compacted
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=parts
+    sweep policies=N sweep_s_1w=X sweep_s_2w=X sweep_speedup_2w=X layout=compacted
     long_context tokens=N samples=N fixed=N ewma=N ewma_vs_short=X
 
 * fixed: ``fixed(b=16)`` single stream (the vectorised fixed-block path);
@@ -18,9 +19,12 @@ Prints five lines::
   and one-time set-up): CPU seconds per million output positions, and the growth of
   the process's resident memory per position (what the loaded trace keeps, plus what
   the allocators keep of the decoding's buffers), and the bytes per position of the
-  oracle arrays themselves;
+  oracle arrays themselves (the draft's ids and log-probabilities are decoded and
+  checked, then dropped until a policy reads them). Twice: the trace compacted (one
+  file per table, `specreplay trace compact`) and as recorded (a part file per sample
+  and table);
 * sweep: a 100-policy EWMA grid (``--sweep-policies``) through ``run_sweep`` with 1 and
-  with 2 worker processes, wall-clock seconds including the load;
+  with 2 worker processes on the compacted trace, wall-clock seconds including the load;
 * long_context: samples of 32,768 output tokens, cycles per second of fixed and
   single-stream EWMA, and EWMA's rate relative to the short-context trace's.
 
@@ -43,6 +47,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specreplay.sim.replay import Replayer  # noqa: E402
 from specreplay.sim.sweep import expand_grid, run_sweep  # noqa: E402
+from specreplay.traces.compact import compact  # noqa: E402
 from specreplay.traces.synthetic import make_trace, random_ranks  # noqa: E402
 
 SAMPLES, LENGTH, BLOCK_SIZES = 164, 2048, (4, 8, 12, 16)
@@ -100,8 +106,7 @@ def load_only(trace: str, warm: str) -> None:
     spent = time.process_time() - t0
     gc.collect()
     positions = r.setting.data.n_positions
-    held = sum(getattr(g, name).nbytes for g in r.setting.acc.groups.values()
-               for name in ("row_of", "position", "ranks", "ids", "logprobs", "chain_acc"))
+    held = sum(g.nbytes() for g in r.setting.acc.groups.values())
     print(json.dumps({"load_s": spent, "positions": positions,
                       "bytes": rss_bytes() - before, "held": held}))
 
@@ -154,20 +159,24 @@ def main() -> None:
 
         warm = make_trace(Path(tmp) / "warm", output_lengths=[64, 64], block_sizes=BLOCK_SIZES,
                           live_policy="fixed(b=16)")
-        load = measure_load(trace, warm)
-        print(f"load load_s_per_Mpos={load['load_s'] / load['positions'] * 1e6:.2f} "
-              f"bytes_per_pos={load['bytes'] / load['positions']:.0f} "
-              f"oracle_bytes_per_pos={load['held'] / load['positions']:.0f} "
-              f"positions={load['positions']}", flush=True)
+        compacted = Path(tmp) / "compacted"
+        shutil.copytree(trace, compacted)
+        compact(compacted)
+        for layout, path in (("compacted", compacted), ("parts", trace)):
+            load = measure_load(path, warm)
+            print(f"load load_s_per_Mpos={load['load_s'] / load['positions'] * 1e6:.2f} "
+                  f"bytes_per_pos={load['bytes'] / load['positions']:.0f} "
+                  f"oracle_bytes_per_pos={load['held'] / load['positions']:.0f} "
+                  f"positions={load['positions']} layout={layout}", flush=True)
 
         specs = expand_grid(GRID)[:args.sweep_policies]
-        t1 = sweep_seconds(trace, specs, 1)
+        t1 = sweep_seconds(compacted, specs, 1)
         if cpus and len(cpus) >= 2:
             os.sched_setaffinity(0, cpus)  # the two workers get the CPUs we started with
-        t2 = sweep_seconds(trace, specs, 2)
+        t2 = sweep_seconds(compacted, specs, 2)
         one_core()
         print(f"sweep policies={len(specs)} sweep_s_1w={t1:.1f} sweep_s_2w={t2:.1f} "
-              f"sweep_speedup_2w={t1 / t2:.2f}", flush=True)
+              f"sweep_speedup_2w={t1 / t2:.2f} layout=compacted", flush=True)
 
         long = make_trace(Path(tmp) / "long", output_lengths=[LONG_LENGTH] * long_samples,
                           block_sizes=(8, 12, 16), ranks=random_ranks(0.85, 0.1, seed=2),

@@ -25,7 +25,6 @@ beyond the oracle's top-k, raises ``NotReplayable`` with the sentence to show th
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +32,7 @@ import pyarrow as pa
 from specreplay.policies.base import DraftView, VerifyPlan
 from specreplay.sim.tracedata import TraceData
 from specreplay.traces.io import TraceError
+from specreplay.traces.reader import ORACLE_KEYS
 from specreplay.traces.schema import RANK_BEYOND_END
 
 NOT_REPLAYABLE = "not replayable from this trace: "
@@ -74,6 +74,11 @@ class ReplayView(DraftView):
         return lps
 
     @property
+    def k(self) -> int:  # type: ignore[override]
+        g = self.__dict__.get("_g")
+        return g.k if g is not None else int(self.ids.shape[1])
+
+    @property
     def rng(self) -> np.random.Generator:  # type: ignore[override]
         gen = self.__dict__.get("_rng")
         if gen is None:
@@ -101,19 +106,60 @@ def empty_view(sample: int, start: int, ids: np.ndarray, logprobs: np.ndarray,
     return v
 
 
-@dataclass
 class OracleGroup:
-    """All oracle rows of one (block size, probe, previous offset)."""
-    block_size: int
-    probe: str
-    prev_offset: int
-    row_of: np.ndarray        # int32 [n_positions]: global position -> row, -1 when absent
-    position: np.ndarray      # int64 [rows]: global position of each row
-    ranks: np.ndarray         # int8  [rows, b-1]
-    ids: np.ndarray           # int32 [rows, b-1, k]
-    logprobs: np.ndarray      # float16 [rows, b-1, k], as the trace stores them
-    chain_acc: np.ndarray     # int64 [rows]: accepted length of the full chain (greedy or MC)
-    l_gen: list[int] | None = None  # [rows]: drafted length up to a stop token (ADL)
+    """All oracle rows of one (block size, probe, previous offset).
+
+    ``ids`` and ``logprobs`` (nine tenths of the oracle's memory) are needed only by
+    policies that read the draft's proposal (gating, candidates, recycling, refinement,
+    ADL's stop tokens) and, for the ids, by the oracle agreement at load: a replay
+    drops them after that (``Acceptance.release``) and reads them from the trace again
+    on first use (for every group at once, ``Acceptance.load``). Chains, block-size
+    schedulers and trees read only the ranks."""
+    __slots__ = ("block_size", "probe", "prev_offset", "row_of", "position", "ranks",
+                 "chain_acc", "k", "l_gen", "_ids", "_logprobs", "_acc", "__dict__")
+
+    def __init__(self, block_size: int, probe: str, prev_offset: int, row_of: np.ndarray,
+                 position: np.ndarray, ranks: np.ndarray, chain_acc: np.ndarray, k: int,
+                 acc: "Acceptance | None" = None, ids: np.ndarray | None = None,
+                 logprobs: np.ndarray | None = None) -> None:
+        self.block_size, self.probe, self.prev_offset = block_size, probe, prev_offset
+        self.row_of = row_of        # int32 [n_positions]: global position -> row, -1 when absent
+        self.position = position    # int32 [rows]: global position of each row
+        self.ranks = ranks          # int8  [rows, b-1]
+        self.chain_acc = chain_acc  # int16 [rows]: accepted length of the full chain (greedy or MC)
+        self.k = k
+        self.l_gen: list[int] | None = None  # [rows]: drafted length up to a stop token (ADL)
+        self._ids, self._logprobs, self._acc = ids, logprobs, acc
+
+    @property
+    def ids(self) -> np.ndarray:
+        """int32 [rows, b-1, k]: the draft's top-k token ids."""
+        if self._ids is None:
+            self._acc.load("draft_ids")
+        return self._ids
+
+    @ids.setter
+    def ids(self, value: np.ndarray) -> None:
+        self._ids = value
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        """float16 [rows, b-1, k], as the trace stores them."""
+        if self._logprobs is None:
+            self._acc.load("draft_logprobs")
+        return self._logprobs
+
+    @logprobs.setter
+    def logprobs(self, value: np.ndarray) -> None:
+        self._logprobs = value
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays this group holds now (lazy columns not yet read count 0)."""
+        arrays = (self.row_of, self.position, self.ranks, self.chain_acc, self._ids,
+                  self._logprobs)
+        return sum(a.nbytes for a in arrays if a is not None) + sum(
+            len(a) * a.itemsize for a in (self.__dict__.get("_row_list"),
+                                          self.__dict__.get("_chain_list")) if a is not None)
 
     @property
     def row_list(self) -> array:
@@ -132,10 +178,6 @@ class OracleGroup:
         if out is None:
             out = self.__dict__["_chain_list"] = _scalar_array("i", self.chain_acc)
         return out
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[2])
 
 
 def _scalar_array(code: str, values: np.ndarray) -> array:
@@ -235,9 +277,11 @@ class Acceptance:
     # -- building
     def _build_groups(self) -> None:
         data = self.data
-        # float16 as stored, and the decoded Arrow table not kept: the arrays are the
-        # oracle's only copy in memory
-        for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False).items():
+        # the ranks and ids (the oracle agreement reads the ids; ``release`` drops
+        # them), and the decoded Arrow table not kept: the arrays are the oracle's only
+        # copy in memory
+        for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False,
+                                                        columns=("true_rank", "draft_ids")).items():
             if len(arr) == 0:
                 continue
             if (arr.sample >= data.n_samples).any() or \
@@ -245,25 +289,64 @@ class Acceptance:
                 raise TraceError(f"{data.path} (table oracle): rows of block size {b} name "
                                  "positions past the end of their sample's output")
             gpos = data.base[arr.sample] + arr.start.astype(np.int64)
-            for d in np.unique(arr.prev_offset).tolist():
-                sel = arr.prev_offset == d
-                whole = bool(sel.all())
-                self.groups[(b, probe, int(d))] = self._group(
-                    arr, b, probe, int(d), gpos if whole else gpos[sel],
-                    slice(None) if whole else np.flatnonzero(sel))
+            for d, sel in self._split(arr):
+                g = self.groups[(b, probe, d)] = self._group(arr, b, probe, d, gpos[sel], sel)
+                g.ids = arr.draft_ids[sel]
+        # the log-probabilities are read now only for the reader's value checks (a
+        # trace with a bad value is refused whatever the policy), and dropped: the
+        # policies that read them load them on first use
+        data.trace.table("oracle", cache=False, columns=ORACLE_KEYS + ("draft_logprobs",))
         # decoding the Parquet file and splitting it by group took several times the
         # arrays' size in Arrow buffers that are free now: hand them back to the OS
         pa.default_memory_pool().release_unused()
+        if self.sampling:
+            for g in self.groups.values():
+                g.chain_acc = self._monte_carlo_chain(g)
+
+    @staticmethod
+    def _split(arr) -> list[tuple[int, "slice | np.ndarray"]]:
+        """The rows of one (block size, probe) group per previous offset."""
+        offsets = np.unique(arr.prev_offset).tolist()
+        if len(offsets) == 1:
+            return [(int(offsets[0]), slice(None))]
+        return [(int(d), np.flatnonzero(arr.prev_offset == d)) for d in offsets]
 
     def _group(self, arr, b: int, probe: str, d: int, gpos: np.ndarray, sel) -> OracleGroup:
         ranks = arr.true_rank[sel]
         row_of = np.full(self.data.n_positions, -1, dtype=np.int32)
         row_of[gpos] = np.arange(len(gpos), dtype=np.int32)
-        g = OracleGroup(b, probe, d, row_of, gpos, ranks, arr.draft_ids[sel],
-                        arr.draft_logprobs[sel], leading_true(ranks == 0))
-        if self.sampling:
-            g.chain_acc = self._monte_carlo_chain(g)
-        return g
+        return OracleGroup(b, probe, d, row_of, gpos.astype(np.int32), ranks,
+                           leading_true(ranks == 0).astype(np.int16), arr.k, acc=self)
+
+    def load(self, column: str) -> None:
+        """Read one of the oracle's lazy columns (draft_ids, draft_logprobs) for every
+        group, checked like every column the reader reads."""
+        attr = {"draft_ids": "_ids", "draft_logprobs": "_logprobs"}[column]
+        data = self.data
+        for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False,
+                                                        columns=(column,)).items():
+            values = getattr(arr, column)
+            gpos = data.base[arr.sample] + arr.start.astype(np.int64)
+            for d, sel in self._split(arr):
+                g = self.groups.get((b, probe, d))
+                if g is None:
+                    continue
+                if not np.array_equal(g.position, gpos[sel]):
+                    raise TraceError(f"{data.path} (table oracle) changed while it was open: "
+                                     "open the trace again")
+                setattr(g, attr, values[sel])
+        pa.default_memory_pool().release_unused()
+
+    def release(self, column: str) -> None:
+        """Drop a lazy column from memory (read again when next used)."""
+        attr = {"draft_ids": "_ids", "draft_logprobs": "_logprobs"}[column]
+        for g in self.groups.values():
+            setattr(g, attr, None)
+        pa.default_memory_pool().release_unused()  # the arrays were Arrow's buffers
+
+    def loaded(self, column: str) -> bool:
+        attr = {"draft_ids": "_ids", "draft_logprobs": "_logprobs"}[column]
+        return all(getattr(g, attr) is not None for g in self.groups.values())
 
     # -- sampling
     def _target_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -497,6 +497,12 @@ class CostModel:
             lists = self._lists[key] = (vals.tolist(), src.tolist())
         return lists[0][L], lists[1][L]
 
+    def seconds_lists(self, kind: str, q: int, batch: int, L_max: int) -> tuple[list, list]:
+        """``seconds`` of one (kind, q, batch) for every context length 0..L_max at
+        least, as (seconds list, sources list): a replay loop reads item L of them."""
+        self.seconds(kind, q, L_max, batch)  # builds or grows the lists
+        return self._lists[(kind, q, batch)]
+
     def seconds_array(self, kind: str, q: int, L: np.ndarray, batch: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Vectorised ``seconds`` for one (kind, q, batch) over many context lengths."""
         L = np.asarray(L, dtype=np.int64)

@@ -32,10 +32,20 @@ step's draft/target/overhead seconds and a cycle time that includes its wait for
 With one request at a time (single stream) the GPU never queues: each cycle is one
 timeout of its own seconds, exactly the live single-stream loop. So single stream needs
 no event loop: ``run_direct`` drives the same per-request generator (``request``) with a
-plain clock, and a test checks it against the SimPy processes cycle by cycle for every
-policy family. The hot path of a replayed cycle lives here and in sim.acceptance:
-cached draft requests and chain plans (``HotPolicy``), verify shapes memoised per plan,
-tries memoised per path set, views that read their oracle row only when asked.
+plain clock.
+
+The hot path of a replayed cycle lives in ``request`` (and sim.acceptance): one
+context and one outcome per request rewritten every cycle (``HotContext``,
+``HotOutcome``), cached draft requests and chain plans (``HotPolicy``), views built only
+when a verify component reads them, a previous view only when a policy reads it, a
+plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
+verify shapes memoised per plan, tries memoised per path set. The policy objects are
+the ones the live loop runs, called as ``Composite`` calls them; nothing of their
+decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
+frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
+as plainly as the loop reads above. Tests replay every policy family both ways (the
+direct loop, SimPy single stream, closed and open loop serving) and demand the same
+cycles, field by field.
 """
 from __future__ import annotations
 
@@ -82,6 +92,41 @@ class Clock:
 
     def __init__(self) -> None:
         self.now = 0.0
+
+
+_LAZY = object()  # a HotContext's prev_view not built yet
+
+
+class HotContext(CycleContext):
+    """The CycleContext of one request in the hot path: one object per request whose
+    fields the engine rewrites before each cycle (a frozen dataclass built per cycle
+    costs more than the policy's own decision), and whose ``prev_view`` is built only
+    when a policy reads it (recycling does; block schedulers do not). The reference
+    engine (``hot=False``) builds a fresh CycleContext per cycle instead; the test that
+    compares the two would catch a policy that keeps a context beyond its cycle."""
+
+    @property
+    def prev_view(self):  # type: ignore[override]
+        d = self.__dict__
+        view = d["_pv"]
+        if view is _LAZY:
+            view = d["_pv"] = d["_engine"].lazy_prev_view(d["sample"], *d["_p"])
+        return view
+
+
+class HotOutcome(CycleOutcome):
+    """The CycleOutcome of one request in the hot path, rewritten after each cycle like
+    ``HotContext``; ``l_gen`` (ADL's drafted length up to a stop token, which needs the
+    draft's token ids) is read from the oracle row only when a policy asks."""
+
+    @property
+    def l_gen(self) -> int:  # type: ignore[override]
+        d = self.__dict__
+        v = d["_lg"]
+        if v is None:
+            g = d["_g"]
+            v = d["_lg"] = d["_engine"].acc.l_gen(g, d["_engine"].stop_ids)[d["_r"]] if g else 1
+        return v
 
 
 class HotPolicy:
@@ -179,14 +224,17 @@ class Timer:
         kind = "tree_verify" if any(w.tree for w in works) else "target"
         rows = sum(w.verify_rows for w in works)
         target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
-        overhead_s = max(self.cost.overhead(w.host_mode, w.verify_tokens) for w in works)
+        overhead_s = max(self.cost.overhead(m, q) for m, q in {(w.host_mode, w.verify_tokens) for w in works})
         step_s = draft_s + target_s + overhead_s
         for w in works:
             w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, overhead_s, step_s
             w.draft_src, w.target_src = draft_src, target_src
 
     def single(self, w: Work) -> None:
-        """A step of one cycle (the same numbers as ``step`` with a batch of one)."""
+        """A step of one job (the same numbers as ``step`` with a batch of one)."""
+        if w.prefill:
+            self._prefill([w])
+            return
         if w.recorded is not None:
             w.draft_s, w.target_s, w.overhead_s, w.step_s = w.recorded
             w.draft_src = w.target_src = NO_SOURCE
@@ -336,15 +384,217 @@ class Engine:
         self.log = RunLog()
         self._plain: dict = {}   # block size -> plain oracle group
         self._shapes: dict = {}  # id(plan) -> (plan, verify shape)
+        self._plain_rows: dict = {}  # block size -> (plain group, its row_list, chain_list)
+        self._chain_costs: dict = {}  # block size -> ``chain_costs``
+        self._tree_costs: dict = {}  # id(plan) -> (plan, ``tree_costs``)
+        # the longest context a cycle can have: the cost lists are read up to it
+        self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
         self.data_prompt = data.prompt_len.tolist()
 
     # -- the request: the story of one sample
-    def request(self, sample: int, policy: "Composite | HotPolicy"):
-        """The story of one sample, as a generator of the GPU jobs it needs: it yields
-        each ``Work`` and is resumed once the job has run (its seconds filled in,
-        ``self.clock.now`` past its end). Both drivers run this one generator: the SimPy
-        process (``process``) and the single-stream loop (``run_direct``)."""
+    def request(self, sample: int, policy: "HotPolicy"):
+        """The story of one sample, as a generator of the GPU jobs it needs, in the hot
+        path. Solo (one request at a time, the GPU never queues) it computes each cycle's
+        seconds itself and yields them (a float); the driver advances the clock by that
+        much (``run_direct``) or waits that long (a SimPy timeout). Shared, it yields the
+        cycle's ``Work`` and is resumed once the GPU step that ran it is over (seconds
+        filled in, ``self.clock.now`` past its end).
+
+        Per request, one ``HotContext`` and one ``HotOutcome`` are rewritten every cycle,
+        the draft request and chain plan of a block size are the ones ``HotPolicy``
+        cached, a view is built only when a verify component reads it, and a plain
+        chain's seconds are read from the cost model's per-context lists. Anything else
+        (probes, seeds, refinement, trees, batches, recorded seconds) takes the general
+        route: ``plan_work`` and ``Timer.single``, as the reference does."""
+        clock, acc, data, log = self.clock, self.acc, self.data, self.log
+        solo, timer = self.gpu.solo, self.timer
+        t_arrival = clock.now
+        if self.serving:
+            work = Work(sample, 0, 1, 0, prefill=True)
+            if solo:
+                timer.step([work])
+                yield work.step_s
+            else:
+                yield work
+        t_first = clock.now
+        n = int(data.out_len[sample])
+        last = n - 1  # S[0] came from prefill; the output is complete once S[n-1] is committed
+        prompt = int(data.prompt_len[sample])
+        allowed = data.max_new_tokens - 1
+        base = acc._base[sample]
+        states = log.states if self.record_states else None
+        work = Work(sample, 0, 1, prompt)
+        rec = timer.recorded if solo else None
+        # bound methods and tables as locals: this loop runs once per replayed cycle
+        plan_draft, verify, observe = policy.plan_draft, policy._verify, policy.observe
+        choose_block, requests = policy._choose, policy._requests
+        chains, record = policy._chains, log.cycles.append
+        plain_inputs = not policy._inputs
+        comp = getattr(policy, "policy", policy)  # a HotPolicy wraps the Composite
+        gated = comp.verify is not None and comp.verify.gates
+        seeded, probe = False, ""
+        make_view, view_seed = acc.view, acc.view_seed
+        plan_work, single, accepted_of = self.plan_work, timer.single, acc.accepted
+        plain = self._plain_rows
+        ctx = object.__new__(HotContext)
+        cd = ctx.__dict__
+        cd.update(zip(_CONTEXT_FIELDS, (sample, 0, 0, prompt, 1, data.default_block_size,
+                                        None, None)))
+        cd.update(_pv=None, _engine=self)
+        out = object.__new__(HotOutcome)
+        od = out.__dict__
+        od.update(sample=sample, _engine=self)
+        policy.reset(sample)
+        start = cycle = 0
+        while start < last:
+            rem = allowed - start
+            cd["cycle"], cd["start"], cd["context_len"] = cycle, start, prompt + start
+            cd["remaining"] = rem if rem > 1 else 1
+            if plain_inputs:  # HotPolicy.plan_draft without input components, inlined
+                b = int(choose_block(ctx))
+                req = requests.get(b)
+                if req is None:
+                    req = requests[b] = DraftRequest(block_size=b)
+            else:
+                req = plan_draft(ctx)
+                b, seeded, probe = req.block_size, bool(req.seeds), req.probe
+            if b > 1:
+                if probe:
+                    group = acc.group(b, req.probe, req.prev_offset)
+                    row = acc.row(group, sample, start)
+                else:
+                    hit = plain.get(b)
+                    if hit is None:
+                        g = acc.group(b)
+                        hit = plain[b] = (g, g.row_list, g.chain_list)
+                    group = hit[0]
+                    row = hit[1][base + start]
+                    if row < 0:
+                        acc.row(group, sample, start)  # raises NotReplayable naming the row
+            else:
+                group, row = None, 0
+            view = None
+            if verify is not None and b > 1:
+                view = make_view(group, row, sample, start)
+                plan = verify(view)
+                chain = False
+            else:
+                plan = chains.get(b)
+                if plan is None:
+                    plan = chains[b] = VerifyPlan.chain(max(b, 1))
+                chain = True
+            if group is None:
+                accepted, chosen = 0, 0
+            elif chain and not probe:
+                accepted, chosen = hit[2][row], 0  # the full top-1 chain of a plain row
+            else:
+                accepted, chosen = accepted_of(group, row, plan)
+            tau = accepted + 1 if accepted + 1 < last - start else last - start
+            if solo:
+                costs = None
+                if rec is None and (plain_inputs or not (seeded or req.refine_steps)):
+                    # one pass of each, as plan_work counts them: no seeds, no refinement
+                    if chain:
+                        costs = self._chain_costs.get(b) or self.chain_costs(b)
+                    elif plan.mode == "tree" and b > 1:
+                        memo = self._tree_costs.get(id(plan))
+                        costs = memo[1] if memo is not None and memo[0] is plan else \
+                            self.tree_costs(plan, b)
+                if costs is not None:
+                    L = prompt + start
+                    draft_s, draft_src = costs[0][L], costs[1][L]
+                    target_s, target_src = costs[2][L], costs[3][L]
+                    overhead_s = costs[4]
+                    cycle_s = draft_s + target_s + overhead_s
+                    verify_tokens, recorded = costs[5], False
+                else:
+                    plan_work(work, start, req, plan, gated)
+                    single(work)
+                    draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
+                    draft_src, target_src = work.draft_src, work.target_src
+                    cycle_s, verify_tokens = work.step_s, work.verify_tokens
+                    recorded = work.recorded is not None
+                yield cycle_s  # the GPU never queues: the cycle takes exactly its step
+            else:
+                if chain and (plain_inputs or not (seeded or req.refine_steps)):
+                    # plan_work of a plain chain (one pass, no recorded seconds when shared)
+                    work.start, work.block_size, work.context_len = start, b, prompt + start
+                    work.verify_tokens = work.verify_q = b if b > 1 else 1
+                    work.verify_rows = work.passes = 1
+                    work.tree, work.mode, work.recorded = False, "chain", None
+                    work.host_mode = "chain" if b > 1 else "ar"
+                else:
+                    plan_work(work, start, req, plan, gated)
+                t_ready = clock.now
+                yield work
+                draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
+                draft_src, target_src = work.draft_src, work.target_src
+                verify_tokens = work.verify_tokens
+                recorded = work.recorded is not None
+                # wait for the GPU plus the step's own seconds
+                cycle_s = (work.t_start - t_ready) + work.step_s
+            od["cycle"], od["start"], od["block_size"] = cycle, start, b
+            od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
+            od["chosen_path"], od["verify_tokens"] = chosen, verify_tokens
+            od["draft_s"], od["target_s"], od["overhead_s"] = draft_s, target_s, overhead_s
+            od["cycle_s"], od["_g"], od["_r"], od["_lg"] = cycle_s, group, row, None
+            observe(out)
+            record((sample, cycle, start, b, tau - 1, tau, verify_tokens, draft_s, target_s,
+                    overhead_s, cycle_s, draft_src, target_src, recorded))
+            if states is not None:
+                states.append(policy.state())
+            # recycling seeds come from the previous cycle's plain proposal (as live)
+            if view is not None and not seeded:
+                cd["_pv"] = view
+            else:
+                cd["_pv"], cd["_p"] = _LAZY, (start, b, group, row, seeded)
+            cd["prev_outcome"] = out
+            start += tau
+            cycle += 1
+        log.requests.append((sample, t_arrival, t_first, clock.now, n))
+
+    def lazy_prev_view(self, sample: int, start: int, b: int, group, row: int, seeded: bool):
+        """A HotContext's prev_view, built on first read: the previous cycle's view, or
+        its plain proposal where that cycle was seeded (what recycling takes seeds
+        from)."""
+        if seeded:
+            return self.plain_view(sample, start, b)
+        return self.acc.view(group if b > 1 else None, row, sample, start)
+
+    def tree_costs(self, plan: VerifyPlan, b: int) -> tuple:
+        """``chain_costs`` of a single-stream tree cycle verifying ``plan`` at block size
+        b, kept by the plan's identity (a fixed tree is the same plan every cycle)."""
+        cost, L = self.timer.cost, self._L_max
+        tokens, q, rows = self.verify_shape(plan)
+        dv, ds = cost.seconds_lists("draft", b, 1, L)
+        tv, ts = cost.seconds_lists("tree_verify", q, rows, L)
+        # the overhead query Timer.single makes for this job (keep the two alike)
+        out = (dv, ds, tv, ts, cost.overhead("tree", tokens), tokens)
+        if len(self._tree_costs) > 4096:  # plans built per cycle: keep it small
+            self._tree_costs.clear()
+        self._tree_costs[id(plan)] = (plan, out)  # the plan kept alive: its id stays its own
+        return out
+
+    def chain_costs(self, b: int) -> tuple:
+        """(draft seconds, draft sources, target seconds, target sources) per context
+        length, the overhead and the verify tokens of a single-stream plain chain cycle of
+        block size b: what ``Timer.single`` computes for it, read as list items."""
+        cost, L = self.timer.cost, self._L_max
+        if b > 1:
+            dv, ds = cost.seconds_lists("draft", b, 1, L)
+        else:
+            dv, ds = [0.0] * (L + 1), [NO_SOURCE] * (L + 1)  # b = 1 drafts nothing
+        tv, ts = cost.seconds_lists("target", max(b, 1), 1, L)
+        # the overhead query Timer.single makes for this job (keep the two alike)
+        out = self._chain_costs[b] = (dv, ds, tv, ts, cost.overhead("chain" if b > 1 else "ar", max(b, 1)),
+                                      max(b, 1))
+        return out
+
+    def request_reference(self, sample: int, policy: "Composite | HotPolicy"):
+        """The reference story of one sample (``hot=False``): a fresh context, view and
+        outcome per cycle, every job through ``Work`` and the GPU. ``request`` must
+        produce the same cycles; a test compares them for every policy family."""
         clock, acc, data, log = self.clock, self.acc, self.data, self.log
         t_arrival = clock.now
         if self.serving:
@@ -398,7 +648,19 @@ class Engine:
         log.requests.append((sample, t_arrival, t_first, clock.now, n))
 
     def process(self, sample: int, policy):
-        """The request as a SimPy process: each job goes to the shared GPU."""
+        """The request as a SimPy process: each job goes to the shared GPU (solo in the
+        hot path: a timeout of the seconds the request computed, counted as a step)."""
+        if not self.hot:
+            submit = self.gpu.submit
+            for work in self.request_reference(sample, policy):
+                yield submit(work)
+            return
+        if self.gpu.solo:
+            timeout, gpu = self.env.timeout, self.gpu
+            for secs in self.request(sample, policy):
+                gpu.steps += 1
+                yield timeout(secs)
+            return
         submit = self.gpu.submit
         for work in self.request(sample, policy):
             yield submit(work)
@@ -513,23 +775,48 @@ class Engine:
         """Single stream without SimPy: one request after another, each job run at once
         (the GPU never queues, see the module docstring), the clock advanced by the
         job's seconds exactly as SimPy's timeout advances ``env.now``."""
-        clock, single, gpu = self.clock, self.timer.single, self.gpu
+        clock, gpu = self.clock, self.gpu
         policy = self.make_policy()
+        if not self.hot:
+            single = self.timer.single
+            for sample in range(self.data.n_samples):
+                for work in self.request_reference(sample, policy):
+                    work.t_start = clock.now
+                    single(work)
+                    gpu.steps += 1
+                    clock.now += work.step_s
+            return
+        steps = 0
         for sample in range(self.data.n_samples):
-            for work in self.request(sample, policy):
-                work.t_start = clock.now
-                single(work)
-                gpu.steps += 1
-                clock.now += work.step_s
+            for secs in self.request(sample, policy):
+                steps += 1
+                clock.now += secs
+        gpu.steps += steps
 
     def make_policy(self):
         policy = parse_policy(self.spec)
         return HotPolicy(policy) if self.hot else policy
 
     def slot(self, queue, policy: Composite):
-        """Closed loop: a client that sends the next sample as soon as its last one ends."""
+        """Closed loop: a client that sends the next sample as soon as its last one ends.
+        In the hot path the client drives the requests itself (``process`` inlined: one
+        generator fewer to resume per cycle)."""
+        if not self.hot:
+            for sample in queue:
+                yield from self.process(sample, policy)
+            return
+        request, gpu = self.request, self.gpu
+        if gpu.solo:
+            timeout = self.env.timeout
+            for sample in queue:
+                for secs in request(sample, policy):
+                    gpu.steps += 1
+                    yield timeout(secs)
+            return
+        submit = gpu.submit
         for sample in queue:
-            yield from self.process(sample, policy)
+            for work in request(sample, policy):
+                yield submit(work)
 
     def arrivals(self, n: int):
         """Open loop: Poisson arrivals at ``rate`` requests per second, seeded."""

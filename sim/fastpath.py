@@ -39,32 +39,82 @@ def walk_starts(nxt: list[int], base: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+# with at least this many samples, the starts are walked for all samples at once (one
+# vector step per cycle index); fewer, and a plain walk over a next-start list is faster
+_FRONTIER_SAMPLES = 8
+
+
+def frontier_starts(base: np.ndarray, row_of: np.ndarray | None, chain_acc: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(starts, tau, missing) of a fixed block size, sorted by global position: every
+    sample's chain of cycle starts followed side by side, the k-th cycle of all samples
+    in one vector step, reading tau only where a cycle starts. ``row_of`` None: b = 1,
+    tau 1 everywhere. A start without an oracle row gets tau 1 and ``missing``."""
+    p = base[:-1].astype(np.int64)
+    last = base[1:].astype(np.int64) - 1
+    live = p < last
+    p, last = p[live], last[live]
+    out_p, out_tau, out_miss = [], [], []
+    while p.size:
+        if row_of is None:
+            tau = np.ones(p.size, dtype=np.int64)
+            miss = np.zeros(p.size, dtype=bool)
+        else:
+            row = row_of[p]
+            miss = row < 0
+            # tau may not carry the bonus past S's end
+            tau = np.minimum(chain_acc[np.maximum(row, 0)].astype(np.int64) + 1, last - p)
+            tau[miss] = 1
+        out_p.append(p)
+        out_tau.append(tau)
+        out_miss.append(miss)
+        p = p + tau
+        live = p < last
+        if not live.all():
+            p, last = p[live], last[live]
+    if not out_p:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool)
+    starts, tau, miss = np.concatenate(out_p), np.concatenate(out_tau), np.concatenate(out_miss)
+    order = np.argsort(starts, kind="stable")
+    return starts[order], tau[order], miss[order]
+
+
+def list_starts(base: np.ndarray, row_of: np.ndarray | None, chain_acc: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``frontier_starts`` by another route: tau of every position as one vector
+    operation, then a plain walk over the next-start list (cheaper for few, long
+    samples, where the frontier would take a vector step per cycle)."""
+    n = int(base[-1])
+    gpos = np.arange(n, dtype=np.int64)
+    sample_of = np.repeat(np.arange(len(base) - 1), np.diff(base))
+    room = base[sample_of + 1] - 1 - gpos  # tau may not carry the bonus past S's end
+    if row_of is None:
+        tau_all = np.ones(n, dtype=np.int64)
+        miss_all = np.zeros(n, dtype=bool)
+    else:
+        miss_all = row_of < 0
+        tau_all = np.minimum(chain_acc[np.maximum(row_of, 0)] + 1, np.maximum(room, 1))
+        tau_all[miss_all] = 1
+    starts = walk_starts((gpos + tau_all).tolist(), base)
+    return starts, tau_all[starts].astype(np.int64), miss_all[starts]
+
+
 def replay_fixed(data: TraceData, acc: Acceptance, timer: Timer, b: int) -> tuple[dict, RunLog]:
     """Per-cycle columns (``CYCLE_FIELDS``) of a fixed block size b in single stream."""
     base = data.base
-    gpos = np.arange(data.n_positions, dtype=np.int64)
-    sample_of = np.repeat(np.arange(data.n_samples), data.out_len)
-    room = base[sample_of + 1] - 1 - gpos  # tau may not carry the bonus past S's end
-    if b <= 1:
-        tau_all = np.ones(data.n_positions, dtype=np.int64)
-        missing = np.zeros(data.n_positions, dtype=bool)
-    else:
-        g = acc.group(b)
-        row = g.row_of
-        missing = row < 0
-        tau_all = np.minimum(g.chain_acc[np.maximum(row, 0)] + 1, np.maximum(room, 1))
-        tau_all[missing] = 1
-    starts = walk_starts((gpos + tau_all).tolist(), base)
-    if missing[starts].any():
-        p = int(starts[np.argmax(missing[starts])])
-        s = int(sample_of[p])
+    g = acc.group(b) if b > 1 else None
+    walk = frontier_starts if data.n_samples >= _FRONTIER_SAMPLES else list_starts
+    starts, tau, missing = walk(base, None if g is None else g.row_of,
+                                None if g is None else g.chain_acc)
+    sample = np.searchsorted(base, starts, side="right") - 1
+    if missing.any():
+        p = int(starts[np.argmax(missing)])
+        s = int(sample[np.argmax(missing)])
         acc.row(g, s, p - int(base[s]))  # raises NotReplayable naming the row
-    sample = sample_of[starts]
     start = starts - base[sample]
     n = len(starts)
     first = np.searchsorted(sample, np.arange(data.n_samples))
     cycle = np.arange(n) - first[sample]
-    tau = tau_all[starts]
     ctx = data.prompt_len[sample] + start
     cost = timer.cost
     if b > 1:
@@ -94,4 +144,4 @@ def replay_fixed(data: TraceData, acc: Acceptance, timer: Timer, b: int) -> tupl
     return cols, log
 
 
-__all__ = ["fixed_block_size", "replay_fixed", "walk_starts"]
+__all__ = ["fixed_block_size", "frontier_starts", "list_starts", "replay_fixed", "walk_starts"]

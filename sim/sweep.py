@@ -10,6 +10,7 @@ knobs accept too. Every combination across all knobs of all components is one po
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import os
@@ -94,13 +95,22 @@ def run_sweep(specs: list[str], replay_kwargs: dict[str, Any], workers: int = 1,
     if "fork" in multiprocessing.get_all_start_methods():
         _init_worker(replay_kwargs)
         _worker.baseline  # noqa: B018 -- the speedup's ar replay, once, before forking
+        # the scalar-read copies of the oracle index every replay reads, built once
+        for g in _worker.setting.acc.groups.values():
+            g.row_list, g.chain_list  # noqa: B018
+        # the parent's objects moved out of the collector's reach: the workers' collections
+        # neither scan them nor write their headers (which would copy their pages)
+        gc.freeze()
         pool_args: dict[str, Any] = {"mp_context": multiprocessing.get_context("fork")}
     else:
         pool_args = {"initializer": _init_worker, "initargs": (replay_kwargs,)}
-    with ProcessPoolExecutor(workers, **pool_args) as pool:
-        futures = {pool.submit(_predict, spec): i for i, spec in enumerate(specs)}
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
-            if progress:
-                progress(1)
+    try:
+        with ProcessPoolExecutor(workers, **pool_args) as pool:
+            futures = {pool.submit(_predict, spec): i for i, spec in enumerate(specs)}
+            for fut in as_completed(futures):
+                results[futures[fut]] = fut.result()
+                if progress:
+                    progress(1)
+    finally:
+        gc.unfreeze()
     return [results[i] for i in range(len(specs))]

@@ -69,19 +69,44 @@ def families_trace(tmp_path_factory):
                       live_policy="ewma(candidates=4|8|12, warmup=2, probe=3, streak=1, cooldown=1)")
 
 
-@pytest.mark.parametrize("timing", ["model", "recorded"])
+@pytest.mark.parametrize("timing", ["model", "recorded", "per-mode"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_direct_loop_equals_the_simpy_engine_cycle_by_cycle(families_trace, family, timing):
-    s = Replayer(families_trace, timing=timing, bootstrap=0).setting
+    s = Replayer(families_trace, timing="recorded" if timing == "recorded" else "model",
+                 bootstrap=0).setting
+    if timing == "per-mode":
+        # host seconds that differ by host mode (the trace's do not), and by any further
+        # argument of the query (a verify size): the hot path's cached figures must be
+        # asked exactly what the reference asks
+        per_mode = {"ar": 0.75e-4, "chain": 1.25e-4, "gated": 1.75e-4, "tree": 2.5e-4, "batch": 5e-4}
+        s.timer.cost.overhead = lambda mode, *rest, **kw: per_mode[mode] * (
+            1 + 0.01 * (sum(rest) + sum(kw.values())))
     spec = FAMILIES[family]
     s.acc.check_policy(parse_policy(spec).max_rank(), parse_policy(spec).probes())
-    # the reference: SimPy processes running the plain Composite's methods
+    # the reference: SimPy processes running the plain Composite's methods, a fresh
+    # context, view and outcome per cycle, every job through the GPU
     ref = Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run()
-    fast = Engine(s.data, s.acc, s.timer, spec).run()
     assert len(ref.cycles) > 60
-    assert fast.cycles == ref.cycles  # every field of every cycle, seconds included
+    # the hot path, driven by the direct loop and by SimPy processes
+    for direct in (True, False):
+        fast = Engine(s.data, s.acc, s.timer, spec, direct=direct).run()
+        assert fast.cycles == ref.cycles, direct  # every field of every cycle, seconds included
+        assert fast.states == ref.states, direct
+        assert fast.requests == ref.requests and fast.steps == ref.steps, direct
+
+
+@pytest.mark.parametrize("load", [{"concurrency": 1}, {"concurrency": 3}, {"rate": 40.0}])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hot_serving_equals_the_reference_engine(families_trace, family, load):
+    s = Replayer(families_trace, bootstrap=0).setting
+    spec = FAMILIES[family]
+    ref = Engine(s.data, s.acc, s.timer, spec, hot=False, seed=3, **load).run()
+    fast = Engine(s.data, s.acc, s.timer, spec, seed=3, **load).run()
+    assert len(ref.cycles) > 60
+    assert fast.cycles == ref.cycles
     assert fast.states == ref.states
-    assert fast.requests == ref.requests and fast.steps == ref.steps
+    assert fast.requests == ref.requests
+    assert (fast.steps, fast.batch_sizes) == (ref.steps, ref.batch_sizes)
 
 
 def test_hot_policy_runs_the_composites_components():
@@ -123,3 +148,108 @@ def test_oracle_agreement_from_the_loaded_arrays_matches_the_checker(families_tr
     g.ids[acc.row(g, int(cyc["sample"][0].as_py()), start), 0, 0] += 1
     moved = oracle_agreement(data.trace, acc)
     assert (moved.agreeing, moved.compared) == (clean.agreeing - 1, clean.compared)
+
+
+# -- cheap loading: the proposal's columns read only when a policy reads them
+
+def test_a_loaded_replayer_holds_only_the_ranks(families_trace):
+    r = Replayer(families_trace, bootstrap=0)
+    acc = r.setting.acc
+    positions = r.setting.data.n_positions
+    assert not acc.loaded("draft_ids") and not acc.loaded("draft_logprobs")
+    # per group: a rank byte per row and offset, a 4-byte row index per position, and
+    # per row a 4-byte position and a 2-byte chain length; nothing else
+    bound = sum(len(g.position) * (g.block_size - 1 + 6) + 4 * positions
+                for g in acc.groups.values())
+    held = sum(g.nbytes() for g in acc.groups.values())
+    assert held <= bound, (held, bound)
+    # under a fifth of what the ids and log-probabilities (6 bytes per row, offset, rank) hold
+    proposal = sum(len(g.position) * (g.block_size - 1) * g.k * 6 for g in acc.groups.values())
+    assert held < proposal / 5, (held, proposal)
+    r.predict("ewma(candidates=4|8|12)")  # a scheduler of chains reads no proposal
+    assert not acc.loaded("draft_ids") and not acc.loaded("draft_logprobs")
+
+
+@pytest.mark.parametrize("family", ["gate", "candidates-batch", "recycle", "ewma-adl", "refine"])
+def test_policies_reading_the_proposal_replay_the_same_from_reloaded_columns(families_trace, family):
+    from specreplay.sim.acceptance import Acceptance
+    from specreplay.sim.tracedata import load_trace
+    spec = FAMILIES[family]
+    r = Replayer(families_trace, bootstrap=0)
+    lazy = r.predict(spec)
+    assert r.setting.acc.loaded("draft_logprobs") or r.setting.acc.loaded("draft_ids")
+    # against every column decoded at once by the reader, never dropped
+    full = Acceptance(load_trace(families_trace))
+    whole = full.data.trace.oracle_arrays(np.float16, keep_table=False)
+    for (b, probe, d), g in full.groups.items():
+        sel = whole[(b, probe)].prev_offset == d
+        g.ids, g.logprobs = whole[(b, probe)].draft_ids[sel], whole[(b, probe)].draft_logprobs[sel]
+    s = r.setting
+    ref = Engine(s.data, full, s.timer, spec, direct=False, hot=False).run()
+    got = Engine(s.data, s.acc, s.timer, spec).run()
+    assert got.cycles == ref.cycles and got.states == ref.states
+    assert lazy.cycles == len(ref.cycles)
+
+
+def test_reloaded_columns_are_the_trace_s_columns(families_trace):
+    from specreplay.sim.tracedata import load_trace
+    from specreplay.sim.acceptance import Acceptance
+    data = load_trace(families_trace)
+    acc = Acceptance(data)
+    first = {k: g.ids.copy() for k, g in acc.groups.items()}
+    acc.release("draft_ids")
+    assert all(g._ids is None for g in acc.groups.values())
+    whole = data.trace.oracle_arrays(np.float16, keep_table=False)
+    for (b, probe, d), g in acc.groups.items():
+        arr = whole[(b, probe)]
+        sel = arr.prev_offset == d
+        assert np.array_equal(g.ids, first[(b, probe, d)])  # read again on use
+        assert np.array_equal(g.ids, arr.draft_ids[sel])
+        assert np.array_equal(g.logprobs.view(np.uint16), arr.draft_logprobs[sel].view(np.uint16))
+        assert np.array_equal(g.ranks, arr.true_rank[sel])
+
+
+# -- the vectorised fixed-block path: both walks of the cycle starts, against the engine
+
+@pytest.fixture(scope="module")
+def many_samples(tmp_path_factory):
+    """Enough samples for the frontier walk, of lengths from 1 token up."""
+    lengths = (2, 3, 4, 17, 64, 5, 130, 41, 9, 77, 2, 200)
+    return make_trace(tmp_path_factory.mktemp("many") / "t", output_lengths=lengths,
+                      block_sizes=(4, 8), ranks=random_ranks(0.7, 0.2, seed=11),
+                      live_policy="fixed(b=8)")
+
+
+@pytest.mark.parametrize("spec", ["ar", "fixed(b=4)", "fixed(b=8)"])
+def test_the_fixed_block_path_equals_the_reference_engine(many_samples, spec):
+    from specreplay.sim import fastpath
+    from specreplay.sim.replay import _columns
+    r = Replayer(many_samples, bootstrap=0)
+    s = r.setting
+    assert s.data.n_samples >= fastpath._FRONTIER_SAMPLES
+    ref = _columns(Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False).run().cycles)
+    pred = r.predict(spec)
+    for col, want in ref.items():
+        assert np.array_equal(pred.per_cycle[col], want), col
+
+
+def test_the_frontier_walk_equals_the_list_walk(many_samples, monkeypatch):
+    from specreplay.sim import fastpath
+    from specreplay.sim.acceptance import NotReplayable
+    from specreplay.sim.fastpath import frontier_starts, list_starts, replay_fixed
+    s = Replayer(many_samples, bootstrap=0).setting
+    base, g = s.data.base, s.acc.group(4)
+    row_of = g.row_of.copy()
+    row_of[base[6] + 9] = -1  # rows missing: tau 1 there, flagged
+    row_of[base[11] + 1] = -1
+    for args in ((None, None), (g.row_of, g.chain_acc), (row_of, g.chain_acc)):
+        a, b = frontier_starts(base, *args), list_starts(base, *args)
+        for x, y in zip(a, b):
+            assert np.array_equal(x, y)
+    assert frontier_starts(base, row_of, g.chain_acc)[2].any()
+    g.row_of = row_of
+    g.__dict__.pop("_row_list", None)
+    for frontier_from in (1, 1000):  # both walks refuse a start without a row
+        monkeypatch.setattr(fastpath, "_FRONTIER_SAMPLES", frontier_from)
+        with pytest.raises(NotReplayable, match="row missing"):
+            replay_fixed(s.data, s.acc, s.timer, 4)

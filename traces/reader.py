@@ -68,14 +68,23 @@ def check_version(meta: dict[str, Any], path: Path) -> int:
     return version
 
 
-def read_parquet(path: Path, schema: pa.Schema, table: str,
+def read_parquet(path: Path, schema: pa.Schema, table: str, project: bool = False,
                  optional: pa.Schema | None = None) -> pa.Table:
     """Read one Parquet file (memory-mapped) and check it has every column of ``schema``
     with the right type; returns exactly those columns, plus the columns of ``optional``
-    the file has (type-checked alike)."""
+    the file has (type-checked alike). ``project``: decode only the columns of
+    ``schema`` (a schema of some of a table's columns reads just those)."""
     try:
         # checksums are verified where the writer stored them (traces.io writes them)
-        t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+        t = None
+        if project:
+            try:
+                t = pq.read_table(path, memory_map=True, page_checksum_verification=True,
+                                  columns=schema.names)
+            except (pa.ArrowInvalid, KeyError):
+                pass  # a column missing: read them all, and say which below
+        if t is None:
+            t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
         names = t.schema.names  # decodes the footer's column names
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
         why = " ".join(str(e).split())  # Arrow's messages span lines; ours is one
@@ -96,6 +105,12 @@ def read_parquet(path: Path, schema: pa.Schema, table: str,
     return pa.Table.from_arrays([t.column(n) for n in out.names], schema=out)
 
 
+# The oracle's key columns, read with any of its list columns (rows are grouped and
+# their values checked by them).
+ORACLE_KEYS = ("sample", "start", "block_size", "probe", "prev_offset")
+ORACLE_LISTS = ("true_rank", "draft_ids", "draft_logprobs")
+
+
 @dataclass(eq=False)
 class OracleArrays:
     """One (block size, probe) group of the oracle as dense arrays, rows sorted by
@@ -107,9 +122,10 @@ class OracleArrays:
     sample: np.ndarray          # int32 [n]
     start: np.ndarray           # int32 [n]
     prev_offset: np.ndarray     # int16 [n]
-    true_rank: np.ndarray       # int8 [n, b-1]
-    draft_ids: np.ndarray       # int32 [n, b-1, k]
-    draft_logprobs: np.ndarray  # float32 (or float16, as stored) [n, b-1, k]
+    true_rank: np.ndarray | None       # int8 [n, b-1]
+    draft_ids: np.ndarray | None       # int32 [n, b-1, k]
+    draft_logprobs: np.ndarray | None  # float32 (or float16, as stored) [n, b-1, k]
+    # (None: a column not read, see ``Trace.oracle_arrays``)
 
     def __len__(self) -> int:
         return int(self.sample.shape[0])
@@ -215,28 +231,34 @@ class Trace:
     def has_table(self, name: str) -> bool:
         return bool(table_files(self.dir, name))
 
-    def table(self, name: str, cache: bool = True) -> pa.Table:
+    def table(self, name: str, cache: bool = True, columns: tuple[str, ...] | None = None) -> pa.Table:
         """All parts of a table concatenated, validated against the schema and the value
         rules (traces.validate). ``cache=False``: read it without keeping it (a caller that converts it to its
-        own arrays at once, so the decoded table does not linger beside them)."""
+        own arrays at once, so the decoded table does not linger beside them).
+        ``columns``: decode only these (the oracle's keys plus some of its list
+        columns; the value rules check what is read); such a read is never cached."""
         if name not in SCHEMAS:
             raise TraceError(f"unknown trace table {name!r}; tables: {', '.join(TABLES)}")
         if name in self._tables:
-            return self._tables[name]
+            return self._tables[name] if columns is None else self._tables[name].select(list(columns))
+        schema = SCHEMAS[name]
+        if columns is not None:
+            schema = pa.schema([schema.field(c) for c in schema.names if c in columns])
+            cache = False
         files = table_files(self.dir, name)
         if not files:
             hint = _HINTS.get(name, "re-record the trace")
             raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
         parts = []
         for f in files:
-            part = read_parquet(f, SCHEMAS[name], name)
+            part = read_parquet(f, schema, name, project=columns is not None)
             report_problems(_VALUE_RULES[name](part, f, self), self.collect, self.dir)
             parts.append(part)
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         if name == "samples":
             where = files[0] if len(files) == 1 else self.dir / "samples"
             report_problems(validate.check_sample_ids(table, where), self.collect, self.dir)
-        if name == "oracle":
+        if name == "oracle" and "_coverage_checked" not in self.__dict__:
             where = files[0] if len(files) == 1 else self.dir / "oracle"
             info = self._sample_info()
             orphans = tuple(s for s in (validate.orphan_sample(f, info) for f in files)
@@ -244,6 +266,7 @@ class Trace:
             report_problems(validate.check_oracle_coverage(table, info.out_len, self.run,
                                                            where, orphans),
                             self.collect, self.dir)
+            self._coverage_checked = True  # the keys read the same at every later read
         if cache:
             self._tables[name] = table
         return table
@@ -293,13 +316,21 @@ class Trace:
         return int(oracle["top_k"]) if isinstance(oracle, dict) and oracle.get("top_k") else None
 
     # -- fast columnar access for replay
-    def oracle_arrays(self, logprob_dtype=np.float32,
-                      keep_table: bool = True) -> dict[tuple[int, str], OracleArrays]:
+    def oracle_arrays(self, logprob_dtype=np.float32, keep_table: bool = True,
+                      columns: tuple[str, ...] = ORACLE_LISTS) -> dict[tuple[int, str], OracleArrays]:
         """The oracle as dense numpy arrays per (block size, probe) group, built with
         vectorised Arrow/numpy operations (no per-row Python). ``logprob_dtype``
         np.float16 keeps the stored values as stored (half the memory, no rounding);
-        ``keep_table=False`` does not keep the decoded Arrow table (``table``)."""
-        t = self.table("oracle", cache=keep_table)
+        ``keep_table=False`` does not keep the decoded Arrow table (``table``).
+        ``columns``: the list columns to decode (the others are None in the result):
+        the keys are always read, and groups and row order are the same at every read."""
+        unknown = set(columns) - set(ORACLE_LISTS)
+        if unknown:
+            raise ValueError(f"oracle list columns are {', '.join(ORACLE_LISTS)}, not {sorted(unknown)}")
+        columns = tuple(columns)
+        projected = columns != ORACLE_LISTS
+        t = self.table("oracle", cache=keep_table and not projected,
+                       columns=ORACLE_KEYS + columns if projected else None)
         if t.num_rows == 0:
             return {}
         blocks = t.column("block_size").to_numpy()
@@ -321,25 +352,35 @@ class Trace:
         if b < 2:
             raise TraceError(f"{what}: block size must be >= 2 (an oracle row needs a drafted offset)")
         n = g.num_rows
-        first = g.column("draft_ids")[0]
-        k = self.oracle_top_k or (len(first) // (b - 1) if first.is_valid else 0)
+        names = g.column_names
+        if self.oracle_top_k:
+            k = self.oracle_top_k
+        else:
+            wide = next((c for c in ("draft_ids", "draft_logprobs") if c in names), None)
+            first = g.column(wide)[0] if wide else None
+            k = len(first) // (b - 1) if first is not None and first.is_valid else 0
         if k < 1:
             raise TraceError(f"{what}: cannot tell the oracle top-k; run.json oracle.top_k is missing")
-        rank = _fixed_width(g.column("true_rank"), b - 1, f"{what}, column true_rank")
-        ids = _fixed_width(g.column("draft_ids"), (b - 1) * k, f"{what}, column draft_ids")
-        lps = _fixed_width(g.column("draft_logprobs"), (b - 1) * k, f"{what}, column draft_logprobs")
+        rank = _fixed_width(g.column("true_rank"), b - 1, f"{what}, column true_rank") \
+            if "true_rank" in names else None
+        ids = _fixed_width(g.column("draft_ids"), (b - 1) * k, f"{what}, column draft_ids") \
+            if "draft_ids" in names else None
+        lps = _fixed_width(g.column("draft_logprobs"), (b - 1) * k, f"{what}, column draft_logprobs") \
+            if "draft_logprobs" in names else None
         sample = g.column("sample").to_numpy().astype(np.int32)
         start = g.column("start").to_numpy().astype(np.int32)
         prev = g.column("prev_offset").to_numpy().astype(np.int16)
         sort_key = (sample.astype(np.int64) << 40) | (start.astype(np.int64) << 16) | prev
         if (np.diff(sort_key) < 0).any():  # recorded order is usually sorted already
             order = np.argsort(sort_key, kind="stable")
-            sample, start, prev, rank, ids, lps = (a[order] for a in (sample, start, prev, rank, ids, lps))
+            sample, start, prev, rank, ids, lps = (None if a is None else a[order]
+                                                   for a in (sample, start, prev, rank, ids, lps))
         return OracleArrays(
             block_size=b, probe=probe, k=k, sample=sample, start=start, prev_offset=prev,
-            true_rank=rank.astype(np.int8, copy=False),
-            draft_ids=ids.reshape(n, b - 1, k).astype(np.int32, copy=False),
-            draft_logprobs=lps.reshape(n, b - 1, k).astype(logprob_dtype, copy=False))
+            true_rank=None if rank is None else rank.astype(np.int8, copy=False),
+            draft_ids=None if ids is None else ids.reshape(n, b - 1, k).astype(np.int32, copy=False),
+            draft_logprobs=None if lps is None else
+            lps.reshape(n, b - 1, k).astype(logprob_dtype, copy=False))
 
     def target_arrays(self) -> TargetArrays:
         """The oracle_target table as dense arrays (for Monte Carlo acceptance)."""
@@ -386,7 +427,7 @@ class Profile:
         pfile = path / "profile.parquet"
         if not pfile.exists():
             raise TraceError(f"{pfile} is missing: measure one with `specreplay profile`")
-        table = read_parquet(pfile, PROFILE_SCHEMA, "profile", PROFILE_OPTIONAL)
+        table = read_parquet(pfile, PROFILE_SCHEMA, "profile", optional=PROFILE_OPTIONAL)
         if table.num_rows == 0:
             raise TraceError(f"{pfile} holds no measurements")
         report_problems(validate.check_profile(table, pfile), collect, path)
