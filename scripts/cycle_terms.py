@@ -1,0 +1,72 @@
+"""Which term of a cycle's time a prediction got wrong: for each row of a ledger whose
+traces are at hand, the policy replayed on the row's trace and profile (``--timing
+model``, as promote predicted it) against the cycles of the live run the row names, as
+mean milliseconds per cycle of the draft passes, the verify pass, the host part and the
+whole cycle, with the relative error of each.
+
+    python3 scripts/cycle_terms.py reports/ledger.csv [--trace traces/samples/twin/humaneval-fixed16]
+
+Prints a Markdown table (one row per ledger row) and per prompt set the median error of
+each term. No torch: it reads traces and replays on a CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TERMS = ("draft_s", "target_s", "overhead_s", "cycle_s")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("ledger")
+    ap.add_argument("--trace", help="only the rows predicted from this trace")
+    args = ap.parse_args(argv)
+    from specreplay.reports.ledger import LedgerError, read_ledger
+    from specreplay.sim.replay import replay
+    from specreplay.traces.io import TraceError
+    from specreplay.traces.reader import Trace
+    try:
+        rows = read_ledger(args.ledger)
+    except LedgerError as e:
+        print(f"cycle_terms: {e}", file=sys.stderr)
+        return 2
+    rows = [r for r in rows if args.trace is None or r["trace"] == args.trace]
+    root = Path(args.ledger).resolve().parents[1] if Path(args.ledger).parent.name == "reports" else Path(".")
+    out, errs = [], {}
+    for r in rows:
+        trace, live = root / r["trace"], root / (r.get("measured_trace") or "")
+        if not (trace / "run.json").exists() or not (live / "run.json").exists():
+            print(f"cycle_terms: skipped {r['policy']} ({r['prompts']}): its traces are not at hand", file=sys.stderr)
+            continue
+        try:
+            (p,) = replay(trace, [r["policy"]], profile=root / (r.get("profile") or r["trace"]))
+            cyc = Trace.open(live).cycles
+        except (TraceError, ValueError) as e:
+            print(f"cycle_terms: {r['policy']}: {e}", file=sys.stderr)
+            return 2
+        pred = {t: float(np.mean(p.per_cycle[t])) for t in TERMS}
+        meas = {t: float(np.mean(cyc[t].to_numpy())) for t in TERMS}
+        err = {t: (pred[t] - meas[t]) / meas[t] if meas[t] > 0 else None for t in TERMS}
+        for t in TERMS:
+            if err[t] is not None:
+                errs.setdefault((r["prompts"], t), []).append(err[t])
+        out.append((r, pred, meas, err))
+    print("| policy | prompts | " + " | ".join(f"{t[:-2]} ms pred / live (error)" for t in TERMS) + " |")
+    print("|---|---|" + "---|" * len(TERMS))
+    for r, pred, meas, err in out:
+        cells = [f"{pred[t] * 1e3:.3f} / {meas[t] * 1e3:.3f} ({'' if err[t] is None else f'{100 * err[t]:+.1f} %'})"
+                 for t in TERMS]
+        print(f"| {r['policy']} | {r['prompts']} | " + " | ".join(cells) + " |")
+    print()
+    for prompts in sorted({k[0] for k in errs}):
+        parts = [f"{t[:-2]} {100 * np.median(errs[(prompts, t)]):+.1f} %" for t in TERMS if (prompts, t) in errs]
+        print(f"{prompts}: median signed error per term: " + ", ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
