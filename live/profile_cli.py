@@ -181,7 +181,8 @@ def run_profile(args) -> int:
     out = write_profile(args.out, result.rows, meta)
     # the checks and the backend's own figures go beside the setup in profile.json
     extra = prof.meta(result.rows) if backend == "graph" else {"checks": {"monotone": monotonicity(result.rows)},
-                                                                "host_s": host_summary(result.rows)}
+                                                                "host_s": host_summary(result.rows),
+                                                                "measured": {"host_cycles_per_decode": grid.host_cycles}}
     write_json(Path(out) / "profile.json", {**read_json(Path(out) / "profile.json"), **extra})
     bad = extra["checks"]["monotone"]["violations"]
     print(f"wrote {len(result.rows)} points to {out}/profile.parquet in {result.elapsed_s:.0f} s")
