@@ -84,24 +84,25 @@ def draft_block(draft, cache, block_ids: list[int], context: torch.Tensor | None
 
 def cycle_proposals(draft_pass, mask_token_id: int, anchor: int, block_size: int, seeds, context,
                     cached: int, context_len: int, k: int, refine_steps: int = 0,
-                    refine_only_below: float = 1.0,
-                    refine_input: str = "mask") -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
+                    refine_only_below: float = 1.0, refine_input: str = "mask",
+                    topk=None) -> tuple[torch.Tensor, np.ndarray, np.ndarray, int]:
     """Draft one live block, then up to ``refine_steps`` refinement passes over the
     same cached context (no new context rows). ``draft_pass(block_ids, context, cached,
     context_len)`` is one draft pass with the request's cache (``draft_block`` or a live
     backend's). ``refine_input``: what a redrafted offset holds (``refine_block``).
-    Returns the final logits [b-1, V], the top-k ids and rounded log-probs, and the
-    passes run."""
+    ``topk``: ``topk_logprobs`` or a backend's equal ``view_topk``. Returns the final
+    logits [b-1, V], the top-k ids and rounded log-probs, and the passes run."""
+    topk_logprobs_ = topk or topk_logprobs
     mask = mask_token_id
     logits = draft_pass(block_input(anchor, block_size, mask, seeds), context, cached, context_len)
-    ids, lps = topk_logprobs(logits, k)
+    ids, lps = topk_logprobs_(logits, k)
     passes = 1
     for _ in range(refine_steps):
         block, redraft = refine_block(anchor, ids, lps, refine_only_below, mask, refine_input)
         if not redraft.any():
             break
         new_logits = draft_pass(block, None, context_len, context_len)
-        new = topk_logprobs(new_logits, k)
+        new = topk_logprobs_(new_logits, k)
         ids, lps = merge_refined((ids, lps), new, redraft)
         sel = torch.as_tensor(redraft, device=logits.device)
         logits = torch.where(sel[:, None], new_logits, logits)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from specreplay.live.backend import backend_for, rows_of
-from specreplay.live.drafting import block_input, cycle_proposals, topk_logprobs
+from specreplay.live.drafting import block_input, cycle_proposals
 from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from specreplay.live.timing import CycleClock, wall_sync
 from specreplay.live.verify import Verified
@@ -264,7 +264,7 @@ class Decoder:
         logits, ids, lps, _ = cycle_proposals(
             draft_pass, self.draft.mask_token_id, anchor, b, req.seeds, state.pending,
             state.draft_cached, state.context_len, k, req.refine_steps, req.refine_only_below,
-            req.refine_input)
+            req.refine_input, topk=self.backend.view_topk)
         state.pending, state.draft_cached = None, state.context_len
         view = DraftView(state.sample, state.start, b, ids, lps, rng)
         state.seed_view = view
@@ -274,7 +274,7 @@ class Decoder:
             # seeded cycles follow each other: one more pass over the cached context.
             plain = draft_pass(block_input(anchor, b, self.draft.mask_token_id), None,
                                state.context_len, state.context_len)
-            state.seed_view = DraftView(state.sample, state.start, b, *topk_logprobs(plain, k), rng)
+            state.seed_view = DraftView(state.sample, state.start, b, *self.backend.view_topk(plain, k), rng)
         self.clock.mark("draft1")
         return logits, view
 

@@ -611,7 +611,7 @@ class GraphProfiler:
                 dc.length = L - new
 
             def call():
-                return topk_logprobs(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
+                return be.view_topk(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
             return call, prepare, prepare
         raise ValueError(f"no forward call for a {p.kind} point")
 
