@@ -67,11 +67,10 @@ class Grid:
     repeats: int
     warmup: int
     # cycles of each host-time decode after its untimed first ``warmup`` + 1 (the first
-    # cycle captures graphs), over ``min(repeats, HOST_PASSES)`` interleaved passes. A
-    # request of a few cycles right after its prefill times its host part 8-25 % above
-    # whole requests (fixture pair on a CPU, 8 against 40 cycles; the twin study on an
-    # H200 read +51 % with 8), so each decode is as long as a short request.
-    host_cycles: int = 32
+    # cycle captures graphs), over ``min(repeats, HOST_PASSES)`` interleaved passes. How
+    # well these decodes stand for promote's is the cost model's open question
+    # (reports/ledger-notes.md: the twin study read them 51 % above its promoted cycles).
+    host_cycles: int = 8
 
 
 # Log-spaced so interpolation has a point per doubling. Sized for a target and draft of
@@ -267,8 +266,7 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> list[dict]:
     """Overhead rows from the live loop's own cycles (live/loop.py ``Decoder``, recording
     off as ``promote`` runs it): for every ``host_policies`` policy and grid context
-    length (the grid's shortest and longest: the host part hardly depends on it), a
-    decode of a random prompt of that length; its first ``warmup`` + 1 cycles
+    length, a decode of a random prompt of that length; its first ``warmup`` + 1 cycles
     untimed (graph capture, warm caches), the next ``host_cycles`` timed by the loop
     itself (``overhead_s`` = cycle seconds outside the draft and verify spans). Points
     are run in a fresh shuffled order on each of ``min(repeats, HOST_PASSES)`` passes.
@@ -283,8 +281,7 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
     cycles = skip + grid.host_cycles
     longest = max(int(b) for b in (*grid.block_sizes, 1)) * (cycles + 1)
     limit = max_positions(target)
-    fits = [L for L in grid.context if L >= 1 and (limit is None or L + longest <= limit)]
-    contexts = sorted({fits[0], fits[-1]}) if fits else []
+    contexts = [L for L in grid.context if L >= 1 and (limit is None or L + longest <= limit)]
     cfg = LoopConfig(max_new_tokens=longest, record=False)
     decoders = {s: Decoder(target, draft, parse_policy(s), cfg, backend=backend) for s in specs}
     vocab = target.get_input_embeddings().num_embeddings

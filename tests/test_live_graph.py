@@ -256,7 +256,7 @@ def test_the_profiler_runs_the_replayed_calls(pair, replayed):
     holds a graph per verify bucket and cache span and per draft block size."""
     from specreplay.live.profiler import GraphProfiler, Grid
     target, draft = pair
-    grid = Grid(q=(1, 3, 4), context=(8, 300), batch=(1,), block_sizes=(4,), repeats=2, warmup=1, host_cycles=3)
+    grid = Grid(q=(1, 3, 4), context=(8, 300), batch=(1,), block_sizes=(4,), repeats=2, warmup=1)
     prof = GraphProfiler(target, draft, grid, torch.device("cpu"), backend=replayed)
     run = prof.run()
     assert len([r for r in run.rows if r["kind"] != "overhead"]) == len(prof.points)

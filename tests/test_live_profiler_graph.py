@@ -43,7 +43,7 @@ def test_tree_paths_pack_into_q_rows(nodes):
 
 def test_graph_profile_times_every_point_and_each_verify_modes_host_step():
     target, draft = tiny_pair()
-    grid = Grid(q=(1, 4), context=(8, 24), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1, host_cycles=4)
+    grid = Grid(q=(1, 4), context=(8, 24), batch=(1, 2), block_sizes=(4,), repeats=3, warmup=1)
     prof = GraphProfiler(target, draft, grid, torch.device("cpu"))
     assert {p.batch for p in prof.points} == {1}  # batch plans are packed rows here
     run = prof.run()
