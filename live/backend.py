@@ -356,49 +356,45 @@ class GraphBackend:
         # cycle while the loop still holds the first pass's logits
         return step.run().clone()
 
-    # ---- recording
+    # ---- top-k over the vocabulary (the DraftView, the recording)
     def record_topk(self, logits: torch.Tensor, k: int):
-        """``topk_raw`` of ``logits`` [n, V]. Captured, it is one replayed graph per padded
-        row count: a top-k and a log-sum-exp over the vocabulary launch about twenty
-        kernels from the host, 0.2 ms of host time each on an H200 host, which the GPU
-        spends waiting (the whole cost of recording). The outputs are copies: the loop
-        keeps them until the sample ends, past later replays."""
+        """``topk_raw`` of ``logits`` [n, V], for the recording. The outputs are copies:
+        the loop keeps them until the sample ends, past later replays."""
         if not self.capture:
             return topk_raw(logits, k)
-        n, V = logits.shape
-        key = ("topk", bucket(n), V, k)
-        step = self.graphs.get(key)
-        if step is None:
-            buf = torch.zeros(key[1], V, dtype=torch.float32, device=logits.device)
-            buf[:n].copy_(logits)
-            step = self._capture(key, "record", lambda b: topk_raw(b, k), (buf,))
-        else:
-            step.inputs[0][:n].copy_(logits)  # rows past n keep stale values, never read
-        return tuple(t[:n].clone() for t in step.run())
+        return tuple(t.clone() for t in self._rowwise("record", lambda b: topk_raw(b, k), logits, k))
 
     def view_topk(self, logits: torch.Tensor, k: int):
-        """``topk_logprobs`` of draft logits [n, V] (the DraftView's proposals). Captured,
-        it is one replayed graph per padded row count whose ids and log-probs come to the
-        host in one copy: eagerly the top-k and log-sum-exp launch about twenty kernels
-        from the host (0.4 ms of the draft step on the H200 host) and the two results
-        wait for the device twice. Row-wise ops, so padding rows change no real row."""
+        """``topk_logprobs`` of draft logits [n, V] (the DraftView's proposals); captured,
+        the ids and log-probs come to the host in one copy (eagerly they waited for the
+        device twice)."""
         if not self.capture:
             return topk_logprobs(logits, k)
-        n, V = logits.shape
-        key = ("view", bucket(n), V, k)
-        step = self.graphs.get(key)
 
         def packed(buf):
             ids, lps = topk_on_device(buf, k)
             return torch.cat((ids, lps.view(torch.int32)), dim=1)
+        out = self._rowwise("draft", packed, logits, k).cpu().numpy()
+        return out[:, :k].copy(), out[:, k:].view(np.float32).copy()
+
+    def _rowwise(self, phase: str, fn, logits: torch.Tensor, k: int):
+        """``fn`` of ``logits`` [n, V] replayed from a graph per (fn, padded row count):
+        eagerly a top-k and a log-sum-exp over the vocabulary launch about twenty kernels
+        from the host, 0.2 ms of host time each on an H200 host, which the GPU spends
+        waiting (the whole cost of recording, and 0.4 ms of the draft step). ``fn`` must
+        be row-wise, so padding rows change no real row; returns its outputs' first n
+        rows (views of the graph's outputs, overwritten by its next replay)."""
+        n, V = logits.shape
+        key = (phase, "rowwise", bucket(n), V, k)
+        step = self.graphs.get(key)
         if step is None:
-            buf = torch.zeros(key[1], V, dtype=torch.float32, device=logits.device)
+            buf = torch.zeros(key[2], V, dtype=torch.float32, device=logits.device)
             buf[:n].copy_(logits)
-            step = self._capture(key, "draft", packed, (buf,))
+            step = self._capture(key, phase, fn, (buf,))
         else:
             step.inputs[0][:n].copy_(logits)  # rows past n keep stale values, never read
-        out = step.run()[:n].cpu().numpy()
-        return out[:, :k].copy(), out[:, k:].view(np.float32).copy()
+        out = step.run()
+        return tuple(t[:n] for t in out) if isinstance(out, tuple) else out[:n]
 
     def _capture(self, key, phase: str, fn, inputs):
         """Capture ``fn`` over ``inputs`` (they become its static buffers; the capture's
