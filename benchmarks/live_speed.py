@@ -204,7 +204,9 @@ def check_captured(target, draft, prompt: list[int], cycles: int) -> dict:
             same &= bool(torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
                          and torch.allclose(got[2], want[2], rtol=1e-6, atol=0))
     out["record_topk_equal"] = same
-    out["ok"] = (out["captured_rel32"] <= CHECK_RATIO * out["eager_rel32"]
+    # a float32 model's eager pass is the float32 copy's own computation (distance 0):
+    # the captured one then gets the float32 tolerance of the CPU check
+    out["ok"] = (out["captured_rel32"] <= max(CHECK_RATIO * out["eager_rel32"], CHECK_REL_F32)
                  and out["captured_top1_32"] >= out["eager_top1_32"] - CHECK_TOP1_DROP and same)
     return out
 

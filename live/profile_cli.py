@@ -169,7 +169,10 @@ def run_profile(args) -> int:
     estimate = estimate_seconds(prof.points, grid, prof.probe())
     print(f"estimated {estimate:.0f} s of timed calls on {device} (plus building the KV caches)")
     with tqdm(total=len(prof.points), desc="profile", unit="point", file=sys.stderr) as bar:
-        result = prof.run(progress=lambda group: bar.update(len(group)))
+        try:
+            result = prof.run(progress=lambda group: bar.update(len(group)))
+        except ValueError as e:
+            raise CLIError(str(e)) from None
     meta = {
         "setup": describe_setup(target, device, backend),
         "target": {"id": args.target, "files": file_hashes(args.target)},

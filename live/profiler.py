@@ -280,8 +280,12 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
     skip = grid.warmup + 1
     cycles = skip + grid.host_cycles
     longest = max(int(b) for b in (*grid.block_sizes, 1)) * (cycles + 1)
-    limit = max_positions(target)
+    limits = [m for m in (max_positions(target), max_positions(draft)) if m is not None]
+    limit = min(limits) if limits else None
     contexts = [L for L in grid.context if L >= 1 and (limit is None or L + longest <= limit)]
+    if not contexts:
+        raise ValueError(f"no grid context leaves room for the host-time decodes ({longest} new tokens "
+                         f"within the position limit {limit}); ask for shorter --context values")
     cfg = LoopConfig(max_new_tokens=longest, record=False)
     decoders = {s: Decoder(target, draft, parse_policy(s), cfg, backend=backend) for s in specs}
     vocab = target.get_input_embeddings().num_embeddings

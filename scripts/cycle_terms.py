@@ -34,20 +34,39 @@ def main(argv=None) -> int:
     except LedgerError as e:
         print(f"cycle_terms: {e}", file=sys.stderr)
         return 2
-    rows = [r for r in rows if args.trace is None or r["trace"] == args.trace]
-    root = Path(args.ledger).resolve().parents[1] if Path(args.ledger).parent.name == "reports" else Path(".")
-    out, errs = [], {}
+    # ledger paths are relative to the repository the ledger ships in (reports/ledger.csv),
+    # else to the folder it is run from
+    ledger = Path(args.ledger).resolve()
+    root = ledger.parents[1] if ledger.parent.name == "reports" else Path.cwd()
+    if args.trace is not None:
+        want = Path(args.trace).resolve()
+        rows = [r for r in rows if (root / r["trace"]).resolve() == want]
+        if not rows:
+            print(f"cycle_terms: no row of {args.ledger} was predicted from {args.trace}", file=sys.stderr)
+            return 2
+    out, errs, failed = [], {}, 0
     for r in rows:
         trace, live = root / r["trace"], root / (r.get("measured_trace") or "")
         if not (trace / "run.json").exists() or not (live / "run.json").exists():
             print(f"cycle_terms: skipped {r['policy']} ({r['prompts']}): its traces are not at hand", file=sys.stderr)
             continue
+        note = r.get("note") or ""
+        # as promote predicted it: its profile (none: the trace's live cycles) and timing
+        prof = r.get("profile")
+        profile = None if not prof or prof == "live cycles of the trace" else root / prof
         try:
-            (p,) = replay(trace, [r["policy"]], profile=root / (r.get("profile") or r["trace"]))
+            (p,) = replay(trace, [r["policy"]], profile=profile,
+                          timing="calibrated" if "timing=calibrated" in note else "model",
+                          other_setup="other-setup profile" in note, bootstrap=0)
             cyc = Trace.open(live).cycles
         except (TraceError, ValueError) as e:
-            print(f"cycle_terms: {r['policy']}: {e}", file=sys.stderr)
-            return 2
+            print(f"cycle_terms: {r['policy']} ({r['prompts']}): {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if not p.replayable:
+            print(f"cycle_terms: {r['policy']} ({r['prompts']}): not replayable: {p.reason}", file=sys.stderr)
+            failed += 1
+            continue
         pred = {t: float(np.mean(p.per_cycle[t])) for t in TERMS}
         meas = {t: float(np.mean(cyc[t].to_numpy())) for t in TERMS}
         err = {t: (pred[t] - meas[t]) / meas[t] if meas[t] > 0 else None for t in TERMS}
@@ -65,7 +84,7 @@ def main(argv=None) -> int:
     for prompts in sorted({k[0] for k in errs}):
         parts = [f"{t[:-2]} {100 * np.median(errs[(prompts, t)]):+.1f} %" for t in TERMS if (prompts, t) in errs]
         print(f"{prompts}: median signed error per term: " + ", ".join(parts))
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

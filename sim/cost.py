@@ -400,7 +400,8 @@ class CostModel:
         }
         if split and check.any():
             pd, md, pv, mv = parts(check)
-            over = self.overhead("chain") * int(check.sum())
+            over = sum(self.overhead("ar" if b <= 1 else "chain", int(v))
+                       for b, v in zip(c["block_size"][check], c["verify_tokens"][check]))
             measured_cycle = md + mv + float(c["overhead_s"][check].sum())
             predicted_cycle = pd * factors["draft"] + pv * factors["target"] + over
 

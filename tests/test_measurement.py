@@ -43,8 +43,7 @@ def test_a_copied_tree_states_its_commit(tmp_path, monkeypatch):
     run = json.loads((make_trace(tmp_path / "a", output_lengths=(20,), block_sizes=(4,),
                                  live_policy="fixed(b=4)") / "run.json").read_text())
     assert (run["git_commit"], run["git_dirty"]) == (sha, False)
-    monkeypatch.delenv("SPECREPLAY_GIT_DIRTY")
-    monkeypatch.setenv("SPECREPLAY_GIT_COMMIT", "not-a-sha")
+    monkeypatch.setenv("SPECREPLAY_GIT_COMMIT", "abc1234")  # a short sha: not a stated commit
     run = json.loads((make_trace(tmp_path / "b", output_lengths=(20,), block_sizes=(4,),
                                  live_policy="fixed(b=4)") / "run.json").read_text())
     assert (run["git_commit"], run["git_dirty"]) == (None, None)

@@ -8,6 +8,7 @@ trace's timing.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,10 @@ def git_dirty(where: str | Path | None = None) -> bool | None:
     package, no git): provenance must never fail a recording. A stated commit
     (``traces.writer.COMMIT_ENV``) comes with its stated dirtiness: ``DIRTY_ENV`` "1" or
     "0", None when not stated."""
-    if where is None and os.environ.get("SPECREPLAY_GIT_COMMIT") is not None:
+    stated = os.environ.get("SPECREPLAY_GIT_COMMIT")
+    if where is None and stated is not None:
+        if not re.fullmatch(r"[0-9a-f]{40}", stated.strip().lower()):
+            return None  # no valid stated commit (git_commit records null): no dirtiness either
         return {"1": True, "0": False}.get(os.environ.get("SPECREPLAY_GIT_DIRTY", "").strip())
     cwd = Path(where) if where is not None else Path(__file__).resolve().parent
     try:

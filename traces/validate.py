@@ -510,9 +510,11 @@ def check_profile(t: pa.Table, file: str | Path) -> list[Problem]:
         seen[first] = True
         dup = ~seen
     ck.rows("kind, q, context_len, batch", dup,
-            np.array([_Text(f"grid point ({kind[i]}, {q[i]}, {L[i]}, {B[i]}) again") for i in range(len(dup))]
+            np.array([_Text(f"grid point ({kind[i]}, {q[i]}, {L[i]}, {B[i]}"
+                            + (f", {cols[4][i]!r}" if len(cols) > 4 else "") + ") again")
+                      for i in range(len(dup))]
                      if dup.any() else dup, dtype=object),
-            "one row per grid point (kind, q, context_len, batch)")
+            "one row per grid point (kind, q, context_len, batch, and mode where present)")
     return ck.problems
 
 
