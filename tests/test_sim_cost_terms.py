@@ -179,6 +179,20 @@ def test_calibration_is_fitted_on_half_the_samples_and_checked_on_the_other(trac
                for n in m.notes)
 
 
+def test_calibration_check_charges_each_cycle_its_own_host_time(trace):
+    """The held-out check's cycle seconds take the host time of each cycle's own mode and
+    verify size (here the chain at 8 tokens, 2 ms), not one figure for every cycle."""
+    cyc = Trace.open(trace).cycles
+    cyc = cyc.set_column(cyc.column_names.index("overhead_s"), "overhead_s",
+                         pa.array(np.full(cyc.num_rows, 2e-3)))
+    m = CostModel(with_host_rows(Profile.open(trace).table, HOST))
+    m.calibrate(cyc)
+    check = m.calibration_check
+    assert check["draft_error"] == pytest.approx(0.0, abs=1e-9)
+    assert check["verify_error"] == pytest.approx(0.0, abs=1e-9)
+    assert check["cycle_error"] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_calibrated_replay_prints_its_check(trace):
     (p,) = replay(trace, ["fixed(b=8)"], timing="calibrated")
     assert "calibration check: fitted on 2 samples, on the other 2" in p.cost
