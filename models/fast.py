@@ -15,10 +15,13 @@ What keeps a forward short (every op is a kernel launch, and a captured step rep
 them all): RoPE cos/sin come from a table indexed by position (one gather per forward,
 not per layer); the boolean mask becomes one additive bias per forward; grouped-query
 attention folds each KV head's query group into the query-length axis, so attention
-reads K/V once per KV head with the memory-efficient kernel (an explicit mask with
-``enable_gqa`` falls back to the math kernel, which expands K/V per query head); the
+reads K/V once per KV head (an explicit mask with ``enable_gqa`` falls back to the
+math kernel, which expands K/V per query head), and few query rows on a GPU take two
+batched matmuls rather than a fused kernel that would leave most of the GPU idle; the
 residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
-outputs are copied straight into one preallocated feature buffer.
+outputs are copied straight into one preallocated feature buffer. On a GPU the
+elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated
+kernel each (``fused_stages``).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
 G = query heads per KV head.
@@ -27,13 +30,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
-           "attention", "attention_bias", "fuse_linears", "rope_table"]
+           "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
+           "Stages", "fused_stages"]
 
 # HF model_type values whose decoder this module computes exactly: pre-norm RMSNorm
 # blocks, RoPE, GQA attention (q/k RMSNorm for Qwen3), SwiGLU MLP.
@@ -42,6 +47,15 @@ SUPPORTED_TYPES = ("qwen3", "llama")
 # Attention kernels, best first. cuDNN is left out: it plans per shape, and the math
 # kernel is kept only as the last resort (a CPU, an odd head size).
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+# Query rows per KV head (G x query tokens) up to which attention runs as batched
+# matmuls (``small_attention``) instead of the fused SDPA kernels. Those tile 64 query
+# rows per program, so a decode or verify step (G*q = 4..64 rows) runs on one program per
+# KV head, 8 of an H200's 132 multiprocessors: 29 us per layer over 640 keys (measured,
+# Qwen3-8B shape, bf16), a sixth of a whole forward at q = 1; the matmuls spread the
+# keys over the GPU. Prefill and other long query runs keep the fused kernels. (The
+# flash kernel, which splits keys, takes no explicit mask.)
+SMALL_ATTENTION_ROWS = 256
 
 # Rows of the RoPE table built up front when the config names no position limit (it
 # grows with the cache beyond that).
@@ -150,6 +164,69 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * sin
 
 
+def qk_rope(qk: torch.Tensor, norm: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
+            eps: float) -> torch.Tensor:
+    """The per-head q/k RMSNorm (normalise, then scale in the model dtype: Qwen3's order;
+    skipped when ``norm`` is None) and RoPE, on qk [1, q, heads, D]."""
+    if norm is not None:
+        qk = F.rms_norm(qk, (qk.shape[-1],), None, eps) * norm
+    return rope(qk, cos, sin)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension."""
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def swiglu(gu: torch.Tensor, intermediate: int) -> torch.Tensor:
+    """silu(gate) * up of the fused gate/up projection's output."""
+    return F.silu(gu[..., :intermediate]) * gu[..., intermediate:]
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The elementwise stages a forward calls through (``self.stages.qk_rope``...): the
+    plain eager functions (``EAGER``), or their compiled versions (``fused_stages``)."""
+    qk_rope: Callable
+    swiglu: Callable
+    rms_norm: Callable
+    name: str
+
+
+EAGER = Stages(qk_rope, swiglu, rms_norm, "eager elementwise stages")
+_FUSED: dict[str, Stages] = {}
+
+
+def fused_stages(device) -> tuple[Stages, str]:
+    """On a GPU, the stages compiled by torch.compile (one generated kernel per stage
+    instead of two to seven: 0.6-0.8 ms of a Qwen3-8B-shaped forward on an H200,
+    measured), shape-generic so one compile serves every query length; compiled once per
+    process and device, on first use. Returns (stages, what they are); ``EAGER`` and the
+    reason on a CPU (the float32 equality tests compare the eager rounding order) or
+    where compiling fails (no toolchain). Eager and compiled compute the same function;
+    benchmarks/live_speed.py's check compares captured (compiled) and eager calls."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return EAGER, "eager elementwise stages (a CPU)"
+    key = str(dev)
+    if key not in _FUSED:
+        try:
+            stages = Stages(*(torch.compile(f, dynamic=True, fullgraph=True) for f in (qk_rope, swiglu, rms_norm)),
+                            name="compiled elementwise stages (torch.compile)")
+            # one tiny call of each now: a missing toolchain fails here, not mid-capture
+            with torch.inference_mode():
+                x = torch.randn(1, 2, 3, 8, device=dev)
+                cs = torch.ones(1, 2, 1, 8, device=dev)
+                stages.qk_rope(x, torch.ones(3, 8, device=dev), cs, cs, 1e-6)
+                stages.swiglu(torch.randn(1, 2, 8, device=dev), 4)
+                stages.rms_norm(torch.randn(1, 2, 8, device=dev), torch.ones(8, device=dev), 1e-6)
+        except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager stages
+            why = str(err).splitlines()[0][:160] if str(err) else ""
+            return EAGER, f"eager elementwise stages: torch.compile failed ({type(err).__name__}: {why})"
+        _FUSED[key] = stages
+    return _FUSED[key], _FUSED[key].name
+
+
 def attention_bias(mask: torch.Tensor | None, groups: int, dtype) -> torch.Tensor | None:
     """A boolean mask [1, 1, q, S] (True = visible) as the additive bias [1, 1, G*q, S]
     that ``attention`` takes (its rows repeat per query head of a group), or None."""
@@ -168,8 +245,34 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     kv_heads = k.shape[1]
     g = heads // kv_heads
     q = q.view(1, n, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(1, kv_heads, g * n, d)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    if small_route(g * n, q):
+        out = small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale)[None]
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return out.reshape(1, kv_heads, g, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, heads * d)
+
+
+def small_route(rows: int, q: torch.Tensor) -> bool:
+    """Whether ``attention`` takes ``small_attention`` for ``rows`` query rows per KV head:
+    on a GPU up to SMALL_ATTENTION_ROWS (the speed reason is there). On a CPU the SDPA
+    kernel stays, so float32 runs keep the hf backend's rounding order (both orders are
+    equally close to a float64 reference; a test runs the decoder through this route on a
+    CPU too)."""
+    return q.is_cuda and rows <= SMALL_ATTENTION_ROWS
+
+
+def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    """Attention of few query rows as two batched matmuls around a float32 softmax.
+    q [KV, R, D]; k, v [KV, S, D]; bias [1, R, S] additive or None. The scores and the
+    softmax are float32 (as the fused kernels keep them); the probabilities are rounded
+    to the model dtype before they weight V (as the fused kernels do too)."""
+    if q.is_cuda and q.dtype != torch.float32:
+        s = torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+    else:
+        s = torch.bmm(q.float(), k.float().transpose(1, 2))
+    s = s.mul_(scale) if bias is None else torch.add(bias, s, alpha=scale)
+    return torch.bmm(torch.softmax(s, dim=-1).to(v.dtype), v)
 
 
 @dataclass
@@ -236,6 +339,7 @@ class FastTarget:
         self.inv_freq = rotary.inv_freq.float().to(self.embed.device)
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         self.taps = list(tap_layers)
+        self.stages = EAGER
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.vocab = self.embed.shape[0]
         self.max_positions = getattr(cfg, "max_position_embeddings", None)
@@ -274,21 +378,17 @@ class FastTarget:
         last = len(self.layers) - 1
         scale = D ** -0.5
         for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps)
+            h = self.stages.rms_norm(x, layer.attn_norm, self.eps)
             qkv = F.linear(h, layer.wqkv, layer.bqkv)
-            qk = qkv[..., :(H + KV) * D].view(1, n, H + KV, D)
-            if layer.qk_norm is not None:
-                # normalise, then scale in the model dtype (Qwen3's order)
-                qk = F.rms_norm(qk, (D,), None, self.eps) * layer.qk_norm
-            qk = rope(qk, cos, sin)
+            qk = self.stages.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
             v = qkv[..., (H + KV) * D:].view(1, n, KV, D)
             kv.k[i].index_copy_(2, write_rows, qk[:, :, H:].transpose(1, 2))
             kv.v[i].index_copy_(2, write_rows, v.transpose(1, 2))
             out = attention(qk[:, :, :H], kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], bias, scale)
             _residual(x, out, layer.wo, layer.bo)
-            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps)
+            h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13, layer.b13)
-            act = F.silu(gu[..., :self.intermediate]) * gu[..., self.intermediate:]
+            act = self.stages.swiglu(gu, self.intermediate)
             _residual(x, act, layer.w2, layer.b2)
             if i in self.taps and i != last:
                 j = self.taps.index(i)

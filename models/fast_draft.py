@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from specreplay.models.draft import DFlashDraftModel
-from specreplay.models.fast import (SDPA_BACKENDS, StaticKV, attention, attention_bias, fuse_linears, rope,
+from specreplay.models.fast import (EAGER, SDPA_BACKENDS, StaticKV, attention, attention_bias, fuse_linears, rope,
                                     rope_table)
 
 
@@ -75,6 +75,7 @@ class FastDraft:
                 qk_norm, a.k_norm.weight.detach(), layer.post_attention_layernorm.weight.detach(),
                 w13, m.down_proj.weight.detach()))
         self.intermediate = self.fast[0].w13.shape[0] // 2
+        self.stages = EAGER
         self.table = None
         self.ensure_positions(4096)
 
@@ -123,17 +124,16 @@ class FastDraft:
         bias = attention_bias(mask, H // KV, self.dtype)
         scale = D ** -0.5
         for i, layer in enumerate(self.fast):
-            h = F.rms_norm(x, (self.hidden,), layer.attn_norm, self.eps)
+            h = self.stages.rms_norm(x, layer.attn_norm, self.eps)
             qkv = F.linear(h, layer.wqkv, layer.bqkv)
-            qk = F.rms_norm(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), (D,), None, self.eps) * layer.qk_norm
-            qk = rope(qk, cos, sin)
+            qk = self.stages.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
             k = torch.cat((kv.k[i][:, :, :kv_len], qk[:, :, H:].transpose(1, 2)), dim=2)
             v = torch.cat((kv.v[i][:, :, :kv_len], qkv[..., (H + KV) * D:].view(1, n, KV, D).transpose(1, 2)), dim=2)
             out = attention(qk[:, :, :H], k, v, bias, scale)
             x = x + F.linear(out, layer.wo, layer.bo)
-            h = F.rms_norm(x, (self.hidden,), layer.mlp_norm, self.eps)
+            h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13)
-            x = x + F.linear(F.silu(gu[..., :self.intermediate]) * gu[..., self.intermediate:], layer.w2)
+            x = x + F.linear(self.stages.swiglu(gu, self.intermediate), layer.w2)
         return draft.logits(draft.norm(x)[0, 1:]).float()
 
     def block_mask(self, b: int, context_len: int, kv_len: int, device) -> torch.Tensor:

@@ -264,3 +264,77 @@ def test_the_profiler_runs_the_replayed_calls(pair, replayed):
     keys = set(replayed.graphs)
     assert {("verify", q, span) for q in (1, 4) for span in (256, 512)} <= {k[:3] for k in keys}
     assert {("block", 4, span) for span in (256, 512)} <= {k[:3] for k in keys}
+
+
+@pytest.mark.parametrize("spec", ["fixed(b=6)", "fixed(b=6)+tree(topk=3, depth=3)",
+                                  "candidates(mode=branch_beam, depth=3, topk=3, verify=batch)",
+                                  "fixed(b=6)+refine(steps=2)"])
+def test_the_small_query_attention_route_keeps_greedy_equal_to_ar(pair, reference, spec, monkeypatch):
+    """The batched-matmul attention a GPU takes for verify and draft steps, forced on
+    here: greedy output still equals plain AR (it is exercised, not bypassed)."""
+    import specreplay.models.fast as fast
+    calls = []
+    real = fast.small_attention
+
+    def counted(*a):
+        calls.append(a[0].shape)
+        return real(*a)
+    monkeypatch.setattr(fast, "small_route", lambda rows, q: rows <= fast.SMALL_ATTENTION_ROWS)
+    monkeypatch.setattr(fast, "small_attention", counted)
+    target, draft = pair
+    _, refs, _ = reference
+    dec = Decoder(target, draft, parse_policy(spec), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
+    for i, (prompt, ref) in enumerate(zip(PROMPTS, refs)):
+        assert dec.run(i, prompt).output_ids == ref, spec
+    assert calls
+
+
+def test_small_attention_is_as_close_to_float64_as_sdpa():
+    """Scores, bias and softmax of the batched-matmul route against a float64 reference,
+    with a mask that hides keys: no further from it than SDPA's own float32 kernel."""
+    import torch.nn.functional as F
+    from specreplay.models.fast import attention_bias, small_attention
+    g = torch.Generator().manual_seed(5)
+    for rows, keys in ((4, 300), (64, 90)):
+        q, k, v = (torch.randn(8, n, 64, generator=g) for n in (rows, keys, keys))
+        visible = torch.rand(1, 1, rows, keys, generator=g) > 0.4
+        visible[..., 0] = True
+        visible[..., 1] = False
+        bias = attention_bias(visible, 1, torch.float32)[0]
+        scale = 64 ** -0.5
+        ref = F.scaled_dot_product_attention(q.double()[None], k.double()[None], v.double()[None],
+                                             attn_mask=bias.double()[None], scale=scale)[0]
+        sdpa = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias[None], scale=scale)[0]
+        small = small_attention(q, k, v, bias, scale)
+        assert small.shape == ref.shape
+        assert (small.double() - ref).abs().max() <= max(2 * (sdpa.double() - ref).abs().max(), 1e-6)
+        # a key hidden from every row changes nothing: moving its value leaves the output
+        v2 = v.clone()
+        v2[:, 1] += 100.0
+        torch.testing.assert_close(small_attention(q, k, v2, bias, scale), small, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("spec, fetches", [("fixed(b=6)", False), ("ewma", False),
+                                           ("fixed(b=6)+gate(min_prob=0.2)", True),
+                                           ("fixed(b=6)+tree(topk=3, depth=3)", True)])
+def test_a_top1_chain_leaves_the_proposal_on_the_device_until_the_verdict(pair, reference, spec, fetches,
+                                                                          monkeypatch):
+    """A fixed chain plans without reading the proposal: its tokens go to the verify on
+    the device and come back with the target's argmax in one copy (no separate fetch),
+    and the output still equals plain AR. A policy that reads the proposal fetches it."""
+    from specreplay.live.drafting import DeviceDraftView
+    fetched = []
+    real = DeviceDraftView._fetch
+
+    def counted(self):
+        if self._host is None:
+            fetched.append(self.start)
+        return real(self)
+    monkeypatch.setattr(DeviceDraftView, "_fetch", counted)
+    target, draft = pair
+    _, refs, _ = reference
+    dec = Decoder(target, draft, parse_policy(spec), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
+    res = dec.run(0, PROMPTS[0])
+    assert res.output_ids == refs[0]
+    assert all(isinstance(v, DeviceDraftView) and v.fetched for v in res.views if v.block_size > 1)
+    assert bool(fetched) == fetches
