@@ -357,7 +357,8 @@ def main() -> int:
                 dec.run(0, prompts[0])
         backend = runs["graph"].backend
         print(f"graph capture: {len(backend.graphs)} graphs, "
-              f"{sum(backend.capture_s.values()):.2f} s (outside every timed figure)")
+              f"{sum(backend.capture_s.values()):.2f} s (outside every timed figure); "
+              f"{getattr(backend, 'fusion', 'eager')}")
         with guard("kernel count", args.phase_timeout):
             n_kernels, unit = kernels_per_forward(backend, prompts[0])
         syncs = {name: syncs_per_cycle(runs[name], prompts[0]) for name in ("graph", "graph_norec", "ar")}

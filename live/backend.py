@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from specreplay.live.drafting import draft_block, topk_logprobs, topk_on_device
+from specreplay.live.drafting import draft_block, pack_topk, topk_logprobs
 from specreplay.live.profile_cli import BACKENDS
 from specreplay.live.verify import Packed, Verified, keep_committed, pack, packed_verified, prefill, verify_nodes
 from specreplay.policies.base import trie_nodes
@@ -184,6 +184,28 @@ class GraphBackend:
         self.graphs: dict[tuple, object] = {}
         self.capture_s = {"target": 0.0, "draft": 0.0, "record": 0.0}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
+        # captured runs take the compiled elementwise stages; ``fusion`` says which ran
+        self.fusion = "eager elementwise stages (no graph capture)"
+        if capture:
+            from specreplay.models.fast import fused_stages
+            stages, self.fusion = fused_stages(self.device)
+            self.fast.stages = self.fdraft.stages = stages
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One tiny prefill, so the stages compile here (outside every timed figure, in
+        the capture seconds) rather than in the first request's timed prefill; the
+        captured steps compile theirs in their capture warm-up."""
+        import time
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            kv = self.fast.new_cache(4)  # its own scratch cache: the backend's are sized per request
+            rows = torch.arange(4, device=self.device)
+            mask = torch.ones(4, 4, dtype=torch.bool, device=self.device).tril()[None, None]
+            self.fast.forward(kv, rows[None] + 1, rows[None], rows, mask, 4, last_logits=True)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.capture_s["target"] += time.perf_counter() - t0
 
     # ---- caches
     def start(self, prompt_len: int, max_new_tokens: int):
@@ -244,16 +266,24 @@ class GraphBackend:
                                           last_logits=keep)
         return logits, feats[None]
 
-    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
+    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, device_tokens=None):
+        """``device_tokens``: a chain's drafted tokens as a device tensor (offsets 1..),
+        written into the pass's input ids on the device; ``node_tokens`` then holds
+        placeholders that the caller replaces once the tokens reach the host."""
         self._check(tc)
         packed = pack(mode, paths, anchor, node_tokens)
         q = len(packed.tokens)
+        if device_tokens is not None and (mode != "chain" or device_tokens.numel() != q - 1):
+            raise ValueError(f"device tokens serve a chain of {q - 1} drafted tokens, not {mode} "
+                             f"with {device_tokens.numel()}")
         if self.capture:
             self._ensure(L + bucket(q))
-            logits, feats = self._verify_captured(tc, packed, L)
+            logits, feats = self._verify_captured(tc, packed, L, device_tokens)
         else:
             self._ensure(L + q)
             ids, pos, rows, mask = self._verify_inputs(packed, L, q, L + q)
+            if device_tokens is not None:
+                ids[0, 1:q].copy_(device_tokens)
             logits, feats = self.fast.forward(tc, ids, pos, rows, mask, L + q)
         if mode == "batch":
             return packed_verified(mode, paths, node_tokens, packed, logits[:q], feats[:q])
@@ -279,11 +309,14 @@ class GraphBackend:
         return (to_device(ids, torch.long, dev), to_device(pos, torch.long, dev),
                 to_device(rows, torch.long, dev), to_device(mask, torch.bool, dev))
 
-    def _verify_captured(self, tc, packed: Packed, L: int):
-        q_pad = bucket(len(packed.tokens))
+    def _verify_captured(self, tc, packed: Packed, L: int, device_tokens=None):
+        q = len(packed.tokens)
+        q_pad = bucket(q)
         span = kv_span(L + q_pad, tc.capacity)
         key = ("verify", q_pad, span, tc.capacity)
         inputs = self._verify_inputs(packed, L, q_pad, span)
+        if device_tokens is not None:
+            inputs[0][0, 1:q].copy_(device_tokens)
         step = self.graphs.get(key)
         if step is None:
             step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
@@ -370,12 +403,16 @@ class GraphBackend:
         device twice)."""
         if not self.capture:
             return topk_logprobs(logits, k)
-
-        def packed(buf):
-            ids, lps = topk_on_device(buf, k)
-            return torch.cat((ids, lps.view(torch.int32)), dim=1)
-        out = self._rowwise("draft", packed, logits, k).cpu().numpy()
+        # the same graph as view_packed's (one key, one function)
+        out = self._rowwise("draft", lambda b: pack_topk(b, k), logits, k).cpu().numpy()
         return out[:, :k].copy(), out[:, k:].view(np.float32).copy()
+
+    def view_packed(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        """``pack_topk`` of draft logits [n, V], left on the device (a ``DeviceDraftView``
+        fetches it when read); a copy, since later passes of the cycle replay the graph."""
+        if not self.capture:
+            return pack_topk(logits, k)
+        return self._rowwise("draft", lambda b: pack_topk(b, k), logits, k).clone()
 
     def _rowwise(self, phase: str, fn, logits: torch.Tensor, k: int):
         """``fn`` of ``logits`` [n, V] replayed from a graph per (fn, padded row count):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from specreplay.policies.base import DraftView
+
 
 def block_input(anchor: int, block_size: int, mask_token_id: int,
                 seeds: tuple[tuple[int, int], ...] = ()) -> list[int]:
@@ -108,3 +110,50 @@ def cycle_proposals(draft_pass, mask_token_id: int, anchor: int, block_size: int
         logits = torch.where(sel[:, None], new_logits, logits)
         passes += 1
     return logits, ids, lps, passes
+
+
+class DeviceDraftView(DraftView):
+    """A DraftView whose top-k still sit on the device, as one int32 tensor [b-1, 2k]
+    (ids, then the rounded log-probabilities' float32 bits). The host arrays are fetched
+    (one copy, one wait for the device) the first time anything reads them, or handed in
+    by ``take`` from a copy the loop makes anyway, so a policy that plans without looking
+    at the proposal (a fixed chain) lets the cycle wait for the device once, not twice."""
+
+    def __init__(self, sample: int, start: int, block_size: int, packed: torch.Tensor, k: int, rng):
+        object.__setattr__(self, "_packed", packed)
+        object.__setattr__(self, "_k", int(k))
+        object.__setattr__(self, "_host", None)
+        super().__init__(sample, start, block_size, None, None, rng)
+
+    # the dataclass fields ids/logprobs, read through the host copy
+    ids = property(lambda self: self._fetch()[0], lambda self, value: None)
+    logprobs = property(lambda self: self._fetch()[1], lambda self, value: None)
+
+    @property
+    def k(self) -> int:
+        return self._k
+
+    @property
+    def fetched(self) -> bool:
+        return self._host is not None
+
+    @property
+    def packed(self) -> torch.Tensor:
+        return self._packed
+
+    def _fetch(self):
+        if self._host is None:
+            self.take(self._packed.cpu().numpy())
+        return self._host
+
+    def take(self, host: np.ndarray) -> None:
+        """The packed rows as host memory (a copy of ``packed``)."""
+        k = self._k
+        host = np.ascontiguousarray(host, dtype=np.int32).reshape(-1, 2 * k)
+        object.__setattr__(self, "_host", (host[:, :k].copy(), host[:, k:].copy().view(np.float32)))
+
+
+def pack_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """``topk_on_device`` of logits [n, V] packed as ``DeviceDraftView`` holds it."""
+    ids, lps = topk_on_device(logits, k)
+    return torch.cat((ids, lps.view(torch.int32)), dim=1)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from specreplay.live.backend import backend_for, rows_of
-from specreplay.live.drafting import block_input, cycle_proposals
+from specreplay.live.drafting import DeviceDraftView, block_input, cycle_proposals
 from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from specreplay.live.timing import CycleClock, wall_sync
 from specreplay.live.verify import Verified
@@ -136,6 +136,8 @@ class Decoder:
         self.device = target.get_input_embeddings().weight.device
         self.stop_ids = frozenset(int(t) for t in config.stop_token_ids)
         self.clock = CycleClock(self.device)
+        # a backend that can leave the DraftView's top-k on the device (graph)
+        self.device_views = hasattr(self.backend, "view_packed")
         # plain AR never drafts, so it needs no target features
         self.drafts = policy.block.name != "ar"
         if policy.max_rank() >= config.oracle_top_k:
@@ -198,11 +200,24 @@ class Decoder:
         logits, view = self._draft(state, req, b, anchor)
         plan = self.policy.plan_verify(view)
         self._check_plan(plan, b, view.k)
-        tokens, q_rows = self._plan_tokens(state, plan, view, logits)
+        # a greedy top-1 chain planned without reading the proposal: its tokens go from
+        # the draft's top-k to the verify on the device, and they come back with the
+        # target's argmax in one copy (the cycle's only wait for the device)
+        on_device = (isinstance(view, DeviceDraftView) and not view.fetched and self._top1_chain(plan))
+        if on_device:
+            n = len(plan.paths[0])
+            tokens, q_rows, extra = [0] * n, None, {"device_tokens": view.packed[:n, 0]}
+        else:
+            tokens, q_rows = self._plan_tokens(state, plan, view, logits)
+            extra = {}
         clock.mark("target0")
-        ver = self.backend.verify(state.target_cache, plan.mode, plan.paths, anchor, tokens, L, self.drafts)
+        ver = self.backend.verify(state.target_cache, plan.mode, plan.paths, anchor, tokens, L, self.drafts,
+                                  **extra)
         clock.mark("target1")
-        acc = self._accept(state, ver, q_rows)
+        if on_device:
+            acc, tokens = self._accept_on_device(ver, view, n)
+        else:
+            acc = self._accept(state, ver, q_rows)
         path_tokens = [tokens[j] for j in ver.path_nodes(acc.path)]
         acc = cap_accepted(acc, path_tokens, remaining, self.stop_ids)
         self._commit(state, ver, acc, path_tokens, L)
@@ -261,6 +276,15 @@ class Decoder:
 
         def draft_pass(block_ids, context, cached, context_len):
             return self.backend.draft_pass(dc, block_ids, context, cached, context_len)
+        if self.device_views and not req.seeds and not req.refine_steps:
+            # one plain pass; its top-k stay on the device until something reads them
+            logits = draft_pass(block_input(anchor, b, self.draft.mask_token_id), state.pending,
+                                state.draft_cached, state.context_len)
+            state.pending, state.draft_cached = None, state.context_len
+            view = DeviceDraftView(state.sample, state.start, b, self.backend.view_packed(logits, k), k, rng)
+            state.seed_view = view
+            self.clock.mark("draft1")
+            return logits, view
         logits, ids, lps, _ = cycle_proposals(
             draft_pass, self.draft.mask_token_id, anchor, b, req.seeds, state.pending,
             state.draft_cached, state.context_len, k, req.refine_steps, req.refine_only_below,
@@ -294,6 +318,23 @@ class Decoder:
             toks = torch.multinomial(q, 1, generator=state.gen)[:, 0].tolist() if len(nodes) else []
             return [int(t) for t in toks], q
         return [int(view.ids[d - 1, r]) for _, d, r in nodes], None
+
+    def _top1_chain(self, plan: VerifyPlan) -> bool:
+        return (self.cfg.temperature <= 0 and plan.mode == "chain"
+                and all(r == 0 for r in plan.paths[0]))
+
+    def _accept_on_device(self, ver: Verified, view: DeviceDraftView, n: int):
+        """Greedy acceptance of a top-1 chain whose n tokens stayed on the device: the
+        target's argmax rows and the view's packed top-k come to the host in one copy,
+        which also fills the view and the verified pass's token placeholders."""
+        amax = ver.node_logits.argmax(-1).to(torch.int32)
+        host = torch.cat((amax, view.packed.flatten())).cpu().numpy()
+        view.take(host[n + 1:])
+        tokens = [int(t) for t in view.tokens[:n]]
+        ver.node_tokens[:] = tokens
+        if ver.packed is not None:
+            ver.packed.tokens[1:] = tokens
+        return greedy_accept([tokens], [host[:n + 1].tolist()]), tokens
 
     def _sampled_chain(self, plan: VerifyPlan) -> bool:
         return (self.cfg.temperature > 0 and self.cfg.sampling == "rejection"

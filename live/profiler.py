@@ -611,8 +611,13 @@ class GraphProfiler:
             def prepare():
                 dc.length = L - new
 
+            # the DraftView's top-k as the loop takes them: left on the device where the
+            # backend can (the loop's draft phase then ends without a host copy; a policy
+            # that reads the proposal waits for it in its host time)
+            topk = getattr(be, "view_packed", None) or be.view_topk
+
             def call():
-                return be.view_topk(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
+                return topk(be.draft_pass(dc, block, ctx, L - new, L), DRAFT_TOP_K)
             return call, prepare, prepare
         raise ValueError(f"no forward call for a {p.kind} point")
 
