@@ -190,17 +190,15 @@ class Stages:
     qk_rope: Callable
     swiglu: Callable
     rms_norm: Callable
+    softmax: Callable
     name: str
-
-
-EAGER = Stages(qk_rope, swiglu, rms_norm, "eager elementwise stages")
 _FUSED: dict[str, Stages] = {}
 
 
 def fused_stages(device) -> tuple[Stages, str]:
     """On a GPU, the stages compiled by torch.compile (one generated kernel per stage
     instead of two to seven: 0.6-0.8 ms of a Qwen3-8B-shaped forward on an H200,
-    measured), shape-generic so one compile serves every query length; compiled once per
+    measured, before the attention softmax joined them), shape-generic so one compile serves every query length; compiled once per
     process and device, on first use. Returns (stages, what they are); ``EAGER`` and the
     reason on a CPU (the float32 equality tests compare the eager rounding order) or
     where compiling fails (no toolchain). Eager and compiled compute the same function;
@@ -211,7 +209,8 @@ def fused_stages(device) -> tuple[Stages, str]:
     key = str(dev)
     if key not in _FUSED:
         try:
-            stages = Stages(*(torch.compile(f, dynamic=True, fullgraph=True) for f in (qk_rope, swiglu, rms_norm)),
+            stages = Stages(*(torch.compile(f, dynamic=True, fullgraph=True)
+                              for f in (qk_rope, swiglu, rms_norm, masked_softmax)),
                             name="compiled elementwise stages (torch.compile)")
             # one tiny call of each now: a missing toolchain fails here, not mid-capture
             with torch.inference_mode():
@@ -220,6 +219,8 @@ def fused_stages(device) -> tuple[Stages, str]:
                 stages.qk_rope(x, torch.ones(3, 8, device=dev), cs, cs, 1e-6)
                 stages.swiglu(torch.randn(1, 2, 8, device=dev), 4)
                 stages.rms_norm(torch.randn(1, 2, 8, device=dev), torch.ones(8, device=dev), 1e-6)
+                stages.softmax(torch.randn(2, 3, 8, device=dev), torch.zeros(1, 3, 8, device=dev), 0.5,
+                               torch.bfloat16)
         except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager stages
             why = str(err).splitlines()[0][:160] if str(err) else ""
             return EAGER, f"eager elementwise stages: torch.compile failed ({type(err).__name__}: {why})"
@@ -237,7 +238,7 @@ def attention_bias(mask: torch.Tensor | None, groups: int, dtype) -> torch.Tenso
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-              scale: float) -> torch.Tensor:
+              scale: float, stages: "Stages | None" = None) -> torch.Tensor:
     """Grouped-query attention. q [1, n, H, D] query rows; k, v [1, KV, S, D]; bias from
     ``attention_bias`` (or None: all visible). Each KV head's G query heads are laid out
     as G*n query rows of that head, so no kernel expands K/V. Returns [1, n, H*D]."""
@@ -246,7 +247,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     g = heads // kv_heads
     q = q.view(1, n, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(1, kv_heads, g * n, d)
     if small_route(g * n, q):
-        out = small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale)[None]
+        out = small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale,
+                              (stages or EAGER).softmax)[None]
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
     return out.reshape(1, kv_heads, g, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, heads * d)
@@ -262,17 +264,26 @@ def small_route(rows: int, q: torch.Tensor) -> bool:
 
 
 def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-                    scale: float) -> torch.Tensor:
+                    scale: float, softmax: Callable | None = None) -> torch.Tensor:
     """Attention of few query rows as two batched matmuls around a float32 softmax.
     q [KV, R, D]; k, v [KV, S, D]; bias [1, R, S] additive or None. The scores and the
     softmax are float32 (as the fused kernels keep them); the probabilities are rounded
-    to the model dtype before they weight V (as the fused kernels do too)."""
+    to the model dtype before they weight V (as the fused kernels do too). ``softmax``:
+    a ``masked_softmax`` (a compiled one fuses its four kernels)."""
     if q.is_cuda and q.dtype != torch.float32:
         s = torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
     else:
         s = torch.bmm(q.float(), k.float().transpose(1, 2))
-    s = s.mul_(scale) if bias is None else torch.add(bias, s, alpha=scale)
-    return torch.bmm(torch.softmax(s, dim=-1).to(v.dtype), v)
+    return torch.bmm((softmax or masked_softmax)(s, bias, scale, v.dtype), v)
+
+
+def masked_softmax(s: torch.Tensor, bias: torch.Tensor | None, scale: float, dtype) -> torch.Tensor:
+    """softmax(scale * s + bias) over the last dimension, in float32, rounded to dtype."""
+    s = s * scale if bias is None else torch.add(bias, s, alpha=scale)
+    return torch.softmax(s, dim=-1).to(dtype)
+
+
+EAGER = Stages(qk_rope, swiglu, rms_norm, masked_softmax, "eager elementwise stages")
 
 
 @dataclass
@@ -384,7 +395,8 @@ class FastTarget:
             v = qkv[..., (H + KV) * D:].view(1, n, KV, D)
             kv.k[i].index_copy_(2, write_rows, qk[:, :, H:].transpose(1, 2))
             kv.v[i].index_copy_(2, write_rows, v.transpose(1, 2))
-            out = attention(qk[:, :, :H], kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], bias, scale)
+            out = attention(qk[:, :, :H], kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], bias, scale,
+                            self.stages)
             _residual(x, out, layer.wo, layer.bo)
             h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13, layer.b13)

@@ -129,7 +129,7 @@ class FastDraft:
             qk = self.stages.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
             k = torch.cat((kv.k[i][:, :, :kv_len], qk[:, :, H:].transpose(1, 2)), dim=2)
             v = torch.cat((kv.v[i][:, :, :kv_len], qkv[..., (H + KV) * D:].view(1, n, KV, D).transpose(1, 2)), dim=2)
-            out = attention(qk[:, :, :H], k, v, bias, scale)
+            out = attention(qk[:, :, :H], k, v, bias, scale, self.stages)
             x = x + F.linear(out, layer.wo, layer.bo)
             h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13)
