@@ -81,17 +81,24 @@ def unsupported_reason(target) -> str | None:
 
 
 class StaticKV:
-    """K/V of every layer in preallocated tensors [1, kv_heads, C, D]; ``length`` rows are
-    committed. ``generation`` changes whenever the cache is handed to a new request, so a
-    stale holder can tell."""
+    """K/V of every layer in one preallocated tensor [layers, 2, kv_heads, C, D], seen per
+    layer as ``k[i]`` / ``v[i]`` [1, kv_heads, C, D]; ``length`` rows are committed.
+    One tensor, so that moving rows (a tree's chosen path, a candidate's row) is one
+    gather and one scatter for the whole cache, not two per layer launched from the
+    host (72 kernels, about 0.7 ms of host time a tree cycle on a Qwen3-8B shape).
+    ``generation`` changes whenever the cache is handed to a new request, so a stale
+    holder can tell."""
 
     def __init__(self, layers: int, kv_heads: int, capacity: int, head_dim: int, dtype, device):
-        shape = (1, kv_heads, capacity, head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.buf = torch.zeros((layers, 2, kv_heads, capacity, head_dim), dtype=dtype, device=device)
+        self._views()
         self.capacity = capacity
         self.length = 0
         self.generation = 0
+
+    def _views(self) -> None:
+        self.k = [self.buf[i, 0][None] for i in range(self.buf.shape[0])]
+        self.v = [self.buf[i, 1][None] for i in range(self.buf.shape[0])]
 
     def get_seq_length(self) -> int:
         return self.length
@@ -100,18 +107,16 @@ class StaticKV:
         """Copy cache rows ``src`` (device index tensor) to rows dst_start, dst_start+1, ...
         in every layer (the gather reads before the write lands)."""
         dst = torch.arange(dst_start, dst_start + src.numel(), device=src.device)
-        for k, v in zip(self.k, self.v):
-            k.index_copy_(2, dst, k.index_select(2, src))
-            v.index_copy_(2, dst, v.index_select(2, src))
+        self.buf.index_copy_(3, dst, self.buf.index_select(3, src))
 
     def grow(self, capacity: int) -> None:
-        """Enlarge to ``capacity`` rows in place, keeping the rows held (the tensors are
-        new, so graphs captured over the old ones must be dropped)."""
-        for kv in (self.k, self.v):
-            for i, old in enumerate(kv):
-                shape = (*old.shape[:2], capacity, old.shape[3])
-                kv[i] = torch.zeros(shape, dtype=old.dtype, device=old.device)
-                kv[i][:, :, :self.capacity] = old
+        """Enlarge to ``capacity`` rows in place, keeping the rows held (the tensor is new,
+        so graphs captured over the old one must be dropped)."""
+        old = self.buf
+        shape = (*old.shape[:3], capacity, old.shape[4])
+        self.buf = torch.zeros(shape, dtype=old.dtype, device=old.device)
+        self.buf[:, :, :, :self.capacity] = old
+        self._views()
         self.capacity = capacity
 
 

@@ -338,3 +338,25 @@ def test_a_top1_chain_leaves_the_proposal_on_the_device_until_the_verdict(pair, 
     assert res.output_ids == refs[0]
     assert all(isinstance(v, DeviceDraftView) and v.fetched for v in res.views if v.block_size > 1)
     assert bool(fetched) == fetches
+
+
+def test_static_kv_moves_rows_of_every_layer_at_once_and_grows_keeping_them():
+    """move_rows copies the chosen rows of every layer's K and V into place (one gather
+    and one scatter over the one cache tensor) and leaves the others; grow keeps the rows
+    and the per-layer views still alias the cache."""
+    from specreplay.models.fast import StaticKV
+    kv = StaticKV(3, 2, 10, 4, torch.float32, "cpu")
+    kv.buf.copy_(torch.randn(kv.buf.shape, generator=torch.Generator().manual_seed(1)))
+    before = kv.buf.clone()
+    kv.move_rows(torch.tensor([6, 8]), 4)
+    for i in range(3):
+        for layer, old in ((kv.k[i], before[i, 0]), (kv.v[i], before[i, 1])):
+            torch.testing.assert_close(layer[0, :, 4:6], old[:, [6, 8]], atol=0, rtol=0)
+            keep = [r for r in range(10) if r not in (4, 5)]
+            torch.testing.assert_close(layer[0, :, keep], old[:, keep], atol=0, rtol=0)
+    moved = kv.buf.clone()
+    kv.grow(16)
+    assert kv.capacity == 16 and kv.k[0].shape == (1, 2, 16, 4)
+    torch.testing.assert_close(kv.buf[:, :, :, :10], moved, atol=0, rtol=0)
+    kv.k[2][0, 1, 12] = 7.0
+    assert kv.buf[2, 0, 1, 12, 0] == 7.0
