@@ -39,10 +39,11 @@ def test_shipped_findings_equal_the_command_output():
                                      "regenerate it with the command in its first paragraph")
 
 
-def test_benchmark_findings_equal_the_command_output():
-    """The float32 fixture-pair study's record in benchmarks/results: its findings are
-    what its ledger gives."""
-    ledger, out = "benchmarks/results/fixture_graph_ledger.csv", "benchmarks/results/fixture_graph_findings.md"
+@pytest.mark.parametrize("name", ["fixture_graph", "twin_engine"])
+def test_benchmark_findings_equal_the_command_output(name):
+    """The study records in benchmarks/results (the float32 fixture-pair re-run, the twin
+    study on the engine of 2026-12-03): their findings are what their ledgers give."""
+    ledger, out = f"benchmarks/results/{name}_ledger.csv", f"benchmarks/results/{name}_findings.md"
     want = findings_markdown(read_ledger(ROOT / ledger), ledger, f"specreplay ledger findings {ledger} --out {out}")
     assert (ROOT / out).read_text(encoding="utf-8") == want
 
