@@ -85,7 +85,7 @@ class StaticKV:
     layer as ``k[i]`` / ``v[i]`` [1, kv_heads, C, D]; ``length`` rows are committed.
     One tensor, so that moving rows (a tree's chosen path, a candidate's row) is one
     gather and one scatter for the whole cache, not two per layer launched from the
-    host (72 kernels on a Qwen3-8B shape, in every tree cycle whose accepted path is not
+    host (144 kernels on a Qwen3-8B shape, in every tree cycle whose accepted path is not
     already laid out in place).
     ``generation`` changes whenever the cache is handed to a new request, so a stale
     holder can tell."""
