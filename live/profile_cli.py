@@ -136,7 +136,7 @@ def run_profile(args) -> int:
     from specreplay.live.backend import cli_backend
     from specreplay.live.profiler import (DRAFT_TOP_K, GraphProfiler, Profiler, context_grid, describe_setup,
                                           estimate_seconds, host_policies, host_summary, max_positions,
-                                          monotonicity, with_overrides)
+                                          monotonicity, recorded_text, with_overrides)
     from specreplay.models.loading import file_hashes, load_draft, load_target
     from specreplay.traces.io import write_json
     from specreplay.traces.writer import read_json, write_profile
@@ -154,6 +154,8 @@ def run_profile(args) -> int:
     draft = load_draft(args.draft, target)
     backend = cli_backend(args.backend, target, draft)
     prof = (GraphProfiler if backend == "graph" else Profiler)(target, draft, grid, device)
+    # the host-time decodes read the recorded text, so they accept what the live runs do
+    prof.host_text = recorded_text(args.out)
     if not prof.points:
         raise CLIError(f"every point of the grid runs past the position limit (target "
                        f"{max_positions(target)}, draft {max_positions(draft)}); ask for "
@@ -163,7 +165,8 @@ def run_profile(args) -> int:
     print("profile grid: " + ", ".join(f"{n} {k}" for k, n in counts.items()) +
           f" points, {grid.warmup} warm-up + {grid.repeats} timed calls each; host time from "
           f"{grid.host_cycles} live cycles of each of {len(hosts)} policies ({', '.join(hosts)}) "
-          f"per context length and pass")
+          f"per context length and pass, their prompts "
+          f"{'cut from the recorded samples' if prof.host_text else 'random tokens'}")
     if prof.skipped:
         print("\n".join(describe_skipped(prof.skipped, max_positions(target), max_positions(draft))))
     estimate = estimate_seconds(prof.points, grid, prof.probe())
@@ -179,7 +182,10 @@ def run_profile(args) -> int:
         "draft": {"id": args.draft, "files": file_hashes(args.draft),
                   "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
         # what a draft row times (profiles before this field timed the bare pass + argmax)
-        "draft_row": f"loop draft step: host-built block, pass, top-{DRAFT_TOP_K} to host",
+        "draft_row": (f"loop draft step: host-built block, pass, top-{DRAFT_TOP_K} kept on the device"
+                      if backend == "graph" else f"loop draft step: host-built block, pass, top-{DRAFT_TOP_K} to host"),
+        "host_prompts": ("windows of the recorded samples' prompt and output tokens" if prof.host_text
+                         else "random tokens (no recorded samples in --out)"),
     }
     out = write_profile(args.out, result.rows, meta)
     # the checks and the backend's own figures go beside the setup in profile.json

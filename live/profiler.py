@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -263,10 +264,15 @@ def host_policies(block_sizes: Iterable[int]) -> list[str]:
 
 
 def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[dict]:
+                 progress: Callable[[int], None] | None = None,
+                 text: list[int] | None = None) -> list[dict]:
     """Overhead rows from the live loop's own cycles (live/loop.py ``Decoder``, recording
     off as ``promote`` runs it): for every ``host_policies`` policy and grid context
-    length, a decode of a random prompt of that length; its first ``warmup`` + 1 cycles
+    length, a decode of a prompt of that length: a window of ``text`` (the recorded
+    samples' tokens, ``recorded_text``) at a random place, or random tokens without it.
+    Real text matters because a cycle's host work grows with what it accepts (a tree
+    moves its accepted path's K/V into place; random prompts accept almost nothing).
+    Its first ``warmup`` + 1 cycles
     untimed (graph capture, warm caches), the next ``host_cycles`` timed by the loop
     itself (``overhead_s`` = cycle seconds outside the draft and verify spans). Points
     are run in a fresh shuffled order on each of ``min(repeats, HOST_PASSES)`` passes.
@@ -302,7 +308,7 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
                     spec, L = points[j]
                     dec = decoders[spec]
                     gated = dec.policy.verify is not None and dec.policy.verify.gates
-                    state = dec.begin(0, rng.integers(0, vocab, L).tolist())
+                    state = dec.begin(0, _host_prompt(text, L, vocab, rng))
                     while len(state.cycles) < cycles and dec.step(state):
                         pass
                     dec.finish(state)
@@ -318,6 +324,29 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
     seen = {k: [t for t in v if t > 0] for k, v in seen.items()}
     return [{"kind": "overhead", "q": int(q), "context_len": int(L), "batch": 1, "mode": mode,
              **summarize(t)} for (mode, q, L), t in sorted(seen.items()) if t]
+
+
+def _host_prompt(text: list[int] | None, L: int, vocab: int, rng) -> list[int]:
+    """L tokens: a window of ``text`` (repeated when shorter) or random ids."""
+    if not text:
+        return rng.integers(0, vocab, L).tolist()
+    start = int(rng.integers(0, len(text)))
+    reps = -(-(start + L) // len(text))
+    return (text * reps)[start:start + L]
+
+
+def recorded_text(folder) -> list[int] | None:
+    """The recorded samples' prompt and output tokens of the trace in ``folder``, one
+    after another (the host-time decodes' prompts), or None without a readable trace."""
+    from specreplay.traces.reader import Trace
+    if not (Path(folder) / "run.json").exists():
+        return None
+    try:
+        samples = Trace.open(folder).samples.to_pylist()
+    except Exception:  # not a readable trace: random prompts apply
+        return None
+    text = [int(t) for s in samples for t in (*s["prompt_ids"], *s["output_ids"])]
+    return text or None
 
 
 def host_summary(rows: list[dict]) -> dict[str, float]:
@@ -352,6 +381,7 @@ class Profiler:
         self.vocab = target.get_input_embeddings().num_embeddings
         self.dtype = next(draft.parameters()).dtype
         self.points, self.skipped = plan_points(grid, max_positions(target), max_positions(draft))
+        self.host_text: list[int] | None = None  # prompts of the host-time decodes (measure_host)
 
     def run(self, progress: Callable[[list[Point]], None] | None = None) -> ProfileRun:
         """Measure every planned point, one (context_len, batch) group at a time;
@@ -361,7 +391,7 @@ class Profiler:
         with torch.inference_mode():
             for (L, B), group in _groups(self.points):
                 rows += self.measure_group(L, B, group, progress)
-        rows += measure_host(self.target, self.draft, "hf", self.grid, self.seed)
+        rows += measure_host(self.target, self.draft, "hf", self.grid, self.seed, text=self.host_text)
         return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
 
     def probe(self) -> dict[str, tuple[float, float]]:
@@ -559,8 +589,9 @@ class GraphProfiler:
     ones live/loop.py makes, replayed from the same captured graphs): ``target`` = a
     chain verify of q rows at cache length context_len (padded to its bucket and cache
     span exactly as in the loop), ``tree_verify`` = a packed binary-trie verify of q
-    rows, ``draft`` = a draft pass of a block of q with one new context row plus the
-    top-k to the host; ``overhead`` rows come from the loop's own cycles on this
+    rows, ``draft`` = a draft pass of a block of q with one new context row plus its
+    top-k, kept on the device as the loop keeps them; ``overhead`` rows come from the
+    loop's own cycles on this
     backend (``measure_host``). Batch plans are packed rows on this backend, so batch is
     1.
 
@@ -579,6 +610,7 @@ class GraphProfiler:
         self.vocab = target.get_input_embeddings().num_embeddings
         self.backend = backend or GraphBackend(target, draft, capture=self.device.type == "cuda")
         self.points, self.skipped = plan_points(self.grid, max_positions(target), max_positions(draft))
+        self.host_text: list[int] | None = None  # prompts of the host-time decodes (measure_host)
         longest = max([p.context_len + max(p.q, max(self.grid.block_sizes)) for p in self.points] or [1])
         self.tc, self.dc = self.backend.start(longest, 0)
 
@@ -667,7 +699,7 @@ class GraphProfiler:
                     gc.enable()
         rows = [{"kind": p.kind, "q": p.q, "context_len": p.context_len, "batch": 1, **summarize(t)}
                 for p, t in zip(self.points, times)]
-        rows += measure_host(self.target, self.draft, self.backend, g, self.seed)
+        rows += measure_host(self.target, self.draft, self.backend, g, self.seed, text=self.host_text)
         return ProfileRun(rows, self.skipped, time.perf_counter() - t0)
 
     def meta(self, rows: list[dict]) -> dict:

@@ -55,3 +55,47 @@ def test_graph_profile_times_every_point_and_each_verify_modes_host_step():
     assert all(v > 0 for v in meta["host_s"].values())
     assert "violations" in meta["checks"]["monotone"]
     # the host rows came from real decodes through this very backend
+
+
+def test_host_decodes_read_windows_of_the_recorded_text(monkeypatch):
+    """With recorded text, every host-time decode's prompt is a window of it (of the grid
+    context's length, wrapping around); without, random ids."""
+    import numpy as np
+
+    from specreplay.live import profiler
+    from specreplay.live.loop import Decoder
+    target, draft = tiny_pair()
+    vocab = target.get_input_embeddings().num_embeddings
+    text = [(7 * i + 3) % vocab for i in range(min(50, vocab))]
+    assert len(set(text)) == len(text)
+    rng = np.random.default_rng(0)
+    for L in (7, 50, 120):
+        got = profiler._host_prompt(text, L, 1000, rng)
+        start = text.index(got[0])
+        assert got == [text[(start + i) % len(text)] for i in range(L)]
+    assert len(profiler._host_prompt(None, 9, 1000, rng)) == 9
+    seen = []
+    real = Decoder.begin
+
+    def begin(self, sample, prompt_ids):
+        seen.append(list(prompt_ids))
+        return real(self, sample, prompt_ids)
+    monkeypatch.setattr(Decoder, "begin", begin)
+    grid = Grid(q=(1,), context=(8, 20), batch=(1,), block_sizes=(4,), repeats=1, warmup=0, host_cycles=2)
+    rows = profiler.measure_host(target, draft, "graph", grid, 0, text=text)
+    assert rows and seen and {len(p) for p in seen} == {8, 20}
+    for p in seen:
+        start = text.index(p[0])
+        assert p == [text[(start + i) % len(text)] for i in range(len(p))]
+
+
+def test_recorded_text_is_the_samples_prompts_and_outputs(tmp_path):
+    """SYNTHETIC trace (unit test only): the text is every sample's prompt then output."""
+    from specreplay.live.profiler import recorded_text
+    from specreplay.traces.reader import Trace
+    from specreplay.traces.synthetic import make_trace
+    assert recorded_text(tmp_path / "none") is None
+    make_trace(tmp_path / "t", output_lengths=(12, 9, 20))
+    samples = Trace.open(tmp_path / "t").samples.to_pylist()
+    want = [t for s in samples for t in s["prompt_ids"] + s["output_ids"]]
+    assert want and recorded_text(tmp_path / "t") == want
