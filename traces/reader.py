@@ -79,12 +79,12 @@ def read_parquet(path: Path, schema: pa.Schema, table: str, project: bool = Fals
         t = None
         if project:
             try:
-                t = pq.read_table(path, memory_map=True, page_checksum_verification=True,
+                t = pq.read_table(path, memory_map=True, page_checksum_verification=True, use_threads=False,
                                   columns=schema.names)
             except (pa.ArrowInvalid, KeyError):
                 pass  # a column missing: read them all, and say which below
         if t is None:
-            t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+            t = pq.read_table(path, memory_map=True, page_checksum_verification=True, use_threads=False)
         names = t.schema.names  # decodes the footer's column names
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
         why = " ".join(str(e).split())  # Arrow's messages span lines; ours is one
@@ -341,9 +341,11 @@ class Trace:
         out = {}
         for k in np.unique(key):
             b, code = divmod(int(k), len(names))
-            mask = key == k
-            out[(int(b), names[code])] = self._oracle_group(t.filter(pa.array(mask)), int(b),
-                                                           names[code], logprob_dtype)
+            rows = np.flatnonzero(key == k)
+            lo, n = int(rows[0]), len(rows)
+            # a group stored contiguously (a compacted oracle) is a slice, not a copy
+            g = t.slice(lo, n) if int(rows[-1]) - lo + 1 == n else t.take(pa.array(rows))
+            out[(int(b), names[code])] = self._oracle_group(g, int(b), names[code], logprob_dtype)
         return out
 
     def _oracle_group(self, g: pa.Table, b: int, probe: str,
