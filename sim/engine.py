@@ -214,18 +214,34 @@ class Timer:
         if len(works) == 1:
             self.single(works[0])
             return
-        drafting = [w for w in works if w.block_size > 1]
-        L = max(w.context_len for w in works)
+        # one pass over the step's jobs (a step of 16 cycles runs every few cycles)
+        L = drafting = q = passes = rows = verify_q = 0
+        tree = False
+        hosts = set()
+        for w in works:
+            if w.context_len > L:
+                L = w.context_len
+            b = w.block_size
+            if b > 1:
+                drafting += 1
+                if b > q:
+                    q = b
+                if w.passes > passes:
+                    passes = w.passes
+            if w.tree:
+                tree = True
+            rows += w.verify_rows
+            if w.verify_q > verify_q:
+                verify_q = w.verify_q
+            hosts.add((w.host_mode, w.verify_tokens))
         draft_s, draft_src = 0.0, NO_SOURCE
         if drafting:
-            q = max(w.block_size for w in drafting)
-            passes = max(w.passes for w in drafting)
-            draft_s, draft_src = self.cost.seconds("draft", q, L, len(drafting))
+            draft_s, draft_src = self.cost.seconds("draft", q, L, drafting)
             draft_s *= passes
-        kind = "tree_verify" if any(w.tree for w in works) else "target"
-        rows = sum(w.verify_rows for w in works)
-        target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
-        overhead_s = max(self.cost.overhead(m, q) for m, q in {(w.host_mode, w.verify_tokens) for w in works})
+        kind = "tree_verify" if tree else "target"
+        target_s, target_src = self.cost.seconds(kind, verify_q, L, rows)
+        overhead = self.cost.overhead
+        overhead_s = max(overhead(m, t) for m, t in hosts)
         step_s = draft_s + target_s + overhead_s
         for w in works:
             w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, overhead_s, step_s
@@ -410,6 +426,9 @@ class Engine:
         self._plain_rows: dict = {}  # block size -> (plain group, its row_list, chain_list)
         self._chain_costs: dict = {}  # block size -> ``chain_costs``
         self._tree_costs: dict = {}  # id(plan) -> (plan, ``tree_costs``)
+        # what ``chain_cycles`` keeps: its cost entries by block size, the samples it ran
+        # (in order), their cycle counts, and per cycle start, block size, tau, seconds
+        self._chain_log: tuple | None = None
         # the longest context a cycle can have: the cost lists are read up to it
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
@@ -790,6 +809,8 @@ class Engine:
         finally:
             if was_enabled:
                 gc.enable()
+        if self._chain_log is not None:
+            self.log.columns = self._chain_columns()
         self.log.steps = self.gpu.steps
         self.log.batch_sizes = self.gpu.batch_sizes
         return self.log
@@ -802,7 +823,7 @@ class Engine:
         takes ``run_chains``."""
         clock, gpu = self.clock, self.gpu
         policy = self.make_policy()
-        if self.hot and not policy._inputs and policy._verify is None and self.timer.recorded is None:
+        if self.chain_policy(policy):
             self.run_chains(policy)
             return
         if not self.hot:
@@ -821,33 +842,52 @@ class Engine:
                 clock.now += secs
         gpu.steps += steps
 
+    def chain_policy(self, policy) -> bool:
+        """Whether ``policy`` (a HotPolicy) only chooses block sizes (no draft-input or
+        verify component) and its cycles take the cost model's seconds: then a
+        request's every cycle verifies the plain chain, which ``chain_cycles`` replays."""
+        return self.hot and not policy._inputs and policy._verify is None and \
+            self.timer.recorded is None
+
     def run_chains(self, policy: HotPolicy) -> None:
-        """``run_direct`` of a policy whose every cycle verifies the plain chain of the
-        block size it chose, under the cost model: ``request``'s plain-chain route as
-        one loop over all samples (no generator to resume, no job, no per-cycle record
-        tuple). Per cycle it keeps the start, block size, tau and seconds; the other
-        columns are filled in after the run from those, with the same cost lists the
-        loop read. The policy objects and the calls made to them are ``request``'s; a
-        test compares the two, and the reference, cycle by cycle."""
-        acc, data, log, clock = self.acc, self.data, self.log, self.clock
+        """``run_direct`` of a ``chain_policy``: ``chain_cycles`` over all samples, the
+        clock advanced by each cycle's seconds."""
+        clock, steps = self.clock, 0
+        for secs in self.chain_cycles(range(self.data.n_samples), policy):
+            clock.now += secs
+            steps += 1
+        self.gpu.steps += steps
+
+    def chain_cycles(self, samples, policy: HotPolicy):
+        """The requests of ``samples`` one after another, with a ``chain_policy`` and
+        the GPU never queueing (single stream, or one request in flight): ``request``'s
+        plain-chain route as one generator over the requests, yielding each prefill's
+        and cycle's seconds (the driver advances the clock by that much, or waits that
+        long in SimPy). Per cycle it keeps the start, block size, tau and seconds in
+        ``_chain_log``; the other columns are filled in after the run from those, with
+        the same cost lists the loop read (``_chain_columns``). The policy objects and
+        the calls made to them are ``request``'s; tests compare the two, and the
+        reference, cycle by cycle."""
+        acc, data, log, clock, timer = self.acc, self.data, self.log, self.clock, self.timer
         choose, observe, state = policy._choose, policy.observe, policy.state
         states = log.states if self.record_states else None
         allowed = data.max_new_tokens - 1
         prompts, out_lens, bases = self.data_prompt, data.out_len.tolist(), acc._base
-        chains: dict[int, tuple] = {}  # b -> (group, row_list, chain_list, draft, target, overhead, tokens)
-        starts: list[int] = []
-        blocks: list[int] = []
-        taus: list[int] = []
-        secs: list[float] = []
+        if self._chain_log is None:
+            self._chain_log = ({}, [], [], [], [], [], [])
+        chains, order, counts, starts, blocks, taus, secs = self._chain_log
         put_start, put_b, put_tau, put_s = starts.append, blocks.append, taus.append, secs.append
-        counts = []
         ctx = object.__new__(HotContext)
         cd = ctx.__dict__
         out = object.__new__(HotOutcome)
         od = out.__dict__
-        for sample in range(data.n_samples):
-            now = clock.now
-            t_arrival = now
+        for sample in samples:
+            t_arrival = clock.now
+            if self.serving:
+                work = Work(sample, 0, 1, 0, prefill=True)
+                timer.step([work])
+                yield work.step_s
+            t_first = clock.now
             n = out_lens[sample]
             last = n - 1  # S[0] came from prefill; complete once S[n-1] is committed
             prompt = prompts[sample]
@@ -880,7 +920,7 @@ class Engine:
                 tau = accepted + 1 if accepted + 1 < last - start else last - start
                 draft_s, target_s, overhead_s = hit[3][L], hit[4][L], hit[5]
                 cycle_s = draft_s + target_s + overhead_s
-                now += cycle_s  # the clock, as run_direct advances it
+                yield cycle_s  # the GPU never queues: the cycle takes exactly its step
                 od["cycle"], od["start"], od["block_size"] = cycle, start, b
                 od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
                 od["verify_tokens"] = hit[6]
@@ -897,11 +937,9 @@ class Engine:
                 cd["prev_outcome"] = out
                 start += tau
                 cycle += 1
-            clock.now = now
+            order.append(sample)
             counts.append(cycle)
-            log.requests.append((sample, t_arrival, t_arrival, now, n))
-        self.gpu.steps += len(starts)
-        log.columns = self._chain_columns(chains, counts, starts, blocks, taus, secs)
+            log.requests.append((sample, t_arrival, t_first, clock.now, n))
 
     def _chain_entry(self, b: int) -> tuple:
         """What ``run_chains`` reads per cycle of block size b: the plain group (None at
@@ -917,13 +955,13 @@ class Engine:
             hit = (None, None, None)
         return (*hit, costs[0], costs[2], costs[4], costs[5])
 
-    def _chain_columns(self, chains: dict, counts: list, starts: list, blocks: list,
-                       taus: list, secs: list) -> dict[str, np.ndarray]:
-        """``CYCLE_FIELDS`` columns of a ``run_chains`` run: what ``request`` records for
-        each of those cycles, gathered from the same cost lists."""
+    def _chain_columns(self) -> dict[str, np.ndarray]:
+        """``CYCLE_FIELDS`` columns of the cycles ``chain_cycles`` ran: what ``request``
+        records for each of them, gathered from the same cost lists."""
+        chains, order, counts, starts, blocks, taus, secs = self._chain_log
         n = len(starts)
         counts_a = np.asarray(counts, dtype=np.int64)
-        sample = np.repeat(np.arange(len(counts), dtype=np.int64), counts_a)
+        sample = np.repeat(np.asarray(order, dtype=np.int64), counts_a)
         first = np.concatenate([[0], np.cumsum(counts_a)[:-1]]).astype(np.int64)
         cycle = np.arange(n, dtype=np.int64) - np.repeat(first, counts_a)
         start = np.asarray(starts, dtype=np.int64)
@@ -961,6 +999,12 @@ class Engine:
                 yield from self.process(sample, policy)
             return
         request, gpu = self.request, self.gpu
+        if gpu.solo and self.chain_policy(policy):  # the only request in flight
+            timeout = self.env.timeout
+            for secs in self.chain_cycles(queue, policy):
+                gpu.steps += 1
+                yield timeout(secs)
+            return
         if gpu.solo:
             timeout = self.env.timeout
             for sample in queue:
