@@ -971,14 +971,17 @@ class Engine:
         draft_s, target_s, overhead_s = np.zeros(n), np.zeros(n), np.zeros(n)
         draft_src, target_src = np.zeros(n, np.int64), np.zeros(n, np.int64)
         verify_tokens = np.zeros(n, np.int64)
+        cost = self.timer.cost
         for b in chains:
             at = block == b
             Lb = L[at]
-            dv, ds, tv, ts, overhead, tokens = self._chain_costs[b]
-            draft_s[at] = np.asarray(dv, dtype=np.float64)[Lb]
-            draft_src[at] = np.asarray(ds, dtype=np.int64)[Lb]
-            target_s[at] = np.asarray(tv, dtype=np.float64)[Lb]
-            target_src[at] = np.asarray(ts, dtype=np.int64)[Lb]
+            overhead, tokens = self._chain_costs[b][4:]
+            # the arrays the loop's cost lists were made of (``chain_costs``' queries)
+            if b > 1:
+                draft_s[at], draft_src[at] = cost.seconds_array("draft", b, Lb, 1)
+            else:
+                draft_src[at] = NO_SOURCE
+            target_s[at], target_src[at] = cost.seconds_array("target", max(b, 1), Lb, 1)
             overhead_s[at] = overhead
             verify_tokens[at] = tokens
         return dict(zip(CYCLE_FIELDS, (
