@@ -294,8 +294,10 @@ class Acceptance:
                 g.ids = arr.draft_ids[sel]
         # the log-probabilities are read now only for the reader's value checks (a
         # trace with a bad value is refused whatever the policy), and dropped: the
-        # policies that read them load them on first use
-        data.trace.table("oracle", cache=False, columns=ORACLE_KEYS + ("draft_logprobs",))
+        # policies that read them load them on first use. Files checked before and
+        # unchanged since (``Trace.values_checked``) need no second check.
+        if not data.trace.values_checked("oracle"):
+            data.trace.table("oracle", cache=False, columns=ORACLE_KEYS + ("draft_logprobs",))
         # decoding the Parquet file and splitting it by group took several times the
         # arrays' size in Arrow buffers that are free now: hand them back to the OS
         pa.default_memory_pool().release_unused()

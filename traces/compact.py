@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from specreplay.traces.identity import differences, recording_identity
 from specreplay.traces.io import PARQUET_COMPACT, TraceError, table_files, write_json, write_parquet
-from specreplay.traces.reader import COMPACT_MARKER, Trace
+from specreplay.traces.reader import COMPACT_MARKER, Trace, write_checked_stamp
 from specreplay.traces.schema import TABLES
 from specreplay.traces.writer import now_utc, read_json
 
@@ -41,8 +41,9 @@ def _finish_compaction(trace_dir: Path) -> None:
 
 
 def compact(trace_dir: str | Path) -> list[str]:
-    """Rewrite every table of a trace held as parts into one ``<table>.parquet``.
-    Returns the tables rewritten."""
+    """Rewrite every table of a trace held as parts into one ``<table>.parquet``, then
+    check every table and write ``checked.json`` (``write_checked_stamp``). Returns the
+    tables rewritten."""
     trace_dir = Path(trace_dir)
     if (trace_dir / COMPACT_MARKER).exists():
         _finish_compaction(trace_dir)
@@ -57,6 +58,9 @@ def compact(trace_dir: str | Path) -> list[str]:
         d = trace_dir / name
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+    # every table checked as written, and the stamp that spares later reads the check
+    # while the files keep these bytes (traces.reader)
+    write_checked_stamp(trace_dir)
     return names
 
 
