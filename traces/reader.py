@@ -440,10 +440,11 @@ class Trace:
         out = {}
         for k in np.unique(key):
             b, code = divmod(int(k), len(names))
-            rows = np.flatnonzero(key == k)
+            mask = key == k
+            rows = np.flatnonzero(mask)
             lo, n = int(rows[0]), len(rows)
             # a group stored contiguously (a compacted oracle) is a slice, not a copy
-            g = t.slice(lo, n) if int(rows[-1]) - lo + 1 == n else t.take(pa.array(rows))
+            g = t.slice(lo, n) if int(rows[-1]) - lo + 1 == n else t.filter(pa.array(mask))
             out[(int(b), names[code])] = self._oracle_group(g, int(b), names[code], logprob_dtype)
         return out
 
