@@ -39,9 +39,13 @@ context and one outcome per request rewritten every cycle (``HotContext``,
 ``HotOutcome``), cached draft requests and chain plans (``HotPolicy``), views built only
 when a verify component reads them, a previous view only when a policy reads it, a
 plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
-verify shapes memoised per plan, tries memoised per path set. The policy objects are
-the ones the live loop runs, called as ``Composite`` calls them; nothing of their
-decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
+verify shapes memoised per plan, tries memoised per path set. A policy that only
+chooses block sizes (no draft-input or verify component: fixed, ewma, breakeven)
+under the cost model, with one request in flight (single stream, or concurrency 1),
+takes ``chain_cycles`` instead: ``request``'s plain-chain route as one generator over
+the requests, keeping four numbers per cycle and filling in the other columns after
+the run (``RunLog.columns``). The policy objects are the ones the live loop runs,
+called as ``Composite`` calls them; nothing of their decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
 frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
 as plainly as the loop reads above. Tests replay every policy family both ways (the
 direct loop, SimPy single stream, closed and open loop serving) and demand the same
@@ -370,7 +374,7 @@ class RunLog:
     steps: int = 0
     batch_sizes: list[int] = field(default_factory=list)
     # per-cycle columns (``CYCLE_FIELDS``) where the run wrote them as columns (the
-    # single-stream chain loop, ``Engine.run_chains``) instead of ``cycles``
+    # chain generator, ``Engine.chain_cycles``) instead of ``cycles``
     columns: dict | None = None
 
     def table(self) -> dict[str, np.ndarray]:

@@ -186,12 +186,29 @@ class OracleAgreement:
         return (self.share is None or self.share == 1.0) and self.divergent == 0
 
 
+# the tables the oracle agreement is read from (besides run.json and samples)
+AGREEMENT_TABLES = ("cycles", "oracle")
+
+
+def stamped_agreement(trace: Trace) -> tuple[int, int] | None:
+    """(agreeing, compared) as `trace compact` read them from the trace's unchanged
+    bytes (``Trace.checked_fact``), or None."""
+    v = trace.checked_fact("oracle_agreement", AGREEMENT_TABLES)
+    if isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v):
+        return v[0], v[1]
+    return None
+
+
 def oracle_agreement(trace: Trace, acc: Acceptance | None = None) -> OracleAgreement:
     """The trace's measured oracle agreement and AR divergences (see OracleAgreement).
     With the trace's ``Acceptance``, the oracle rows are looked up in its arrays
     (the rule of traces.check.oracle_live_agreement) instead of reading the oracle a
-    second time."""
-    if acc is None:
+    second time; a trace stamped by `trace compact` (traces.reader) carries the figure
+    read from its unchanged bytes."""
+    stamped = stamped_agreement(trace)
+    if stamped is not None:  # read from these very bytes when they were checked
+        agreeing, compared = stamped
+    elif acc is None:
         from specreplay.traces.check import oracle_live_agreement
         agreeing, compared = oracle_live_agreement(trace)
     else:
@@ -544,7 +561,9 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
     # once at that size (grown geometrically past it, e.g. by a prefill's prompt)
     cost.reserve(int((data.prompt_len + data.out_len).max()))
     recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
-    acc = Acceptance(data, seed)
+    # a trace whose files were checked and stamped carries its oracle agreement: the
+    # draft's token ids (most of the oracle's bytes) are then read only if a policy asks
+    acc = Acceptance(data, seed, ids=stamped_agreement(data.trace) is None)
     if acc.sampling:
         flags.insert(0, f"approximate (sampling: Monte Carlo, seed {seed})")
     prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None

@@ -88,3 +88,38 @@ def test_trace_check_runs_every_rule_on_a_stamped_trace(trace):
     problems = []
     t = Trace.open(trace, collect=problems)
     assert not t.values_checked("oracle")
+
+
+SPECS = ("fixed(b=4)", "ewma(candidates=4|8)", "fixed(b=8)+gate(min_prob=0.5)",
+         "fixed(b=8)+candidates(mode=branch_beam, depth=3, topk=2, max=4)",
+         "fixed(b=8)+refine(steps=2, only_below=0.5)")
+
+
+def test_a_stamped_load_replays_what_a_checked_load_replays(trace, tmp_path):
+    from specreplay.sim.replay import oracle_agreement, stamped_agreement
+    plain = Path(shutil.copytree(trace, tmp_path / "plain"))
+    (plain / CHECKED_STAMP).unlink()
+    stamped, checked = Replayer(trace, bootstrap=20), Replayer(plain, bootstrap=20)
+    # the stamp's agreement is the one replay measures from the loaded arrays
+    assert stamped_agreement(Trace.open(trace)) is not None
+    assert stamped_agreement(Trace.open(plain)) is None
+    assert stamped.setting.agreement == checked.setting.agreement
+    assert stamped.setting.agreement == oracle_agreement(Trace.open(plain))
+    # the token ids were not decoded at the stamped load; policies that read them load them
+    assert not stamped.setting.acc.loaded("draft_ids")
+    for spec in SPECS:
+        a = json.dumps(stamped.predict(spec).to_dict(), sort_keys=True).replace(str(trace), "T")
+        b = json.dumps(checked.predict(spec).to_dict(), sort_keys=True).replace(str(plain), "T")
+        assert a == b, spec
+
+
+def test_a_malformed_agreement_fact_is_not_used(trace):
+    from specreplay.sim.replay import stamped_agreement
+    path = trace / CHECKED_STAMP
+    stamp = json.loads(path.read_text())
+    for bad in ([1], ["1", 2], [-1, 3], None, 7):
+        path.write_text(json.dumps({**stamp, "facts": {"oracle_agreement": bad}}))
+        assert stamped_agreement(Trace.open(trace)) is None
+    edit(trace, "cycles", "drafted", 0, lambda d: d[::-1])  # another valid recording
+    path.write_text(json.dumps(stamp))
+    assert stamped_agreement(Trace.open(trace)) is None

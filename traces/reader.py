@@ -218,7 +218,9 @@ def rules_digest() -> str:
 def write_checked_stamp(trace_dir: str | Path) -> dict[str, str]:
     """Check every table of a trace (all value rules, as the reader applies them; a
     problem raises) and write ``checked.json``: the digest of each file checked, of
-    run.json and of the rules. Returns the file digests."""
+    run.json and of the rules, and facts read from those bytes (the oracle's agreement
+    with the live draft, ``traces.check.oracle_live_agreement``), so that a replay need
+    not decode the draft's token ids at load. Returns the file digests."""
     trace_dir = Path(trace_dir)
     stamp = trace_dir / CHECKED_STAMP
     stamp.unlink(missing_ok=True)  # the check below must not trust an older stamp
@@ -231,8 +233,13 @@ def write_checked_stamp(trace_dir: str | Path) -> dict[str, str]:
         trace.table(name, cache=False)
         for f in paths:
             files[f.relative_to(trace_dir).as_posix()] = file_digest(f)
+    facts = {}
+    if trace.has_table("oracle"):
+        # what replay reads the draft's token ids for at load (traces.check's rule)
+        from specreplay.traces.check import oracle_live_agreement
+        facts["oracle_agreement"] = [int(x) for x in oracle_live_agreement(trace)]
     from specreplay.traces.io import write_json
-    write_json(stamp, {"rules": rules_digest(), "files": files})
+    write_json(stamp, {"rules": rules_digest(), "files": files, "facts": facts})
     return files
 
 
@@ -302,7 +309,16 @@ class Trace:
         files = stamp.get("files") if isinstance(stamp, dict) else None
         if stamp.get("rules") != rules_digest() or not isinstance(files, dict):
             return None
+        facts = stamp.get("facts")
+        self._facts = facts if isinstance(facts, dict) else {}
         return files
+
+    def checked_fact(self, name: str, tables: tuple[str, ...]) -> Any:
+        """A fact ``write_checked_stamp`` read from this trace's bytes (None: no stamp,
+        no such fact, or one of ``tables`` changed since)."""
+        if self._stamp is None or not all(self.values_checked(t) for t in tables):
+            return None
+        return self._facts.get(name)
 
     def _unchanged(self, path: Path) -> bool:
         """Whether a file holds the bytes the stamp vouches for."""
