@@ -306,8 +306,10 @@ class Trace:
             stamp = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-        files = stamp.get("files") if isinstance(stamp, dict) else None
-        if stamp.get("rules") != rules_digest() or not isinstance(files, dict):
+        if not isinstance(stamp, dict) or stamp.get("rules") != rules_digest():
+            return None
+        files = stamp.get("files")
+        if not isinstance(files, dict):
             return None
         facts = stamp.get("facts")
         self._facts = facts if isinstance(facts, dict) else {}
