@@ -1,11 +1,12 @@
 """How fast the simulator replays, loads and sweeps. Not a test.
 
-Prints six lines::
+Prints seven lines::
 
     cycles_per_s fixed=N ewma_c1=N ewma_c16=N
     cycles_per_s_single ewma=N tree=N
-    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=compacted
-    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=parts
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=compacted checks=stamped
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=compacted checks=run
+    load load_s_per_Mpos=X bytes_per_pos=N oracle_bytes_per_pos=N positions=N layout=parts checks=run
     sweep policies=N sweep_s_1w=X sweep_s_2w=X sweep_speedup_2w=X layout=compacted
     long_context tokens=N samples=N fixed=N ewma=N ewma_vs_short=X
 
@@ -20,11 +21,15 @@ Prints six lines::
   the process's resident memory per position (what the loaded trace keeps, plus what
   the allocators keep of the decoding's buffers), and the bytes per position of the
   oracle arrays themselves (the draft's ids and log-probabilities are decoded and
-  checked, then dropped until a policy reads them). Twice: the trace compacted (one
-  file per table, `specreplay trace compact`) and as recorded (a part file per sample
-  and table);
+  checked, then dropped until a policy reads them). Three times: the trace compacted
+  (one file per table, `specreplay trace compact`), whose files carry the stamp of the
+  check compaction ran (``checked.json``: unchanged files are not checked again, and
+  the log-probabilities, read only to be checked, are not decoded); the same files
+  without the stamp (every value check runs); and as recorded (a part file per sample
+  and table, every check runs);
 * sweep: a 100-policy EWMA grid (``--sweep-policies``) through ``run_sweep`` with 1 and
-  with 2 worker processes on the compacted trace, wall-clock seconds including the load;
+  with 2 worker processes on the compacted (stamped) trace, wall-clock seconds
+  including the load;
 * long_context: samples of 32,768 output tokens, cycles per second of fixed and
   single-stream EWMA, and EWMA's rate relative to the short-context trace's.
 
@@ -59,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specreplay.sim.replay import Replayer  # noqa: E402
 from specreplay.sim.sweep import expand_grid, run_sweep  # noqa: E402
 from specreplay.traces.compact import compact  # noqa: E402
+from specreplay.traces.reader import CHECKED_STAMP  # noqa: E402
 from specreplay.traces.synthetic import make_trace, random_ranks  # noqa: E402
 
 SAMPLES, LENGTH, BLOCK_SIZES = 164, 2048, (4, 8, 12, 16)
@@ -162,7 +168,11 @@ def main() -> None:
         compacted = Path(tmp) / "compacted"
         shutil.copytree(trace, compacted)
         compact(compacted)
-        for layout, path in (("compacted", compacted), ("parts", trace)):
+        unstamped = Path(tmp) / "unstamped"
+        shutil.copytree(compacted, unstamped)
+        (unstamped / CHECKED_STAMP).unlink()
+        for layout, path in (("compacted checks=stamped", compacted),
+                             ("compacted checks=run", unstamped), ("parts checks=run", trace)):
             load = measure_load(path, warm)
             print(f"load load_s_per_Mpos={load['load_s'] / load['positions'] * 1e6:.2f} "
                   f"bytes_per_pos={load['bytes'] / load['positions']:.0f} "

@@ -105,6 +105,9 @@ class Ewma(Policy):
         self.candidates: tuple[int, ...] = k["candidates"]
         self.alpha, self.warmup, self.probe = k["alpha"], k["warmup"], k["probe"]
         self.margin, self.adl = k["margin"], k["mode"] == "adl"
+        self.keep = 1.0 - self.alpha  # the weight of the previous estimate
+        self.low_accept, self.low_streak = k["low_accept"], k["low_streak"]
+        self.streak, self.cooldown = k["streak"], k["cooldown"]
         self.reset(0)
 
     def _k_bounds(self) -> tuple[int, int]:
@@ -159,20 +162,65 @@ class Ewma(Policy):
         return self.score_hat.get(b)
 
     def observe(self, outcome: CycleOutcome) -> None:
+        # Runs once per replayed cycle: the steps of the class docstring written out (no
+        # helper calls, knobs as attributes; ADL's steps 2 and 5 through their helpers).
+        # ``_update_estimates``, ``_low_accept_fallback`` and ``_consider_switch`` are the
+        # same steps one by one; a test compares the two.
         b = outcome.block_size
         if b not in self.obs_count:
             return
-        self._update_estimates(b, outcome)
+        # 1. the EWMAs of b (ewma_update, inlined: the first observation initialises)
+        tau_in = outcome.tau
+        alpha = self.alpha
+        prev = self.tau_hat.get(b)
+        tau = float(tau_in) if prev is None else self.keep * prev + alpha * float(tau_in)
+        prev = self.cycle_hat.get(b)
+        secs = float(outcome.cycle_s) if prev is None else \
+            self.keep * prev + alpha * float(outcome.cycle_s)
+        self.tau_hat[b], self.cycle_hat[b] = tau, secs
+        # a zero-second cycle (no cost model) must not divide by zero (max(secs, 1e-12))
+        score = self.score_hat
+        score[b] = tau / (1e-12 if 1e-12 > secs else secs)
+        self.obs_count[b] += 1
         if self.adl:
             self._update_adl(b, outcome)
-        if self._low_accept_fallback(b, outcome.tau):
-            return
+        # 3. low-accept fallback
+        current = self.current
+        if b == current and tau_in / b < self.low_accept:
+            self.low_count += 1
+            if self.low_count >= self.low_streak:
+                self._fall_back()
+                return
+        else:
+            self.low_count = 0  # below low_streak (>= 1): no fallback
+        # 4. warmup, cooldown
         if outcome.cycle < self.warmup:
             return
         if self.cooldown_left > 0:
             self.cooldown_left -= 1
             return
-        self._consider_switch()
+        # 5.-7. the best scored candidate (first on ties), a switch after a streak
+        if self.adl:
+            self._consider_switch()
+            return
+        best = best_score = None
+        for c in self.candidates:
+            s = score.get(c)
+            if s is not None and (best is None or s > best_score):
+                best, best_score = c, s
+        if best is None:
+            return
+        if best == current or _relative_improvement(best_score, score.get(current)) <= self.margin:
+            self.pending, self.pending_streak = None, 0
+            return
+        if best == self.pending:
+            self.pending_streak += 1
+        else:
+            self.pending, self.pending_streak = best, 1
+        if self.pending_streak >= self.streak:
+            self.current = best
+            self.pending, self.pending_streak = None, 0
+            self.cooldown_left = self.cooldown
 
     def _update_estimates(self, b: int, outcome: CycleOutcome) -> None:
         tau = ewma_update(self.tau_hat.get(b), outcome.tau, self.alpha)
@@ -200,18 +248,22 @@ class Ewma(Policy):
     def _low_accept_fallback(self, b: int, tau: int) -> bool:
         """Count low-acceptance cycles at the current size; step down after a streak.
         Returns True when the fallback fired."""
-        if b == self.current and tau / b < self.kw["low_accept"]:
+        if b == self.current and tau / b < self.low_accept:
             self.low_count += 1
         else:
             self.low_count = 0
-        if self.low_count < self.kw["low_streak"]:
+        if self.low_count < self.low_streak:
             return False
+        self._fall_back()
+        return True
+
+    def _fall_back(self) -> None:
+        """Step ``current`` down one candidate, clear the pending switch, cool down."""
         c = self.candidates
         self.current = c[max(0, c.index(self.current) - 1)]
         self.pending, self.pending_streak = None, 0
-        self.cooldown_left = self.kw["cooldown"]
+        self.cooldown_left = self.cooldown
         self.low_count = 0
-        return True
 
     def _scored_set(self) -> list[int]:
         scored = [b for b in self.candidates if b in self.score_hat]
@@ -238,10 +290,10 @@ class Ewma(Policy):
             self.pending_streak += 1
         else:
             self.pending, self.pending_streak = best, 1
-        if self.pending_streak >= self.kw["streak"]:
+        if self.pending_streak >= self.streak:
             self.current = best
             self.pending, self.pending_streak = None, 0
-            self.cooldown_left = self.kw["cooldown"]
+            self.cooldown_left = self.cooldown
 
     # -- reporting
     def state(self) -> dict[str, Any]:

@@ -254,9 +254,10 @@ class Acceptance:
     """The oracle of one trace as lookup arrays. Acceptance is Monte Carlo when the
     trace was sampled (run.json sampling.temperature > 0); ``seed`` drives those draws."""
 
-    def __init__(self, data: TraceData, seed: int = 0) -> None:
+    def __init__(self, data: TraceData, seed: int = 0, ids: bool = True) -> None:
         self.data = data
         self.seed = int(seed)
+        self._read_ids = ids  # read the draft's token ids at load (else on first use)
         # the views' rng stream is the live loop's: seeded by the trace's sampling seed
         self.view_seed = data.sampling_seed
         self._base = data.base.tolist()
@@ -277,11 +278,12 @@ class Acceptance:
     # -- building
     def _build_groups(self) -> None:
         data = self.data
-        # the ranks and ids (the oracle agreement reads the ids; ``release`` drops
-        # them), and the decoded Arrow table not kept: the arrays are the oracle's only
+        # the ranks and ids (the oracle agreement reads the ids, unless ``ids`` is
+        # False; ``release`` drops them), and the decoded Arrow table not kept: the arrays are the oracle's only
         # copy in memory
+        lists = ("true_rank", "draft_ids") if self._read_ids else ("true_rank",)
         for (b, probe), arr in data.trace.oracle_arrays(np.float16, keep_table=False,
-                                                        columns=("true_rank", "draft_ids")).items():
+                                                        columns=lists).items():
             if len(arr) == 0:
                 continue
             if (arr.sample >= data.n_samples).any() or \
@@ -291,11 +293,14 @@ class Acceptance:
             gpos = data.base[arr.sample] + arr.start.astype(np.int64)
             for d, sel in self._split(arr):
                 g = self.groups[(b, probe, d)] = self._group(arr, b, probe, d, gpos[sel], sel)
-                g.ids = arr.draft_ids[sel]
+                if arr.draft_ids is not None:
+                    g.ids = arr.draft_ids[sel]
         # the log-probabilities are read now only for the reader's value checks (a
         # trace with a bad value is refused whatever the policy), and dropped: the
-        # policies that read them load them on first use
-        data.trace.table("oracle", cache=False, columns=ORACLE_KEYS + ("draft_logprobs",))
+        # policies that read them load them on first use. Files checked before and
+        # unchanged since (``Trace.values_checked``) need no second check.
+        if not data.trace.values_checked("oracle"):
+            data.trace.table("oracle", cache=False, columns=ORACLE_KEYS + ("draft_logprobs",))
         # decoding the Parquet file and splitting it by group took several times the
         # arrays' size in Arrow buffers that are free now: hand them back to the OS
         pa.default_memory_pool().release_unused()

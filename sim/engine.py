@@ -39,9 +39,13 @@ context and one outcome per request rewritten every cycle (``HotContext``,
 ``HotOutcome``), cached draft requests and chain plans (``HotPolicy``), views built only
 when a verify component reads them, a previous view only when a policy reads it, a
 plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
-verify shapes memoised per plan, tries memoised per path set. The policy objects are
-the ones the live loop runs, called as ``Composite`` calls them; nothing of their
-decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
+verify shapes memoised per plan, tries memoised per path set. A policy that only
+chooses block sizes (no draft-input or verify component: fixed, ewma, breakeven)
+under the cost model, with one request in flight (single stream, or concurrency 1),
+takes ``chain_cycles`` instead: ``request``'s plain-chain route as one generator over
+the requests, keeping four numbers per cycle and filling in the other columns after
+the run (``RunLog.columns``). The policy objects are the ones the live loop runs,
+called as ``Composite`` calls them; nothing of their decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
 frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
 as plainly as the loop reads above. Tests replay every policy family both ways (the
 direct loop, SimPy single stream, closed and open loop serving) and demand the same
@@ -50,6 +54,7 @@ cycles, field by field.
 from __future__ import annotations
 
 import gc
+import itertools
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -213,18 +218,34 @@ class Timer:
         if len(works) == 1:
             self.single(works[0])
             return
-        drafting = [w for w in works if w.block_size > 1]
-        L = max(w.context_len for w in works)
+        # one pass over the step's jobs (a step of 16 cycles runs every few cycles)
+        L = drafting = q = passes = rows = verify_q = 0
+        tree = False
+        hosts = set()
+        for w in works:
+            if w.context_len > L:
+                L = w.context_len
+            b = w.block_size
+            if b > 1:
+                drafting += 1
+                if b > q:
+                    q = b
+                if w.passes > passes:
+                    passes = w.passes
+            if w.tree:
+                tree = True
+            rows += w.verify_rows
+            if w.verify_q > verify_q:
+                verify_q = w.verify_q
+            hosts.add((w.host_mode, w.verify_tokens))
         draft_s, draft_src = 0.0, NO_SOURCE
         if drafting:
-            q = max(w.block_size for w in drafting)
-            passes = max(w.passes for w in drafting)
-            draft_s, draft_src = self.cost.seconds("draft", q, L, len(drafting))
+            draft_s, draft_src = self.cost.seconds("draft", q, L, drafting)
             draft_s *= passes
-        kind = "tree_verify" if any(w.tree for w in works) else "target"
-        rows = sum(w.verify_rows for w in works)
-        target_s, target_src = self.cost.seconds(kind, max(w.verify_q for w in works), L, rows)
-        overhead_s = max(self.cost.overhead(m, q) for m, q in {(w.host_mode, w.verify_tokens) for w in works})
+        kind = "tree_verify" if tree else "target"
+        target_s, target_src = self.cost.seconds(kind, verify_q, L, rows)
+        overhead = self.cost.overhead
+        overhead_s = max(overhead(m, t) for m, t in hosts)
         step_s = draft_s + target_s + overhead_s
         for w in works:
             w.draft_s, w.target_s, w.overhead_s, w.step_s = draft_s, target_s, overhead_s, step_s
@@ -352,12 +373,34 @@ class RunLog:
     requests: list[tuple] = field(default_factory=list)
     steps: int = 0
     batch_sizes: list[int] = field(default_factory=list)
+    # per-cycle columns (``CYCLE_FIELDS``) where the run wrote them as columns (the
+    # chain generator, ``Engine.chain_cycles``) instead of ``cycles``
+    columns: dict | None = None
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The cycles as numpy columns (``CYCLE_FIELDS``), however the run kept them."""
+        return self.columns if self.columns is not None else cycle_columns(self.cycles)
 
 
 CYCLE_FIELDS = ("sample", "cycle", "start", "block_size", "accepted", "tau", "verify_tokens",
                 "draft_s", "target_s", "overhead_s", "cycle_s", "draft_src", "target_src",
                 "recorded")
 REQUEST_FIELDS = ("sample", "arrival_s", "first_token_s", "finish_s", "tokens")
+_INT_FIELDS = frozenset(("sample", "cycle", "start", "block_size", "accepted", "tau",
+                         "verify_tokens", "draft_src", "target_src"))
+
+
+def cycle_columns(cycles: list[tuple]) -> dict[str, np.ndarray]:
+    """Per-cycle tuples (``CYCLE_FIELDS``) as numpy columns: int64, float64, and bool
+    for ``recorded``."""
+    if not cycles:
+        return {name: np.zeros(0, dtype=np.int64) for name in CYCLE_FIELDS}
+    # one conversion; ints are exact in float64 (fromiter: a third faster than np.array)
+    table = np.fromiter(itertools.chain.from_iterable(cycles), dtype=np.float64,
+                        count=len(cycles) * len(CYCLE_FIELDS)).reshape(len(cycles), len(CYCLE_FIELDS))
+    return {name: (table[:, i].astype(np.int64) if name in _INT_FIELDS else
+                   table[:, i].astype(bool) if name == "recorded" else table[:, i].copy())
+            for i, name in enumerate(CYCLE_FIELDS)}
 
 
 class Engine:
@@ -387,6 +430,9 @@ class Engine:
         self._plain_rows: dict = {}  # block size -> (plain group, its row_list, chain_list)
         self._chain_costs: dict = {}  # block size -> ``chain_costs``
         self._tree_costs: dict = {}  # id(plan) -> (plan, ``tree_costs``)
+        # what ``chain_cycles`` keeps: its cost entries by block size, the samples it ran
+        # (in order), their cycle counts, and per cycle start, block size, tau, seconds
+        self._chain_log: tuple | None = None
         # the longest context a cycle can have: the cost lists are read up to it
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
@@ -767,6 +813,8 @@ class Engine:
         finally:
             if was_enabled:
                 gc.enable()
+        if self._chain_log is not None:
+            self.log.columns = self._chain_columns()
         self.log.steps = self.gpu.steps
         self.log.batch_sizes = self.gpu.batch_sizes
         return self.log
@@ -774,9 +822,14 @@ class Engine:
     def run_direct(self) -> None:
         """Single stream without SimPy: one request after another, each job run at once
         (the GPU never queues, see the module docstring), the clock advanced by the
-        job's seconds exactly as SimPy's timeout advances ``env.now``."""
+        job's seconds exactly as SimPy's timeout advances ``env.now``. A policy that only
+        chooses block sizes (no draft-input or verify component) under the cost model
+        takes ``run_chains``."""
         clock, gpu = self.clock, self.gpu
         policy = self.make_policy()
+        if self.chain_policy(policy):
+            self.run_chains(policy)
+            return
         if not self.hot:
             single = self.timer.single
             for sample in range(self.data.n_samples):
@@ -793,6 +846,153 @@ class Engine:
                 clock.now += secs
         gpu.steps += steps
 
+    def chain_policy(self, policy) -> bool:
+        """Whether ``policy`` (a HotPolicy) only chooses block sizes (no draft-input or
+        verify component) and its cycles take the cost model's seconds: then a
+        request's every cycle verifies the plain chain, which ``chain_cycles`` replays."""
+        return self.hot and not policy._inputs and policy._verify is None and \
+            self.timer.recorded is None
+
+    def run_chains(self, policy: HotPolicy) -> None:
+        """``run_direct`` of a ``chain_policy``: ``chain_cycles`` over all samples, the
+        clock advanced by each cycle's seconds."""
+        clock, steps = self.clock, 0
+        for secs in self.chain_cycles(range(self.data.n_samples), policy):
+            clock.now += secs
+            steps += 1
+        self.gpu.steps += steps
+
+    def chain_cycles(self, samples, policy: HotPolicy):
+        """The requests of ``samples`` one after another, with a ``chain_policy`` and
+        the GPU never queueing (single stream, or one request in flight): ``request``'s
+        plain-chain route as one generator over the requests, yielding each prefill's
+        and cycle's seconds (the driver advances the clock by that much, or waits that
+        long in SimPy). Per cycle it keeps the start, block size, tau and seconds in
+        ``_chain_log``; the other columns are filled in after the run from those, with
+        the same cost lists the loop read (``_chain_columns``). The policy objects and
+        the calls made to them are ``request``'s; tests compare the two, and the
+        reference, cycle by cycle."""
+        acc, data, log, clock, timer = self.acc, self.data, self.log, self.clock, self.timer
+        choose, observe, state = policy._choose, policy.observe, policy.state
+        states = log.states if self.record_states else None
+        allowed = data.max_new_tokens - 1
+        prompts, out_lens, bases = self.data_prompt, data.out_len.tolist(), acc._base
+        if self._chain_log is None:
+            self._chain_log = ({}, [], [], [], [], [], [])
+        chains, order, counts, starts, blocks, taus, secs = self._chain_log
+        put_start, put_b, put_tau, put_s = starts.append, blocks.append, taus.append, secs.append
+        ctx = object.__new__(HotContext)
+        cd = ctx.__dict__
+        out = object.__new__(HotOutcome)
+        od = out.__dict__
+        for sample in samples:
+            t_arrival = clock.now
+            if self.serving:
+                work = Work(sample, 0, 1, 0, prefill=True)
+                timer.step([work])
+                yield work.step_s
+            t_first = clock.now
+            n = out_lens[sample]
+            last = n - 1  # S[0] came from prefill; complete once S[n-1] is committed
+            prompt = prompts[sample]
+            base = bases[sample]
+            cd.clear()
+            cd.update(zip(_CONTEXT_FIELDS, (sample, 0, 0, prompt, 1, data.default_block_size,
+                                            None, None)))
+            cd.update(_pv=None, _engine=self)
+            od.clear()
+            od.update(sample=sample, chosen_path=0, _engine=self)
+            policy.reset(sample)
+            start = cycle = 0
+            while start < last:
+                rem = allowed - start
+                L = prompt + start
+                cd["cycle"], cd["start"], cd["context_len"] = cycle, start, L
+                cd["remaining"] = rem if rem > 1 else 1
+                b = int(choose(ctx))
+                hit = chains.get(b)
+                if hit is None:
+                    hit = chains[b] = self._chain_entry(b)
+                group = hit[0]
+                if group is not None:
+                    row = hit[1][base + start]
+                    if row < 0:
+                        acc.row(group, sample, start)  # raises NotReplayable naming the row
+                    accepted = hit[2][row]
+                else:
+                    row = accepted = 0
+                tau = accepted + 1 if accepted + 1 < last - start else last - start
+                draft_s, target_s, overhead_s = hit[3][L], hit[4][L], hit[5]
+                cycle_s = draft_s + target_s + overhead_s
+                yield cycle_s  # the GPU never queues: the cycle takes exactly its step
+                od["cycle"], od["start"], od["block_size"] = cycle, start, b
+                od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
+                od["verify_tokens"] = hit[6]
+                od["draft_s"], od["target_s"], od["overhead_s"] = draft_s, target_s, overhead_s
+                od["cycle_s"], od["_g"], od["_r"], od["_lg"] = cycle_s, group, row, None
+                observe(out)
+                put_start(start)
+                put_b(b)
+                put_tau(tau)
+                put_s(cycle_s)
+                if states is not None:
+                    states.append(state())
+                cd["_pv"], cd["_p"] = _LAZY, (start, b, group, row, False)
+                cd["prev_outcome"] = out
+                start += tau
+                cycle += 1
+            order.append(sample)
+            counts.append(cycle)
+            log.requests.append((sample, t_arrival, t_first, clock.now, n))
+
+    def _chain_entry(self, b: int) -> tuple:
+        """What ``run_chains`` reads per cycle of block size b: the plain group (None at
+        b = 1), its row and chain lists, ``chain_costs``' seconds lists, overhead and
+        verify tokens."""
+        costs = self._chain_costs.get(b) or self.chain_costs(b)
+        if b > 1:
+            hit = self._plain_rows.get(b)
+            if hit is None:
+                g = self.acc.group(b)
+                hit = self._plain_rows[b] = (g, g.row_list, g.chain_list)
+        else:
+            hit = (None, None, None)
+        return (*hit, costs[0], costs[2], costs[4], costs[5])
+
+    def _chain_columns(self) -> dict[str, np.ndarray]:
+        """``CYCLE_FIELDS`` columns of the cycles ``chain_cycles`` ran: what ``request``
+        records for each of them, gathered from the same cost lists."""
+        chains, order, counts, starts, blocks, taus, secs = self._chain_log
+        n = len(starts)
+        counts_a = np.asarray(counts, dtype=np.int64)
+        sample = np.repeat(np.asarray(order, dtype=np.int64), counts_a)
+        first = np.concatenate([[0], np.cumsum(counts_a)[:-1]]).astype(np.int64)
+        cycle = np.arange(n, dtype=np.int64) - np.repeat(first, counts_a)
+        start = np.asarray(starts, dtype=np.int64)
+        block = np.asarray(blocks, dtype=np.int64)
+        tau = np.asarray(taus, dtype=np.int64)
+        L = np.asarray(self.data_prompt, dtype=np.int64)[sample] + start
+        draft_s, target_s, overhead_s = np.zeros(n), np.zeros(n), np.zeros(n)
+        draft_src, target_src = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        verify_tokens = np.zeros(n, np.int64)
+        cost = self.timer.cost
+        for b in chains:
+            at = block == b
+            Lb = L[at]
+            overhead, tokens = self._chain_costs[b][4:]
+            # the arrays the loop's cost lists were made of (``chain_costs``' queries)
+            if b > 1:
+                draft_s[at], draft_src[at] = cost.seconds_array("draft", b, Lb, 1)
+            else:
+                draft_src[at] = NO_SOURCE
+            target_s[at], target_src[at] = cost.seconds_array("target", max(b, 1), Lb, 1)
+            overhead_s[at] = overhead
+            verify_tokens[at] = tokens
+        return dict(zip(CYCLE_FIELDS, (
+            sample, cycle, start, block, tau - 1, tau, verify_tokens, draft_s, target_s,
+            overhead_s, np.asarray(secs, dtype=np.float64), draft_src, target_src,
+            np.zeros(n, dtype=bool))))
+
     def make_policy(self):
         policy = parse_policy(self.spec)
         return HotPolicy(policy) if self.hot else policy
@@ -806,6 +1006,12 @@ class Engine:
                 yield from self.process(sample, policy)
             return
         request, gpu = self.request, self.gpu
+        if gpu.solo and self.chain_policy(policy):  # the only request in flight
+            timeout = self.env.timeout
+            for secs in self.chain_cycles(queue, policy):
+                gpu.steps += 1
+                yield timeout(secs)
+            return
         if gpu.solo:
             timeout = self.env.timeout
             for sample in queue:

@@ -54,7 +54,6 @@ came from (-1: the fitted model; -2: no pass, or recorded seconds when ``recorde
 """
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +66,7 @@ import pyarrow.compute as pc
 from specreplay.policies import parse_policy
 from specreplay.sim.acceptance import Acceptance, NotReplayable
 from specreplay.sim.cost import FITTED, CostModel, MissingCost, RecordedTiming, cycle_overheads
-from specreplay.sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer
+from specreplay.sim.engine import CYCLE_FIELDS, Engine, RunLog, Timer, cycle_columns
 from specreplay.sim.fastpath import fixed_block_size, replay_fixed
 from specreplay.sim.tracedata import TraceData, load_trace
 from specreplay.traces.identity import setup_identity
@@ -187,12 +186,29 @@ class OracleAgreement:
         return (self.share is None or self.share == 1.0) and self.divergent == 0
 
 
+# the tables the oracle agreement is read from (besides run.json and samples)
+AGREEMENT_TABLES = ("cycles", "oracle")
+
+
+def stamped_agreement(trace: Trace) -> tuple[int, int] | None:
+    """(agreeing, compared) as `trace compact` read them from the trace's unchanged
+    bytes (``Trace.checked_fact``), or None."""
+    v = trace.checked_fact("oracle_agreement", AGREEMENT_TABLES)
+    if isinstance(v, list) and len(v) == 2 and all(type(x) is int and x >= 0 for x in v):
+        return v[0], v[1]
+    return None
+
+
 def oracle_agreement(trace: Trace, acc: Acceptance | None = None) -> OracleAgreement:
     """The trace's measured oracle agreement and AR divergences (see OracleAgreement).
     With the trace's ``Acceptance``, the oracle rows are looked up in its arrays
     (the rule of traces.check.oracle_live_agreement) instead of reading the oracle a
-    second time."""
-    if acc is None:
+    second time; a trace stamped by `trace compact` (traces.reader) carries the figure
+    read from its unchanged bytes."""
+    stamped = stamped_agreement(trace)
+    if stamped is not None:  # read from these very bytes when they were checked
+        agreeing, compared = stamped
+    elif acc is None:
         from specreplay.traces.check import oracle_live_agreement
         agreeing, compared = oracle_live_agreement(trace)
     else:
@@ -445,7 +461,7 @@ def _run_policy(spec: str, s: Setting) -> Prediction:
             engine = Engine(s.data, s.acc, s.timer, spec, s.concurrency, s.rate, s.seed,
                             record_states=s.states)
             log = engine.run()
-            cols = _columns(log.cycles)
+            cols = log.table()
             states = log.states
     except (NotReplayable, MissingCost) as e:
         return Prediction(policy=spec, canonical=canonical, replayable=False, reason=str(e),
@@ -459,16 +475,7 @@ def _run_policy(spec: str, s: Setting) -> Prediction:
 
 def _columns(cycles: list[tuple]) -> dict[str, np.ndarray]:
     """The engine's per-cycle tuples as numpy columns (``CYCLE_FIELDS``)."""
-    if not cycles:
-        return {name: np.zeros(0, dtype=np.int64) for name in CYCLE_FIELDS}
-    # one conversion; ints are exact in float64 (fromiter: a third faster than np.array)
-    table = np.fromiter(itertools.chain.from_iterable(cycles), dtype=np.float64,
-                        count=len(cycles) * len(CYCLE_FIELDS)).reshape(len(cycles), len(CYCLE_FIELDS))
-    ints = {"sample", "cycle", "start", "block_size", "accepted", "tau", "verify_tokens",
-            "draft_src", "target_src"}
-    return {name: (table[:, i].astype(np.int64) if name in ints else
-                   table[:, i].astype(bool) if name == "recorded" else table[:, i].copy())
-            for i, name in enumerate(CYCLE_FIELDS)}
+    return cycle_columns(cycles)
 
 
 class Replayer:
@@ -554,7 +561,9 @@ def setting(data: TraceData, profile, concurrency, rate, timing, seed, bootstrap
     # once at that size (grown geometrically past it, e.g. by a prefill's prompt)
     cost.reserve(int((data.prompt_len + data.out_len).max()))
     recorded = RecordedTiming(data.trace.cycles) if timing == "recorded" else None
-    acc = Acceptance(data, seed)
+    # a trace whose files were checked and stamped carries its oracle agreement: the
+    # draft's token ids (most of the oracle's bytes) are then read only if a policy asks
+    acc = Acceptance(data, seed, ids=stamped_agreement(data.trace) is None)
     if acc.sampling:
         flags.insert(0, f"approximate (sampling: Monte Carlo, seed {seed})")
     prefill = data.prefill_s if own and (data.prefill_s > 0).all() else None

@@ -16,17 +16,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, recording_identity
-from specreplay.traces.io import PARQUET_COMPACT, TraceError, _fsync_write, table_files, write_json
-from specreplay.traces.reader import COMPACT_MARKER, Trace
+from specreplay.traces.io import PARQUET_COMPACT, TraceError, table_files, write_json, write_parquet
+from specreplay.traces.reader import COMPACT_MARKER, Trace, write_checked_stamp
 from specreplay.traces.schema import TABLES
 from specreplay.traces.writer import now_utc, read_json
 
 
 def _write_table(path: Path, table: pa.Table) -> None:
-    _fsync_write(path, lambda p: pq.write_table(table, p, **PARQUET_COMPACT))
+    write_parquet(path, table, PARQUET_COMPACT)
 
 
 def _finish_compaction(trace_dir: Path) -> None:
@@ -42,15 +41,16 @@ def _finish_compaction(trace_dir: Path) -> None:
 
 
 def compact(trace_dir: str | Path) -> list[str]:
-    """Rewrite every table of a trace held as parts into one ``<table>.parquet``.
-    Returns the tables rewritten."""
+    """Rewrite every table of a trace held as parts into one ``<table>.parquet``, then
+    check every table and write ``checked.json`` (``write_checked_stamp``). Returns the
+    tables rewritten."""
     trace_dir = Path(trace_dir)
     if (trace_dir / COMPACT_MARKER).exists():
         _finish_compaction(trace_dir)
     trace = Trace.open(trace_dir)
     names = [n for n in TABLES if (trace_dir / n).is_dir() and table_files(trace_dir, n)]
     for name in names:
-        _write_table(trace_dir / f"{name}.compact.parquet", _sorted(trace.table(name)))
+        _write_table(trace_dir / f"{name}.compact.parquet", _sorted(trace.table(name), name))
     if names:
         write_json(trace_dir / COMPACT_MARKER, {"tables": names})
         _finish_compaction(trace_dir)
@@ -58,14 +58,25 @@ def compact(trace_dir: str | Path) -> list[str]:
         d = trace_dir / name
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+    # every table checked as written, and the stamp that spares later reads the check
+    # while the files keep these bytes (traces.reader)
+    write_checked_stamp(trace_dir)
     return names
 
 
-def _sorted(table: pa.Table) -> pa.Table:
+# The oracle is read by (block size, probe) group: stored group after group (each in
+# sample, start order), a group is one slice of the file's columns instead of a filter
+# that copies every list value (a fifth of a compacted trace's load time).
+_ORACLE_ORDER = ("block_size", "probe", "sample", "start", "prev_offset")
+
+
+def _sorted(table: pa.Table, name: str = "") -> pa.Table:
     """Rows in sample order (then the table's natural order), so readers see the same
-    order whether a table is compacted or not."""
-    keys = [k for k in ("sample", "cycle", "offset", "start", "block_size", "probe",
-                        "prev_offset", "position") if k in table.column_names]
+    order whether a table is compacted or not; the oracle group by group (readers
+    group its rows and sort each group by sample and start)."""
+    order = _ORACLE_ORDER if name == "oracle" else (
+        "sample", "cycle", "offset", "start", "block_size", "probe", "prev_offset", "position")
+    keys = [k for k in order if k in table.column_names]
     return table.sort_by([(k, "ascending") for k in keys])
 
 
@@ -100,7 +111,7 @@ def merge(out_dir: str | Path, part_dirs: list[str | Path]) -> dict[str, Any]:
             raise TraceError(f"cannot merge: {', '.join(missing)} has no {name} table while the "
                              "others do; run `specreplay oracle` on it first")
         parts = [_renumber(t.table(name), off) for t, off in present]
-        _write_table(out_dir / f"{name}.parquet", _sorted(pa.concat_tables(parts)))
+        _write_table(out_dir / f"{name}.parquet", _sorted(pa.concat_tables(parts), name))
     profile = first.dir / "profile.parquet"
     if profile.exists():
         shutil.copy2(profile, out_dir / "profile.parquet")

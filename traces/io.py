@@ -21,6 +21,29 @@ PARQUET_WRITE = {"compression": "zstd", "write_page_checksum": True}
 PARQUET_COMPACT = {**PARQUET_WRITE, "compression_level": 19}
 
 
+def _leaf(t: pa.DataType) -> pa.DataType:
+    while pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        t = t.value_type
+    return t
+
+
+def parquet_options(schema: pa.Schema, base: dict[str, Any] = PARQUET_WRITE) -> dict[str, Any]:
+    """``pq.write_table`` options for a table of ``schema``: ``base``, with the scalar
+    columns dictionary-encoded and the list columns (token ids, ranks,
+    log-probabilities) plain. Arrow decodes a dictionary-encoded float16 column one
+    value at a time, 4-5x slower than the same column written plain (on the oracle that
+    was most of a trace's load time), and plain int lists decode about a fifth faster
+    too; the oracle file is about a fifth larger."""
+    names = [f.name for f in schema if _leaf(f.type) == f.type]
+    return {**base, "use_dictionary": names}
+
+
+def write_parquet(path: Path, table: pa.Table, base: dict[str, Any] = PARQUET_WRITE) -> None:
+    """Write one trace table to ``path`` (atomically: temp name, fsync, rename)."""
+    options = parquet_options(table.schema, base)
+    _fsync_write(path, lambda p: pq.write_table(table, p, **options))
+
+
 class TraceError(Exception):
     """A trace (or profile) cannot be read or written; the message names the file,
     table, column or version and says what to do."""
@@ -56,7 +79,7 @@ def write_part(trace_dir: Path, name: str, table: pa.Table, part: str) -> Path:
     d = Path(trace_dir) / name
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"part-{part}.parquet"
-    _fsync_write(path, lambda p: pq.write_table(table, p, **PARQUET_WRITE))
+    write_parquet(path, table)
     return path
 
 

@@ -14,9 +14,20 @@ memory-mapped, and validated against ``traces.schema`` and the value rules of
 ``traces.validate`` on first use; page checksums, where the writer stored them, are
 verified. ``Trace.open(path, collect=[])`` collects the problems into that list instead
 of raising at the first (for `specreplay trace check`).
+
+A trace whose files were all checked once carries ``checked.json`` (written by
+`specreplay trace compact`, which reads every table through these rules first): the
+SHA-256 of each file it checked and of the rules themselves. A table whose files, and
+the run.json and samples files its rules consult, still hold exactly those bytes is
+read without checking its values again (the same bytes give the same verdict), and a
+column read only to be checked (the draft's log-probabilities) is then not decoded at
+all. Any other byte, any other rules, or `trace check` (which lists every problem):
+every rule runs, as for a trace without the stamp.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -39,6 +50,8 @@ OLDEST_SCHEMA_VERSION = 1
 REQUIRED_TABLES = ("samples", "cycles")
 # Present while `specreplay trace compact` swaps part directories for single files.
 COMPACT_MARKER = "compacting.json"
+# The digests of files whose values were checked (see the module docstring).
+CHECKED_STAMP = "checked.json"
 
 _HINTS = {
     "oracle": "run `specreplay oracle DIR` to add it",
@@ -79,12 +92,12 @@ def read_parquet(path: Path, schema: pa.Schema, table: str, project: bool = Fals
         t = None
         if project:
             try:
-                t = pq.read_table(path, memory_map=True, page_checksum_verification=True,
+                t = pq.read_table(path, memory_map=True, page_checksum_verification=True, use_threads=False,
                                   columns=schema.names)
             except (pa.ArrowInvalid, KeyError):
                 pass  # a column missing: read them all, and say which below
         if t is None:
-            t = pq.read_table(path, memory_map=True, page_checksum_verification=True)
+            t = pq.read_table(path, memory_map=True, page_checksum_verification=True, use_threads=False)
         names = t.schema.names  # decodes the footer's column names
     except (pa.ArrowException, OSError, UnicodeDecodeError) as e:
         why = " ".join(str(e).split())  # Arrow's messages span lines; ours is one
@@ -177,6 +190,59 @@ def report_problems(problems: list, collect: list | None, where: Path) -> None:
     raise TraceError(f"{problems[0]}{more}")
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_RULES_DIGEST: list[str] = []
+
+
+def rules_digest() -> str:
+    """SHA-256 of the code that decides what a trace may hold (the value rules, the
+    schema and this reader): a stamp made under other rules is not trusted."""
+    if not _RULES_DIGEST:
+        h = hashlib.sha256()
+        from specreplay.traces import schema
+        for mod in (validate, schema):
+            h.update(Path(mod.__file__).read_bytes())
+        h.update(Path(__file__).read_bytes())
+        _RULES_DIGEST.append(h.hexdigest())
+    return _RULES_DIGEST[0]
+
+
+def write_checked_stamp(trace_dir: str | Path) -> dict[str, str]:
+    """Check every table of a trace (all value rules, as the reader applies them; a
+    problem raises) and write ``checked.json``: the digest of each file checked, of
+    run.json and of the rules, and facts read from those bytes (the oracle's agreement
+    with the live draft, ``traces.check.oracle_live_agreement``), so that a replay need
+    not decode the draft's token ids at load. Returns the file digests."""
+    trace_dir = Path(trace_dir)
+    stamp = trace_dir / CHECKED_STAMP
+    stamp.unlink(missing_ok=True)  # the check below must not trust an older stamp
+    trace = Trace.open(trace_dir)
+    files = {"run.json": file_digest(trace_dir / "run.json")}
+    for name in TABLES:
+        paths = table_files(trace_dir, name)
+        if not paths:
+            continue
+        trace.table(name, cache=False)
+        for f in paths:
+            files[f.relative_to(trace_dir).as_posix()] = file_digest(f)
+    facts = {}
+    if trace.has_table("oracle"):
+        # what replay reads the draft's token ids for at load (traces.check's rule)
+        from specreplay.traces.check import oracle_live_agreement
+        facts["oracle_agreement"] = [int(x) for x in oracle_live_agreement(trace)]
+    from specreplay.traces.io import write_json
+    write_json(stamp, {"rules": rules_digest(), "files": files, "facts": facts})
+    return files
+
+
 _VALUE_RULES = {  # (table, file, trace) -> problems
     "samples": lambda t, f, tr: validate.check_samples(t, f),
     "cycles": lambda t, f, tr: validate.check_cycles(t, f, tr._sample_info()),
@@ -195,6 +261,7 @@ class Trace:
         self._tables: dict[str, pa.Table] = {}
         # None: raise at the first value problem; a list: collect them there
         self.collect = collect
+        self._digests: dict[str, str] = {}  # file (relative) -> SHA-256, as read
 
     @classmethod
     def open(cls, path: str | Path, collect: list | None = None) -> "Trace":
@@ -227,6 +294,54 @@ class Trace:
             raise TraceError(f"trace {path} holds no samples: its samples table is empty")
         return trace
 
+    # -- checked files
+    @cached_property
+    def _stamp(self) -> dict[str, str] | None:
+        """The files ``checked.json`` vouches for (relative path -> digest), or None:
+        no stamp, one made under other rules, or a reader that collects every problem."""
+        path = self.dir / CHECKED_STAMP
+        if self.collect is not None or not path.is_file():
+            return None
+        try:
+            stamp = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(stamp, dict) or stamp.get("rules") != rules_digest():
+            return None
+        files = stamp.get("files")
+        if not isinstance(files, dict):
+            return None
+        facts = stamp.get("facts")
+        self._facts = facts if isinstance(facts, dict) else {}
+        return files
+
+    def checked_fact(self, name: str, tables: tuple[str, ...]) -> Any:
+        """A fact ``write_checked_stamp`` read from this trace's bytes (None: no stamp,
+        no such fact, or one of ``tables`` changed since)."""
+        if self._stamp is None or not all(self.values_checked(t) for t in tables):
+            return None
+        return self._facts.get(name)
+
+    def _unchanged(self, path: Path) -> bool:
+        """Whether a file holds the bytes the stamp vouches for."""
+        rel = path.relative_to(self.dir).as_posix()
+        want = self._stamp.get(rel)
+        if want is None:
+            return False
+        if rel not in self._digests:
+            self._digests[rel] = file_digest(path)
+        return self._digests[rel] == want
+
+    def values_checked(self, name: str) -> bool:
+        """Whether table ``name``'s values were checked before and its files (and the
+        run.json and samples files its rules consult) hold the same bytes since: its
+        value rules need not run again (module docstring)."""
+        if self._stamp is None:
+            return False
+        files = [self.dir / "run.json", *table_files(self.dir, name),
+                 *table_files(self.dir, "samples")]
+        return all(self._unchanged(f) for f in files)
+
     # -- tables
     def has_table(self, name: str) -> bool:
         return bool(table_files(self.dir, name))
@@ -249,16 +364,18 @@ class Trace:
         if not files:
             hint = _HINTS.get(name, "re-record the trace")
             raise TraceError(f"trace {self.dir} has no {name} table: {hint}")
+        checked = self.values_checked(name)
         parts = []
         for f in files:
             part = read_parquet(f, schema, name, project=columns is not None)
-            report_problems(_VALUE_RULES[name](part, f, self), self.collect, self.dir)
+            if not checked:
+                report_problems(_VALUE_RULES[name](part, f, self), self.collect, self.dir)
             parts.append(part)
         table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-        if name == "samples":
+        if name == "samples" and not checked:
             where = files[0] if len(files) == 1 else self.dir / "samples"
             report_problems(validate.check_sample_ids(table, where), self.collect, self.dir)
-        if name == "oracle" and "_coverage_checked" not in self.__dict__:
+        if name == "oracle" and not checked and "_coverage_checked" not in self.__dict__:
             where = files[0] if len(files) == 1 else self.dir / "oracle"
             info = self._sample_info()
             orphans = tuple(s for s in (validate.orphan_sample(f, info) for f in files)
@@ -342,8 +459,11 @@ class Trace:
         for k in np.unique(key):
             b, code = divmod(int(k), len(names))
             mask = key == k
-            out[(int(b), names[code])] = self._oracle_group(t.filter(pa.array(mask)), int(b),
-                                                           names[code], logprob_dtype)
+            rows = np.flatnonzero(mask)
+            lo, n = int(rows[0]), len(rows)
+            # a group stored contiguously (a compacted oracle) is a slice, not a copy
+            g = t.slice(lo, n) if int(rows[-1]) - lo + 1 == n else t.filter(pa.array(mask))
+            out[(int(b), names[code])] = self._oracle_group(g, int(b), names[code], logprob_dtype)
         return out
 
     def _oracle_group(self, g: pa.Table, b: int, probe: str,

@@ -219,9 +219,10 @@ class _Checker:
         if not flat.size:
             return
         with np.errstate(invalid="ignore"):
-            bad_flat = ~check(flat)
-        if not bad_flat.any():
+            ok_flat = check(flat)
+        if ok_flat.all():
             return
+        bad_flat = ~ok_flat
         offsets = np.concatenate([[0], np.cumsum(lengths * valid)])
         where = np.flatnonzero(bad_flat)
         rows = np.searchsorted(offsets, where, side="right") - 1
@@ -397,15 +398,21 @@ _TOKEN_TEXT = f"token ids 0 to {MAX_TOKEN_ID}"
 
 
 def _token_ok(v: np.ndarray) -> np.ndarray:
+    if v.dtype.kind == "i":  # one comparison: read as unsigned, a negative id is huge
+        return v.view(v.dtype.str.replace("i", "u")) <= MAX_TOKEN_ID
     return (v >= 0) & (v <= MAX_TOKEN_ID)
 
 
 def _logprob_ok(v: np.ndarray) -> np.ndarray:
     """log-probability <= 0 and not NaN (-inf allowed: probability 0)."""
     if v.dtype == np.float16:  # on the bits: numpy's float16 comparisons are slow
-        # +0 is 0x0000; negative numbers down to -inf are 0x8000..0xFC00; above that NaN
-        u = v.view(np.uint16)
-        return (u == 0) | ((u >= 0x8000) & (u <= 0xFC00))
+        # +0 is 0x0000; negative numbers down to -inf are 0x8000..0xFC00 (as int16:
+        # -32768..-1024); above that NaN
+        s = v.view(np.int16)
+        ok = s <= -1024
+        if not ok.all():
+            ok |= s == 0
+        return ok
     return v <= 0  # NaN compares False
 
 

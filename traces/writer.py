@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, git_dirty, recording_identity
 from specreplay.traces.io import (PARQUET_WRITE, TraceError, _fsync_write, table_files,
-                                  table_from_rows, write_json, write_part)
+                                  table_from_rows, write_json, write_parquet, write_part)
 from specreplay.traces.schema import PROFILE_OPTIONAL, PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 
 Rows = list[dict[str, Any]] | pa.Table  # dicts keyed by column, or an Arrow table
@@ -218,7 +218,7 @@ class TraceWriter:
         if pc.all(keep).as_py() is not False:
             return
         kept = table.filter(keep)
-        _fsync_write(single, lambda p: pq.write_table(kept, p, **PARQUET_WRITE))
+        write_parquet(single, kept)
 
     # -- run.json
     def update_run(self, **updates: Any) -> None:
