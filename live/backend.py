@@ -140,7 +140,11 @@ class HFBackend:
     def prefill(self, tc, prompt_ids, want_features):
         return prefill(self.target, self.draft, prompt_ids, tc, want_features)
 
-    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features):
+    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, mark=None):
+        """``mark``: called once when the pass starts (transformers builds its inputs
+        inside the call, so here that is at once)."""
+        if mark is not None:
+            mark()
         return verify_nodes(self.target, self.draft, tc, mode, paths, anchor, node_tokens, L, want_features)
 
     def commit(self, tc, verified, path_index, accepted, L):
@@ -266,10 +270,13 @@ class GraphBackend:
                                           last_logits=keep)
         return logits, feats[None]
 
-    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, device_tokens=None):
+    def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, device_tokens=None, mark=None):
         """``device_tokens``: a chain's drafted tokens as a device tensor (offsets 1..),
         written into the pass's input ids on the device; ``node_tokens`` then holds
-        placeholders that the caller replaces once the tokens reach the host."""
+        placeholders that the caller replaces once the tokens reach the host. ``mark``:
+        called once, after the inputs are built and uploaded and just before the pass
+        runs, so the span it starts is the pass itself in every verify mode (the inputs'
+        preparation is host work, overlapped with the draft or not)."""
         self._check(tc)
         packed = pack(mode, paths, anchor, node_tokens)
         q = len(packed.tokens)
@@ -278,12 +285,14 @@ class GraphBackend:
                              f"with {device_tokens.numel()}")
         if self.capture:
             self._ensure(L + bucket(q))
-            logits, feats = self._verify_captured(tc, packed, L, device_tokens)
+            logits, feats = self._verify_captured(tc, packed, L, device_tokens, mark)
         else:
             self._ensure(L + q)
             ids, pos, rows, mask = self._verify_inputs(packed, L, q, L + q)
             if device_tokens is not None:
                 ids[0, 1:q].copy_(device_tokens)
+            if mark is not None:
+                mark()
             logits, feats = self.fast.forward(tc, ids, pos, rows, mask, L + q)
         if mode == "batch":
             return packed_verified(mode, paths, node_tokens, packed, logits[:q], feats[:q])
@@ -309,7 +318,7 @@ class GraphBackend:
         return (to_device(ids, torch.long, dev), to_device(pos, torch.long, dev),
                 to_device(rows, torch.long, dev), to_device(mask, torch.bool, dev))
 
-    def _verify_captured(self, tc, packed: Packed, L: int, device_tokens=None):
+    def _verify_captured(self, tc, packed: Packed, L: int, device_tokens=None, mark=None):
         q = len(packed.tokens)
         q_pad = bucket(q)
         span = kv_span(L + q_pad, tc.capacity)
@@ -319,9 +328,13 @@ class GraphBackend:
             inputs[0][0, 1:q].copy_(device_tokens)
         step = self.graphs.get(key)
         if step is None:
+            if mark is not None:
+                mark()  # the capture lands inside the span: the loop takes it out (capture_s)
             step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
-        else:
-            _refill(step, inputs)
+            return step.run()
+        _refill(step, inputs)
+        if mark is not None:
+            mark()
         return step.run()
 
     def commit(self, tc, verified, path_index, accepted, L):

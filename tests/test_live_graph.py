@@ -360,3 +360,43 @@ def test_static_kv_moves_rows_of_every_layer_at_once_and_grows_keeping_them():
     torch.testing.assert_close(kv.buf[:, :, :, :10], moved, atol=0, rtol=0)
     kv.k[2][0, 1, 12] = 7.0
     assert kv.buf[2, 0, 1, 12, 0] == 7.0
+
+
+def test_the_verify_span_starts_where_the_pass_is_launched(pair, monkeypatch):
+    """The backend calls ``mark`` once per verify, after building and uploading the
+    inputs and right before the forward (both backends); every live cycle then has a
+    verify span."""
+    target, draft = pair
+    be = GraphBackend(target, draft, capture=False)
+    order = []
+    real = be.fast.forward
+
+    def forward(*a, **k):
+        order.append("forward")
+        return real(*a, **k)
+    monkeypatch.setattr(be.fast, "forward", forward)
+    real_inputs = be._verify_inputs
+
+    def inputs(*a, **k):
+        order.append("inputs")
+        return real_inputs(*a, **k)
+    monkeypatch.setattr(be, "_verify_inputs", inputs)
+    prompt = PROMPTS[0]
+    with torch.inference_mode():
+        for mode, paths in (("chain", ((0, 0, 0),)), ("tree", ((0, 0), (1,))), ("batch", ((0, 0), (1, 0)))):
+            tc, _ = be.start(len(prompt), 16)
+            be.prefill(tc, prompt, True)
+            order.clear()
+            tokens = [5] * len(trie_nodes(paths))
+            be.verify(tc, mode, paths, 3, tokens, len(prompt), True, mark=lambda: order.append("mark"))
+            assert order == ["inputs", "mark", "forward"], mode
+    marks = []
+    hf = HFBackend(target, draft)
+    with torch.inference_mode():
+        tc, _ = hf.start(len(prompt), 16)
+        hf.prefill(tc, prompt, True)
+        hf.verify(tc, "chain", ((0, 0),), 3, [5, 5], len(prompt), True, mark=lambda: marks.append(1))
+    assert marks == [1]
+    dec = Decoder(target, draft, parse_policy("fixed(b=6)+gate(min_prob=0.3)"), LoopConfig(max_new_tokens=MAX_NEW),
+                  backend="graph")
+    assert all(c["target_s"] > 0 for c in dec.run(0, PROMPTS[0]).cycles)
