@@ -13,7 +13,8 @@ zero-padded twin (``fill_std=0``, the twin's own construction with zeros whereve
 does not pin a value) to show what the values are worth.
 
 Each arm is the target pass the graph backend replays for a verify (models/fast.py's
-FastTarget over a static cache, captured in a CUDA graph on a GPU, eager elsewhere): q
+FastTarget over a static cache, captured in a CUDA graph on a GPU, eager elsewhere; with
+the eager elementwise stages, in both arms alike, where the backend may compile them): q
 query rows, a chain, after a context of L rows prefilled from the same token ids in
 every arm. Rounds alternate the arm order (A B C, C B A, ...) so a slow phase of the
 machine hits every arm alike; each round times ``--iters`` replays with CUDA events

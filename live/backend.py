@@ -123,6 +123,12 @@ def backend_for(name: str | None, target, draft, capture: bool | None = None):
     return shared[key]
 
 
+def backend_stages(name: str, target, draft) -> str | None:
+    """Which elementwise stages the shared graph backend of a pair runs (run.json's
+    setup names them), or None for the hf backend."""
+    return backend_for(name, target, draft).fusion if name == "graph" else None
+
+
 class HFBackend:
     """transformers' own forward with a DynamicCache (any causal LM)."""
     name, batch_verify = "hf", "rows"
@@ -191,23 +197,36 @@ class GraphBackend:
         # captured runs take the compiled elementwise stages; ``fusion`` says which ran
         self.fusion = "eager elementwise stages (no graph capture)"
         if capture:
-            from specreplay.models.fast import fused_stages
+            from specreplay.models.fast import EAGER, fused_stages, stages_failed
             stages, self.fusion = fused_stages(self.device)
             self.fast.stages = self.fdraft.stages = stages
-            self._warm_up()
+            try:
+                self._warm_up()
+            except Exception as err:  # noqa: BLE001 - a compiler failure leaves the eager stages
+                self.fusion = stages_failed(self.device, err)
+                self.fast.stages = self.fdraft.stages = EAGER
+                self._warm_up()
 
     def _warm_up(self) -> None:
-        """One tiny prefill, so the stages compile here (outside every timed figure, in
-        the capture seconds) rather than in the first request's timed prefill; the
-        captured steps compile theirs in their capture warm-up."""
+        """The model's own passes on scratch caches (a prefill, a one-token step, a draft
+        block), so the stages compile here, in the model's dtype and shapes, outside
+        every timed figure (in the capture seconds), and a compiler that cannot build
+        them fails here rather than inside a recording; the captured steps' remaining
+        variants compile in their capture warm-up."""
         import time
         t0 = time.perf_counter()
+        dev = self.device
         with torch.inference_mode():
-            kv = self.fast.new_cache(4)  # its own scratch cache: the backend's are sized per request
-            rows = torch.arange(4, device=self.device)
-            mask = torch.ones(4, 4, dtype=torch.bool, device=self.device).tril()[None, None]
-            self.fast.forward(kv, rows[None] + 1, rows[None], rows, mask, 4, last_logits=True)
-        if self.device.type == "cuda":
+            kv = self.fast.new_cache(8)  # scratch caches: the backend's are sized per request
+            rows = torch.arange(5, device=dev)
+            mask = torch.ones(5, 5, dtype=torch.bool, device=dev).tril()[None, None]
+            self.fast.forward(kv, rows[None, :4] + 1, rows[None, :4], rows[:4], mask[..., :4, :4], 4,
+                              last_logits=True)
+            self.fast.forward(kv, rows[None, 4:] + 1, rows[None, 4:], rows[4:], mask[..., 4:, :], 5)
+            dkv = self.fdraft.new_cache(8)
+            block = torch.arange(4, device=dev)[None] + 1
+            self.fdraft.block_logits(dkv, block, block + 1, self.fdraft.block_mask(4, 2, 2, dev), 2)
+        if dev.type == "cuda":
             torch.cuda.synchronize()
         self.capture_s["target"] += time.perf_counter() - t0
 

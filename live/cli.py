@@ -59,7 +59,7 @@ def _shard():
 
 
 def _record(args: argparse.Namespace) -> int:
-    from specreplay.live.backend import cli_backend
+    from specreplay.live.backend import backend_stages, cli_backend
     from specreplay.live.profiler import describe_setup
     from specreplay.live.prompts import load_prompts
     from specreplay.live.recorder import ModelInfo, RecordSettings, Recorder
@@ -95,7 +95,7 @@ def _record(args: argparse.Namespace) -> int:
         target={"id": args.target, "files": file_hashes(args.target)},
         draft={"id": args.draft, "files": file_hashes(args.draft),
                "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},
-        setup=describe_setup(target, device, backend), dataset=dataset)
+        setup=describe_setup(target, device, backend, backend_stages(backend, target, draft)), dataset=dataset)
     stop = tuple(args.stop_token_ids) if args.stop_token_ids is not None else _stop_ids(tokenizer, target)
     settings = RecordSettings(
         out=out, policy=args.policy, max_new_tokens=args.max_new_tokens,

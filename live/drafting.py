@@ -138,7 +138,8 @@ class DeviceDraftView(DraftView):
         return self._host is not None
 
     @property
-    def packed(self) -> torch.Tensor:
+    def packed(self) -> torch.Tensor | None:
+        """The device rows, until the host copy is made (None after)."""
         return self._packed
 
     def _fetch(self):
@@ -151,6 +152,7 @@ class DeviceDraftView(DraftView):
         k = self._k
         host = np.ascontiguousarray(host, dtype=np.int32).reshape(-1, 2 * k)
         object.__setattr__(self, "_host", (host[:, :k].copy(), host[:, k:].copy().view(np.float32)))
+        object.__setattr__(self, "_packed", None)  # the device copy is not needed any more
 
 
 def pack_topk(logits: torch.Tensor, k: int) -> torch.Tensor:

@@ -177,7 +177,7 @@ def run_profile(args) -> int:
         except ValueError as e:
             raise CLIError(str(e)) from None
     meta = {
-        "setup": describe_setup(target, device, backend),
+        "setup": describe_setup(target, device, backend, getattr(getattr(prof, "backend", None), "fusion", None)),
         "target": {"id": args.target, "files": file_hashes(args.target)},
         "draft": {"id": args.draft, "files": file_hashes(args.draft),
                   "block_size": draft.config.block_size, "mask_token_id": draft.config.mask_token_id},

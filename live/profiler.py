@@ -13,11 +13,13 @@ The simulator's cost model (traces/schema.py PROFILE_SCHEMA) reads four kinds of
                  tokens) built on the host, one pass with one new context row over a
                  draft cache of context_len - 1 rows, the target's LM head (float32
                  logits) on the b-1 drafted rows, and their top-4 ids and log-probs
-                 copied to the host
+                 (copied to the host on the hf backend; kept on the device on the graph
+                 backend, as its loop keeps them until a policy or the verdict reads them)
     overhead     the host part of a live cycle (its seconds outside the draft and verify
                  passes: policy calls, the view, planning, acceptance, commit,
                  bookkeeping), taken from the cycles the live loop itself runs
-                 (``measure_host``): short decodes of random prompts at the grid's context
+                 (``measure_host``): short decodes of windows of the recorded text (random
+                 prompts without one) at the grid's context
                  lengths, one policy per host mode (traces.schema HOST_MODES: ar, chain at
                  every block size, gated, trees of three sizes, a candidate batch), with
                  recording off as ``promote`` runs them; ``mode`` = the cycle's host
@@ -53,7 +55,7 @@ KINDS = ("target", "tree_verify", "draft", "overhead")
 
 # Prefill chunk when building a cache: bounds attention memory at long contexts.
 _CHUNK = 1024
-# k of the top-k a timed draft step copies to the host: the recorder's default oracle top-k
+# k of the top-k a timed draft step computes: the recorder's default oracle top-k
 DRAFT_TOP_K = 4
 
 
@@ -491,13 +493,14 @@ def _groups(points: list[Point]) -> list[tuple[tuple[int, int], list[Point]]]:
 
 # --- provenance ----------------------------------------------------------------------
 
-def describe_setup(target, device: torch.device, backend: str = "hf") -> dict:
+def describe_setup(target, device: torch.device, backend: str = "hf", stages: str | None = None) -> dict:
     """profile.json / run.json ``setup``: the hardware, software, backend ("hf" or
     "graph", and how it verifies batch plans: "rows" or "packed") and numerics a time was
-    measured with."""
+    measured with; ``stages``: which elementwise stages the graph backend ran (compiled
+    or eager, ``GraphBackend.fusion``), since they change its times."""
     device = torch.device(device)
     cuda = device.type == "cuda"
-    return {
+    setup = {
         "device": device.type,
         "gpu": torch.cuda.get_device_name(device) if cuda else None,
         "driver": gpu_driver() if cuda else None,
@@ -508,6 +511,9 @@ def describe_setup(target, device: torch.device, backend: str = "hf") -> dict:
         "dtype": str(next(target.parameters()).dtype).removeprefix("torch."),
         "attn": getattr(target.config, "_attn_implementation", None),
     }
+    if stages is not None:
+        setup["stages"] = stages
+    return setup
 
 
 def gpu_driver() -> str | None:

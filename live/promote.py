@@ -114,7 +114,7 @@ def _promote(args: argparse.Namespace) -> int:
     device = _device(args)
     target = load_target(target_id, dtype=dtype, attn=args.attn, device=device)
     draft = load_draft(draft_id, target, device=device)
-    from specreplay.live.backend import cli_backend
+    from specreplay.live.backend import backend_stages, cli_backend
     backend = cli_backend(args.backend, target, draft)
     tokenizer = load_tokenizer(args.tokenizer or target_id)
     if args.dataset:
@@ -129,7 +129,7 @@ def _promote(args: argparse.Namespace) -> int:
                      draft={"id": draft_id, "files": file_hashes(draft_id),
                             "block_size": draft.config.block_size,
                             "mask_token_id": draft.config.mask_token_id},
-                     setup=describe_setup(target, device, backend), dataset=dataset)
+                     setup=describe_setup(target, device, backend, backend_stages(backend, target, draft)), dataset=dataset)
     ledger = Path(args.ledger)
     out_root = Path(args.out)
     suffix = prompt_kind + (f"-{_slug(Path(args.dataset).stem)}" if args.dataset else "")

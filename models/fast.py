@@ -38,7 +38,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
            "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
-           "Stages", "fused_stages"]
+           "Stages", "fused_stages", "stages_failed"]
 
 # HF model_type values whose decoder this module computes exactly: pre-norm RMSNorm
 # blocks, RoPE, GQA attention (q/k RMSNorm for Qwen3), SwiGLU MLP.
@@ -198,40 +198,43 @@ class Stages:
     rms_norm: Callable
     softmax: Callable
     name: str
-_FUSED: dict[str, Stages] = {}
 
 
-def fused_stages(device) -> tuple[Stages, str]:
-    """On a GPU, the stages compiled by torch.compile (one generated kernel per stage
-    instead of two to seven: 0.6-0.8 ms of a Qwen3-8B-shaped forward on an H200,
-    measured, before the attention softmax joined them), shape-generic so one compile serves every query length; compiled once per
-    process and device, on first use. Returns (stages, what they are); ``EAGER`` and the
-    reason on a CPU (the float32 equality tests compare the eager rounding order) or
-    where compiling fails (no toolchain). Eager and compiled compute the same function;
-    benchmarks/live_speed.py's check compares captured (compiled) and eager calls."""
+# per device: the compiled stages, or why they could not be used (``stages_failed``)
+_FUSED: dict[str, "Stages | str"] = {}
+
+
+def fused_stages(device) -> tuple["Stages", str]:
+    """On a GPU, the stages compiled by torch.compile: one generated kernel per stage
+    instead of two to seven (0.6-0.8 ms of a Qwen3-8B-shaped forward on an H200,
+    measured before the attention softmax joined them), shape-generic so one compile
+    serves every query length, compiled on first use. Inductor is asked to round every
+    intermediate to the model dtype where eager does (``emulate_precision_casts``; on a
+    CPU the compiled stages then equal the eager ones bit for bit, checked), so compiled
+    and eager compute the same numbers; benchmarks/live_speed.py's check compares the
+    captured calls with eager ones on the GPU. Returns (stages, what they are): ``EAGER``
+    and the reason on a CPU (the float32 equality tests compare the eager order) or
+    after ``stages_failed`` (a caller's first real use could not compile)."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return EAGER, "eager elementwise stages (a CPU)"
     key = str(dev)
     if key not in _FUSED:
-        try:
-            stages = Stages(*(torch.compile(f, dynamic=True, fullgraph=True)
-                              for f in (qk_rope, swiglu, rms_norm, masked_softmax)),
-                            name="compiled elementwise stages (torch.compile)")
-            # one tiny call of each now: a missing toolchain fails here, not mid-capture
-            with torch.inference_mode():
-                x = torch.randn(1, 2, 3, 8, device=dev)
-                cs = torch.ones(1, 2, 1, 8, device=dev)
-                stages.qk_rope(x, torch.ones(3, 8, device=dev), cs, cs, 1e-6)
-                stages.swiglu(torch.randn(1, 2, 8, device=dev), 4)
-                stages.rms_norm(torch.randn(1, 2, 8, device=dev), torch.ones(8, device=dev), 1e-6)
-                stages.softmax(torch.randn(2, 3, 8, device=dev), torch.zeros(1, 3, 8, device=dev), 0.5,
-                               torch.bfloat16)
-        except Exception as err:  # noqa: BLE001 - any compiler failure leaves the eager stages
-            why = str(err).splitlines()[0][:160] if str(err) else ""
-            return EAGER, f"eager elementwise stages: torch.compile failed ({type(err).__name__}: {why})"
-        _FUSED[key] = stages
-    return _FUSED[key], _FUSED[key].name
+        opts = {"emulate_precision_casts": True}
+        _FUSED[key] = Stages(*(torch.compile(f, dynamic=True, fullgraph=True, options=opts)
+                               for f in (qk_rope, swiglu, rms_norm, masked_softmax)),
+                             name="compiled elementwise stages (torch.compile)")
+    got = _FUSED[key]
+    return (EAGER, got) if isinstance(got, str) else (got, got.name)
+
+
+def stages_failed(device, err: BaseException) -> str:
+    """Record that the compiled stages failed on ``device`` (later ``fused_stages`` calls
+    return ``EAGER``); returns the reason, one line."""
+    why = str(err).splitlines()[0][:160] if str(err) else ""
+    reason = f"eager elementwise stages: torch.compile failed ({type(err).__name__}: {why})"
+    _FUSED[str(torch.device(device))] = reason
+    return reason
 
 
 def attention_bias(mask: torch.Tensor | None, groups: int, dtype) -> torch.Tensor | None:

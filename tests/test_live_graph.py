@@ -400,3 +400,37 @@ def test_the_verify_span_starts_where_the_pass_is_launched(pair, monkeypatch):
     dec = Decoder(target, draft, parse_policy("fixed(b=6)+gate(min_prob=0.3)"), LoopConfig(max_new_tokens=MAX_NEW),
                   backend="graph")
     assert all(c["target_s"] > 0 for c in dec.run(0, PROMPTS[0]).cycles)
+
+
+def test_stages_that_cannot_compile_leave_the_eager_ones(pair, monkeypatch):
+    """A compiler failure in the backend's warm-up (the model's own dtype and shapes)
+    leaves a working backend on the eager stages, says why, and records the failure for
+    the device (``fused_stages`` then hands out the eager stages)."""
+    import specreplay.models.fast as fast
+    from dataclasses import replace
+
+    def broken(*a, **k):
+        raise RuntimeError("no kernel for this dtype\nsecond line")
+    monkeypatch.setattr(fast, "StepGraph", _Replay)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(fast, "_FUSED", {})
+    monkeypatch.setattr(fast, "fused_stages",
+                        lambda device: (replace(fast.EAGER, swiglu=broken, name="compiled"), "compiled"))
+    target, draft = pair
+    be = GraphBackend(target, draft, capture=True)
+    assert be.fast.stages is fast.EAGER and be.fdraft.stages is fast.EAGER
+    assert be.fusion == "eager elementwise stages: torch.compile failed (RuntimeError: no kernel for this dtype)"
+    assert fast._FUSED == {"cpu": be.fusion}
+
+
+def test_the_setup_names_the_stages_the_graph_backend_ran(pair):
+    """run.json / profile.json setup carry the graph backend's stages (their times
+    differ), so a profile of other stages does not pair silently; hf setups do not."""
+    from specreplay.live.backend import backend_stages
+    from specreplay.live.profiler import describe_setup
+    target, draft = pair
+    stages = backend_stages("graph", target, draft)
+    assert stages == backend_for("graph", target, draft).fusion == "eager elementwise stages (no graph capture)"
+    assert backend_stages("hf", target, draft) is None
+    assert describe_setup(target, "cpu", "graph", stages)["stages"] == stages
+    assert "stages" not in describe_setup(target, "cpu", "hf")
