@@ -9,7 +9,6 @@ more than one ``/``); it must then exist. Otherwise it is a hub id ``owner/name`
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import os
 import re
@@ -22,6 +21,7 @@ from specreplay.models.checkpoint import CheckpointError
 from specreplay.models.draft import DFlashDraftModel
 from specreplay.models.draft_config import DraftConfig, DraftConfigError, build_target_layer_ids
 from specreplay.errors import CLIError
+from specreplay.traces.io import file_digest
 
 __all__ = ["ModelLoadError", "build_tiny_pair", "file_hashes", "load_draft", "load_target",
            "load_tokenizer", "resolve_folder"]
@@ -238,16 +238,10 @@ def file_hashes(path) -> dict[str, str]:
         if not file.is_file() or any(part.startswith(".") for part in rel.parts):
             continue
         blob = file.resolve().name
-        hashes[rel.as_posix()] = blob if file.is_symlink() and _HEX64.match(blob) else _sha256(file)
+        hashes[rel.as_posix()] = blob if file.is_symlink() and _HEX64.match(blob) else file_digest(file)
     return hashes
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _first_line(e: Exception) -> str:

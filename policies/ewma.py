@@ -210,17 +210,7 @@ class Ewma(Policy):
                 best, best_score = c, s
         if best is None:
             return
-        if best == current or _relative_improvement(best_score, score.get(current)) <= self.margin:
-            self.pending, self.pending_streak = None, 0
-            return
-        if best == self.pending:
-            self.pending_streak += 1
-        else:
-            self.pending, self.pending_streak = best, 1
-        if self.pending_streak >= self.streak:
-            self.current = best
-            self.pending, self.pending_streak = None, 0
-            self.cooldown_left = self.cooldown
+        self._switch_to(best, best == current or _relative_improvement(best_score, score.get(current)))
 
     def _update_estimates(self, b: int, outcome: CycleOutcome) -> None:
         tau = ewma_update(self.tau_hat.get(b), outcome.tau, self.alpha)
@@ -281,9 +271,14 @@ class Ewma(Policy):
         for b in scored[1:]:  # first candidate wins ties
             if self.score_hat[b] > self.score_hat[best]:
                 best = b
-        improvement = _relative_improvement(self.score_hat[best],
-                                            self.score_hat.get(self.current))
-        if best == self.current or improvement <= self.margin:
+        self._switch_to(best, best == self.current or
+                        _relative_improvement(self.score_hat[best], self.score_hat.get(self.current)))
+
+    def _switch_to(self, best: int, improvement: "float | bool") -> None:
+        """Steps 6-7: ``best`` becomes current once it has led by more than the margin
+        for ``streak`` cycles in a row. ``improvement``: its relative lead over the
+        current size, or True when it is the current size (nothing to switch)."""
+        if improvement is True or improvement <= self.margin:
             self.pending, self.pending_streak = None, 0
             return
         if best == self.pending:

@@ -1,6 +1,7 @@
 """Writing and reading trace directories (format: traces/schema.py)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -92,3 +93,12 @@ def table_files(trace_dir: Path, name: str) -> list[Path]:
     if d.is_dir():
         files += sorted(d.glob("part-*.parquet"))
     return files
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex): checked-trace stamps, model file hashes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from specreplay.traces.identity import differences, setup_identity
-from specreplay.traces.io import TraceError, table_files
+from specreplay.traces.io import TraceError, file_digest, table_files
 from specreplay.traces.schema import PROFILE_OPTIONAL, PROFILE_SCHEMA, SCHEMA_VERSION, SCHEMAS, TABLES
 from specreplay.traces import validate
 from specreplay.traces.writer import read_json
@@ -188,15 +188,6 @@ def report_problems(problems: list, collect: list | None, where: Path) -> None:
     more = (f" ({n} more problem{'s' if n > 1 else ''}: `specreplay trace check {where}` lists "
             "them)") if n else ""
     raise TraceError(f"{problems[0]}{more}")
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _RULES_DIGEST: list[str] = []
