@@ -202,7 +202,8 @@ class Decoder:
         self._check_plan(plan, b, view.k)
         # a greedy top-1 chain planned without reading the proposal: its tokens go from
         # the draft's top-k to the verify on the device, and they come back with the
-        # target's argmax in one copy (the cycle's only wait for the device)
+        # target's argmax in one copy (one host copy a cycle where there were two; the
+        # clock's end-of-cycle event wait then finds nothing left to run)
         on_device = (isinstance(view, DeviceDraftView) and not view.fetched and self._top1_chain(plan))
         if on_device:
             n = len(plan.paths[0])
