@@ -20,7 +20,7 @@ math kernel, which expands K/V per query head), and few query rows on a GPU take
 batched matmuls rather than a fused kernel that would leave most of the GPU idle; the
 residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
 outputs are copied straight into one preallocated feature buffer. On a GPU the
-elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated
+elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU, the attention softmax) may run compiled, one generated
 kernel each (``fused_stages``).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
