@@ -60,6 +60,50 @@ def to_device(data, dtype, device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+class Staged:
+    """A pass's host inputs (numpy arrays of fixed shapes and dtypes) uploaded in one copy:
+    the arrays are laid out in one byte buffer, and ``views`` are typed views of its device
+    copy, so a captured graph's static inputs are rewritten by one host-to-device copy
+    where a copy per input and a device copy per static buffer took eight launches (each
+    is host time the device waits through before the pass starts)."""
+
+    ALIGN = 8  # every view starts at a multiple of the widest item (int64)
+
+    def __init__(self, arrays, device):
+        self.layout, off = [], 0
+        for a in arrays:
+            a = np.asarray(a)
+            self.layout.append((off, a.shape, a.dtype))
+            off += -(-a.nbytes // self.ALIGN) * self.ALIGN
+        self.device = device
+        self.buf = torch.zeros(max(off, self.ALIGN), dtype=torch.uint8, device=device)
+        self.views = tuple(
+            self.buf[o:o + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(_TORCH[dt]).view(shape)
+            for o, shape, dt in self.layout)
+        self.host = np.zeros(self.buf.numel(), dtype=np.uint8)
+
+    def write(self, arrays) -> tuple[torch.Tensor, ...]:
+        """Copy ``arrays`` (the same shapes and dtypes as at construction) into the views."""
+        for (o, shape, dt), a in zip(self.layout, arrays, strict=True):
+            a = np.asarray(a)
+            if a.shape != shape or a.dtype != dt:
+                raise ValueError(f"staged input {a.dtype}{list(a.shape)} does not fit its slot {dt}{list(shape)}")
+            self.host[o:o + a.nbytes] = a.reshape(-1).view(np.uint8)
+        src = torch.from_numpy(self.host)
+        if self.device.type == "cuda":
+            # from pinned memory, asynchronously; the host allocator keeps the pinned block
+            # until the copy has run, so the host buffer may be rewritten at once
+            src = src.pin_memory()
+            self.buf.copy_(src, non_blocking=True)
+        else:
+            self.buf.copy_(src)
+        return self.views
+
+
+_TORCH = {np.dtype(np.int64): torch.int64, np.dtype(np.bool_): torch.bool, np.dtype(np.int32): torch.int32,
+          np.dtype(np.float32): torch.float32}
+
+
 def rows_of(t: torch.Tensor, rows: list[int], dim: int = 0) -> torch.Tensor:
     """``t`` indexed by ``rows`` along ``dim``: a slice (no kernel, no index upload) when
     the rows are consecutive."""
@@ -320,9 +364,15 @@ class GraphBackend:
                         feats[None, :q], packed=packed)
 
     def _verify_inputs(self, packed: Packed, L: int, q_pad: int, kv_len: int):
+        """``_verify_arrays`` on the device (one upload)."""
+        arrays = self._verify_arrays(packed, L, q_pad, kv_len)
+        return Staged(arrays, self.device).write(arrays)
+
+    @staticmethod
+    def _verify_arrays(packed: Packed, L: int, q_pad: int, kv_len: int):
         """ids/positions [1, q_pad], write rows [q_pad], mask [1, 1, q_pad, kv_len] of a
-        packed pass at cache length L. Padding rows write past the real ones and see
-        only themselves (never seen by a real row)."""
+        packed pass at cache length L, on the host. Padding rows write past the real ones
+        and see only themselves (never seen by a real row)."""
         q = len(packed.tokens)
         pad = q_pad - q
         ids = np.asarray([packed.tokens + [0] * pad], dtype=np.int64)
@@ -333,25 +383,25 @@ class GraphBackend:
         new = mask[0, 0, :, L:L + q_pad]
         new[np.arange(q_pad), np.arange(q_pad)] = True
         new[:q, :q] = packed.ancestors()
-        dev = self.device
-        return (to_device(ids, torch.long, dev), to_device(pos, torch.long, dev),
-                to_device(rows, torch.long, dev), to_device(mask, torch.bool, dev))
+        return ids, pos, rows, mask
 
     def _verify_captured(self, tc, packed: Packed, L: int, device_tokens=None, mark=None):
         q = len(packed.tokens)
         q_pad = bucket(q)
         span = kv_span(L + q_pad, tc.capacity)
         key = ("verify", q_pad, span, tc.capacity)
-        inputs = self._verify_inputs(packed, L, q_pad, span)
+        arrays = self._verify_arrays(packed, L, q_pad, span)
+        step = self.graphs.get(key)
+        staged = step.staged if step is not None else Staged(arrays, self.device)
+        inputs = staged.write(arrays)  # the captured step's own input buffers
         if device_tokens is not None:
             inputs[0][0, 1:q].copy_(device_tokens)
-        step = self.graphs.get(key)
         if step is None:
             if mark is not None:
                 mark()  # the capture lands inside the span: the loop takes it out (capture_s)
             step = self._capture(key, "target", lambda *a: self.fast.forward(tc, *a, span), inputs)
+            step.staged = staged
             return step.run()
-        _refill(step, inputs)
         if mark is not None:
             mark()
         return step.run()
@@ -401,22 +451,34 @@ class GraphBackend:
         torch.arange(cached, cached + T_pad, device=dev, out=rows)
         step.run()
 
+    def _block_arrays(self, block_ids, context_len: int, span: int):
+        """ids, positions [1, b] and mask [1, 1, b, span + b] of a block pass over ``span``
+        cache rows, on the host (the mask by the draft's own rule, computed on the CPU)."""
+        b = len(block_ids)
+        ids = np.asarray([block_ids], dtype=np.int64)
+        pos = np.arange(context_len, context_len + b, dtype=np.int64)[None]
+        mask = self.fdraft.block_mask(b, context_len, span, torch.device("cpu")).numpy()
+        return ids, pos, mask
+
     def _block(self, dc, block_ids, context_len: int) -> torch.Tensor:
         b = len(block_ids)
         dev = self.device
-        ids = to_device([block_ids], torch.long, dev)
-        pos = torch.arange(context_len, context_len + b, device=dev)[None]
         if not self.capture:
+            ids = to_device([block_ids], torch.long, dev)
+            pos = torch.arange(context_len, context_len + b, device=dev)[None]
             mask = None if self.fdraft.plain else self.fdraft.block_mask(b, context_len, context_len, dev)
             return self.fdraft.block_logits(dc, ids, pos, mask, context_len)
         span = kv_span(max(context_len, 1), dc.capacity)
         key = ("block", b, span, dc.capacity)
-        inputs = (ids, pos, self.fdraft.block_mask(b, context_len, span, dev))
+        arrays = self._block_arrays(block_ids, context_len, span)
         step = self.graphs.get(key)
         if step is None:
-            step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span), inputs)
+            staged = Staged(arrays, dev)
+            step = self._capture(key, "draft", lambda *a: self.fdraft.block_logits(dc, *a, span),
+                                 staged.write(arrays))
+            step.staged = staged
         else:
-            _refill(step, inputs)
+            step.staged.write(arrays)
         # a copy: refinement and recycling run the same captured pass again within the
         # cycle while the loop still holds the first pass's logits
         return step.run().clone()
@@ -473,10 +535,3 @@ class GraphBackend:
         self.graphs[key] = step
         self.capture_s[phase] += step.capture_s
         return step
-
-
-def _refill(step, inputs) -> None:
-    """Write a call's inputs into a captured step's static buffers (device-side copies,
-    asynchronous)."""
-    for buf, new in zip(step.inputs, inputs):
-        buf.copy_(new, non_blocking=True)

@@ -434,3 +434,27 @@ def test_the_setup_names_the_stages_the_graph_backend_ran(pair):
     assert backend_stages("hf", target, draft) is None
     assert describe_setup(target, "cpu", "graph", stages)["stages"] == stages
     assert "stages" not in describe_setup(target, "cpu", "hf")
+
+
+def test_staged_inputs_arrive_in_one_copy_into_the_same_views():
+    """A captured pass's inputs are typed views of one buffer: a write lands every array
+    in those same views (the graph's static inputs), and an array of another shape or
+    dtype than its slot is refused rather than reinterpreted."""
+    import numpy as np
+    from specreplay.live.backend import Staged
+    arrays = (np.arange(5, dtype=np.int64)[None], np.array([[True, False, True]]), np.arange(3, dtype=np.int64))
+    st = Staged(arrays, torch.device("cpu"))
+    views = st.write(arrays)
+    assert [v.dtype for v in views] == [torch.int64, torch.bool, torch.int64]
+    assert [tuple(v.shape) for v in views] == [(1, 5), (1, 3), (3,)]
+    for v, a in zip(views, arrays):
+        assert v.tolist() == a.tolist()
+    again = (arrays[0] + 7, ~arrays[1], arrays[2] * 2)
+    out = st.write(again)
+    assert all(o is v for o, v in zip(out, views))
+    for v, a in zip(views, again):
+        assert v.tolist() == a.tolist()
+    with pytest.raises(ValueError, match="does not fit"):
+        st.write((arrays[0][:, :4], arrays[1], arrays[2]))
+    with pytest.raises(ValueError, match="does not fit"):
+        st.write((arrays[0].astype(np.int32), arrays[1], arrays[2]))
