@@ -223,7 +223,9 @@ class GraphBackend:
     """models/fast.py's target and draft over static caches owned by the backend (one
     request at a time: ``start`` hands the caches to a new request). With ``capture``
     every verify, context append and block pass replays a CUDA graph captured lazily
-    for its padded size; without, the same functions run eagerly at exact sizes."""
+    for its padded size; without, the same functions run eagerly at exact sizes. Its
+    passes run without autograd whatever the caller's mode: they write the caches in
+    place, which autograd refuses once a cache view carries the weights' gradient."""
     name, batch_verify = "graph", "packed"
 
     def __init__(self, target, draft, capture: bool):
@@ -309,6 +311,7 @@ class GraphBackend:
             raise RuntimeError("this cache does not belong to this graph backend")
 
     # ---- target
+    @torch.no_grad()
     def prefill(self, tc, prompt_ids, want_features):
         self._check(tc)
         P = len(prompt_ids)
@@ -333,6 +336,7 @@ class GraphBackend:
                                           last_logits=keep)
         return logits, feats[None]
 
+    @torch.no_grad()
     def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, device_tokens=None, mark=None):
         """``device_tokens``: a chain's drafted tokens as a device tensor (offsets 1..),
         written into the pass's input ids on the device; ``node_tokens`` then holds
@@ -406,6 +410,7 @@ class GraphBackend:
             mark()
         return step.run()
 
+    @torch.no_grad()
     def commit(self, tc, verified, path_index, accepted, L):
         rows = verified.packed.path_rows[path_index][:accepted + 1]
         if rows != list(range(accepted + 1)):
@@ -417,6 +422,7 @@ class GraphBackend:
         return kept.clone() if self.capture else kept
 
     # ---- draft
+    @torch.no_grad()
     def draft_pass(self, dc, block_ids, context, cached, context_len):
         self._check(dc)
         if context is not None and context.shape[1]:

@@ -458,3 +458,19 @@ def test_staged_inputs_arrive_in_one_copy_into_the_same_views():
         st.write((arrays[0][:, :4], arrays[1], arrays[2]))
     with pytest.raises(ValueError, match="does not fit"):
         st.write((arrays[0].astype(np.int32), arrays[1], arrays[2]))
+
+
+def test_the_graph_backend_runs_outside_inference_mode(pair):
+    """A caller that has not turned autograd off (a benchmark's check, a notebook) gets
+    the same passes: prefill, draft, verify and commit write the caches in place."""
+    target, draft = pair
+    be = GraphBackend(target, draft, capture=False)
+    prompt = PROMPTS[0]
+    tc, dc = be.start(len(prompt), 16)
+    logits, feats = be.prefill(tc, prompt, True)
+    block = [5] + [draft.mask_token_id] * 3
+    d = be.draft_pass(dc, block, feats, 0, len(prompt))
+    v = be.verify(tc, "chain", ((0, 0),), 5, [6, 7], len(prompt), True)
+    kept = be.commit(tc, v, 0, 1, len(prompt))
+    assert not (logits.requires_grad or d.requires_grad or v.node_logits.requires_grad or kept.requires_grad)
+    assert tc.length == len(prompt) + 2
