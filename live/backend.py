@@ -25,29 +25,31 @@ from specreplay.live.drafting import draft_block, pack_topk, topk_logprobs
 from specreplay.live.profile_cli import BACKENDS
 from specreplay.live.verify import Packed, Verified, keep_committed, pack, packed_verified, prefill, verify_nodes
 from specreplay.policies.base import trie_nodes
+from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS, kv_rows, padded_query
 
 
-# Query lengths a captured verify or context append is padded up to; longer ones are
-# rounded up to a multiple of the last bucket.
-BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# Cache capacity, and the cache rows a captured pass attends over, are rounded up to a
-# multiple of this: a captured graph serves every context length of its 256-row span,
-# and its cost follows the context in steps of that span.
-KV_QUANTUM = 256
+# Query lengths a captured verify or context append is padded up to (longer ones are
+# rounded up to a multiple of the last bucket), and the multiple that cache capacity and
+# the cache rows a captured pass attends over are rounded up to: a captured graph
+# serves every context length of its span, and its cost follows the context in steps
+# of that span. The contract lives in traces/schema.py, where the cost model reads it.
+BUCKETS = QUERY_BUCKETS
 
 
 def bucket(n: int) -> int:
     """The captured size that serves n rows."""
-    for b in BUCKETS:
-        if n <= b:
-            return b
-    top = BUCKETS[-1]
-    return -(-n // top) * top
+    return padded_query(n, BUCKETS)
 
 
 def kv_span(rows: int, capacity: int) -> int:
     """Cache rows a captured pass reading ``rows`` of them attends over."""
-    return min(capacity, -(-rows // KV_QUANTUM) * KV_QUANTUM)
+    return min(capacity, kv_rows(rows, KV_QUANTUM))
+
+
+def graph_shapes(capture: bool) -> dict | None:
+    """The setup's ``shapes`` (traces/schema.py): the padding a captured backend runs
+    its passes at; None when the passes run at their exact sizes."""
+    return {"query_buckets": list(BUCKETS), "kv_quantum": KV_QUANTUM} if capture else None
 
 
 def to_device(data, dtype, device) -> torch.Tensor:

@@ -497,7 +497,8 @@ def describe_setup(target, device: torch.device, backend: str = "hf", stages: st
     """profile.json / run.json ``setup``: the hardware, software, backend ("hf" or
     "graph", and how it verifies batch plans: "rows" or "packed") and numerics a time was
     measured with; ``stages``: which elementwise stages the graph backend ran (compiled
-    or eager, ``GraphBackend.fusion``), since they change its times."""
+    or eager, ``GraphBackend.fusion``), since they change its times; ``shapes``: the padded
+    sizes a captured backend runs its passes at (traces/schema.py QUERY_BUCKETS)."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     setup = {
@@ -513,6 +514,10 @@ def describe_setup(target, device: torch.device, backend: str = "hf", stages: st
     }
     if stages is not None:
         setup["stages"] = stages
+    if backend == "graph" and cuda:
+        # the graph backend captures on a GPU, at padded shapes its times step with
+        from specreplay.live.backend import graph_shapes
+        setup["shapes"] = graph_shapes(True)
     return setup
 
 

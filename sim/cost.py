@@ -34,6 +34,12 @@ the draft), context length ``L`` and ``batch``.
   cached token per row, fitted to the trace's batch cycles, whose target_s includes
   that copy; without batch cycles the copy is left out and a note says so).
 
+* Padded shapes (a captured graph backend: the profile setup's ``shapes``, or a graph
+  profile measured on a GPU): a pass is costed at its padded shape, whose time is flat
+  between steps: q at its query bucket, the context at the measured context nearest to
+  it that attends over the same cache span (``CostModel._padded``); only a span no
+  profile point shares is interpolated or extrapolated as above.
+
 Each query also returns a *source*: the id of the grid cell it interpolated in, or -1 for
 the fitted model; ``explain(source)`` names the profile rows behind it.
 
@@ -50,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
 
-from specreplay.traces.schema import HOST_MODES
+from specreplay.traces.schema import HOST_MODES, KV_QUANTUM, QUERY_BUCKETS, padded_query
 
 FITTED = -1
 
@@ -129,6 +135,46 @@ class Surface:
         return val, cell
 
 
+@dataclass(frozen=True)
+class Shapes:
+    """The padded sizes a captured backend runs its passes at (traces/schema.py
+    QUERY_BUCKETS): a verify of q rows runs at ``query(q)`` rows and attends over its
+    cache rows (context plus padded queries) rounded up to ``kv_quantum``; a draft block
+    pass attends over its context rounded up alike (its block size is exact)."""
+    buckets: tuple[int, ...]
+    kv_quantum: int
+
+    def query(self, kind: str, q: int) -> int:
+        return int(q) if kind == "draft" else padded_query(int(q), self.buckets)
+
+    def span(self, kind: str, q_padded: int, L: np.ndarray) -> np.ndarray:
+        rows = np.maximum(np.asarray(L, np.int64) + (0 if kind == "draft" else int(q_padded)), 1)
+        return -(-rows // self.kv_quantum) * self.kv_quantum
+
+
+def shapes_of(meta: dict[str, Any] | None) -> Shapes | None:
+    """The ``shapes`` of a profile's setup; for a graph-backend profile measured on a GPU
+    before the setup named them, the shapes that backend has always captured at
+    (QUERY_BUCKETS, KV_QUANTUM); None where passes ran at their exact sizes (hf, CPU)."""
+    setup = (meta or {}).get("setup")
+    if not isinstance(setup, dict):
+        return None
+    given = setup.get("shapes")
+    if given is None:
+        if setup.get("backend") == "graph" and setup.get("device") == "cuda":
+            return Shapes(QUERY_BUCKETS, KV_QUANTUM)
+        return None
+    try:
+        buckets = tuple(int(b) for b in given["query_buckets"])
+        quantum = int(given["kv_quantum"])
+    except (TypeError, KeyError, ValueError):
+        buckets, quantum = (), 0
+    if not buckets or quantum < 1 or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+        raise ValueError(f"the profile's setup.shapes {given!r} is not a list of increasing positive "
+                         f"query_buckets with a positive kv_quantum; re-run specreplay profile")
+    return Shapes(buckets, quantum)
+
+
 def _surface(kind: str, rows: dict[str, np.ndarray], cells: list[tuple[str, int, Grid]]) -> Surface | None:
     sel = np.flatnonzero(rows["kind"] == kind)
     if sel.size == 0:
@@ -195,6 +241,7 @@ class CostModel:
         self._set_overheads(cyc, prefer_cycle_overheads and not has_mode)
         run_setup = self.setup.get("setup") if isinstance(self.setup.get("setup"), dict) else {}
         self.batch_verify = str(run_setup.get("batch_verify") or "rows")
+        self.shapes = shapes_of(self.setup)
         # seconds per cached token per extra row of the hf batch verify's KV copy; None:
         # not known (no batch cycles to fit it to), 0 with batch_copy_measured: the rows
         # themselves are live batch cycles and hold the copy already
@@ -455,18 +502,44 @@ class CostModel:
             # rebuilds each table O(log L) times, not once per new context length
             self._L_max = max(2 * self._L_max, L_need + 1, 4096)
         L = np.arange(self._L_max + 1, dtype=np.float64)
+        if kind != "tree_verify" and self.surfaces[kind] is None:
+            raise MissingCost(f"no {kind} timing to cost this policy: {self.label} has no "
+                              f"'{kind}' rows; pass --profile with a profile that measured "
+                              f"{kind} passes")
+        q, L = self._padded(kind, q, batch, L)
         if kind == "tree_verify":
             val, src = self._tree(q, L, batch)
         else:
-            surf = self.surfaces[kind]
-            if surf is None:
-                raise MissingCost(f"no {kind} timing to cost this policy: {self.label} has no "
-                                  f"'{kind}' rows; pass --profile with a profile that measured "
-                                  f"{kind} passes")
-            val, src = surf.predict(float(q), L, batch)
+            val, src = self.surfaces[kind].predict(float(q), L, batch)
         out = (np.maximum(val, 0.0) * self.scale.get(kind, 1.0), src)
         self._tables[key] = out
         return out
+
+    def _padded(self, kind: str, q: int, batch: int, L: np.ndarray) -> tuple[int, np.ndarray]:
+        """The (q, L) a pass is costed at. With padded shapes (``shapes_of``) a pass costs
+        what its padded shape costs, flat between steps: q becomes its bucket, and each
+        context length becomes the measured context nearest to it that attends over the
+        same cache span, so a query reads a measurement of its own shape instead of a
+        line drawn across a step (a tree of 42 nodes costs the 64-row pass, not a blend
+        of the 32- and 64-row ones). Context lengths whose span no profile point shares
+        keep their value (interpolated, or the fitted model beyond the grid)."""
+        if self.shapes is None:
+            return q, L
+        q = self.shapes.query(kind, q)
+        surf = self.surfaces["target" if kind == "tree_verify" else kind]
+        grid = surf.grids.get(batch) if surf is not None else None
+        if grid is None or len(grid.L) == 0:
+            return q, L
+        grid_span = self.shapes.span(kind, q, grid.L)
+        want = self.shapes.span(kind, q, L)
+        out = L.copy()
+        for span in np.unique(grid_span):
+            members = grid.L[grid_span == span]
+            sel = want == span
+            i = np.clip(np.searchsorted(members, L[sel]), 1, max(len(members) - 1, 1))
+            lo, hi = members[i - 1], members[np.minimum(i, len(members) - 1)]
+            out[sel] = np.where(np.abs(L[sel] - lo) <= np.abs(hi - L[sel]), lo, hi)
+        return q, out
 
     def _tree(self, q: int, L: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
         chain, src = self.surfaces["target"].predict(float(q), L, batch)

@@ -120,6 +120,31 @@ PROFILE_SCHEMA = pa.schema([
 # chain, a gated chain, a packed tree, a batch of candidate rows.
 HOST_MODES = ("ar", "chain", "gated", "tree", "batch")
 
+# The shapes a captured graph backend runs (live/backend.py), recorded in a profile's
+# and a run's setup as ``shapes``: a verify of q query rows runs padded to the first
+# bucket >= q (past the last, to a multiple of it), and every captured pass attends
+# over the cache rows it reads rounded up to ``kv_quantum``. Its time is then a step
+# function of the padded sizes, flat between steps, which the cost model follows
+# (sim/cost.py) instead of interpolating across a step.
+QUERY_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+KV_QUANTUM = 256
+
+
+def padded_query(q: int, buckets=QUERY_BUCKETS) -> int:
+    """The captured size that serves q query rows."""
+    for b in buckets:
+        if q <= b:
+            return int(b)
+    top = int(buckets[-1])
+    return -(-int(q) // top) * top
+
+
+def kv_rows(rows: int, quantum: int = KV_QUANTUM) -> int:
+    """Cache rows a captured pass reading ``rows`` of them attends over (before the
+    cache's capacity, which is itself a multiple of the quantum, caps it)."""
+    return -(-max(int(rows), 1) // quantum) * quantum
+
+
 # Columns a profile may have beyond PROFILE_SCHEMA (profiles written before them lack
 # them; readers keep them when present, writers always write them):
 #   mode  overhead rows: the cycle kind whose host time the row holds (HOST_MODES,
