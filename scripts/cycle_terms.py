@@ -2,7 +2,9 @@
 traces are at hand, the policy replayed on the row's trace and profile (``--timing
 model``, as promote predicted it) against the cycles of the live run the row names, as
 mean milliseconds per cycle of the draft passes, the verify pass, the host part and the
-whole cycle, with the relative error of each.
+whole cycle, with the relative error of each; and tokens/s as replayed now against the
+row's measured figure, beside the prediction the row holds (they differ where the cost
+model changed after the row was written).
 
     python3 scripts/cycle_terms.py reports/ledger.csv [--trace traces/samples/twin/humaneval-fixed16]
 
@@ -26,6 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("--trace", help="only the rows predicted from this trace")
     args = ap.parse_args(argv)
     from specreplay.reports.ledger import LedgerError, read_ledger
+    from specreplay.reports.rank import kendall_tau
     from specreplay.sim.replay import replay
     from specreplay.traces.io import TraceError
     from specreplay.traces.reader import Trace
@@ -73,17 +76,30 @@ def main(argv=None) -> int:
         for t in TERMS:
             if err[t] is not None:
                 errs.setdefault((r["prompts"], t), []).append(err[t])
-        out.append((r, pred, meas, err))
-    print("| policy | prompts | " + " | ".join(f"{t[:-2]} ms pred / live (error)" for t in TERMS) + " |")
-    print("|---|---|" + "---|" * len(TERMS))
-    for r, pred, meas, err in out:
+        measured_tps = float(r["measured_tokens_per_s"])
+        tps = (p.tokens_per_s, float(r["predicted_tokens_per_s"]), measured_tps)
+        if p.tokens_per_s:
+            errs.setdefault((r["prompts"], "tokens/s"), []).append(abs(p.tokens_per_s / measured_tps - 1))
+        out.append((r, pred, meas, err, tps))
+    print("| policy | prompts | " + " | ".join(f"{t[:-2]} ms pred / live (error)" for t in TERMS)
+          + " | tokens/s now / row's prediction / measured (error now) |")
+    print("|---|---|" + "---|" * (len(TERMS) + 1))
+    for r, pred, meas, err, (now, then, measured) in out:
         cells = [f"{pred[t] * 1e3:.3f} / {meas[t] * 1e3:.3f} ({'' if err[t] is None else f'{100 * err[t]:+.1f} %'})"
                  for t in TERMS]
+        cells.append(f"{now:.1f} / {then:.1f} / {measured:.1f} ({100 * (now / measured - 1):+.1f} %)" if now else "-")
         print(f"| {r['policy']} | {r['prompts']} | " + " | ".join(cells) + " |")
     print()
     for prompts in sorted({k[0] for k in errs}):
         parts = [f"{t[:-2]} {100 * np.median(errs[(prompts, t)]):+.1f} %" for t in TERMS if (prompts, t) in errs]
         print(f"{prompts}: median signed error per term: " + ", ".join(parts))
+        tp = errs.get((prompts, "tokens/s"))
+        if tp:
+            pairs = [(now, measured) for r, *_, (now, _, measured) in out if r["prompts"] == prompts and now]
+            kt = kendall_tau([a for a, _ in pairs], [b for _, b in pairs])
+            print(f"{prompts}: tokens/s replayed now, |error| median {100 * np.median(tp):.1f} %, "
+                  f"max {100 * np.max(tp):.1f} % over {len(tp)} rows"
+                  + (f"; Kendall tau against measured {kt.tau:.2f}" if kt is not None else ""))
     return 2 if failed else 0
 
 
