@@ -39,10 +39,11 @@ def test_shipped_findings_equal_the_command_output():
                                      "regenerate it with the command in its first paragraph")
 
 
-@pytest.mark.parametrize("name", ["fixture_graph", "twin_engine"])
+@pytest.mark.parametrize("name", ["fixture_graph", "fixture_hf", "twin_engine"])
 def test_benchmark_findings_equal_the_command_output(name):
-    """The study records in benchmarks/results (the float32 fixture-pair re-run, the twin
-    study on the engine of 2026-12-03): their findings are what their ledgers give."""
+    """The study records in benchmarks/results (the float32 fixture-pair re-runs through
+    the graph and hf backends, the twin study on the engine of 2026-12-03 before its
+    complete re-run): their findings are what their ledgers give."""
     ledger, out = f"benchmarks/results/{name}_ledger.csv", f"benchmarks/results/{name}_findings.md"
     want = findings_markdown(read_ledger(ROOT / ledger), ledger, f"specreplay ledger findings {ledger} --out {out}")
     assert (ROOT / out).read_text(encoding="utf-8") == want
