@@ -20,7 +20,10 @@ Positions follow traces/schema.py: S[0] comes from prefill, a cycle starting at 
 anchor S[p] and context_len = len(prompt) + p. Block size 1 is plain autoregressive
 decoding through the same steps. Each step is timed (CUDA events on a GPU, the host
 clock on a CPU) and the policy observes the measured seconds; seconds a backend spends
-capturing a CUDA graph are left out of every timed figure.
+capturing a CUDA graph are left out of every timed figure. A cycle's seconds run from the
+previous cycle's end (the prefill's, for the first) to its own, so the host work between
+cycles (the previous cycle's bookkeeping, the policy's observe, the next plan) is in the
+host part, and a sample's cycles add up to its decode seconds.
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ class DecodeState:
     views: list[DraftView] = field(default_factory=list)
     generation: int | None = None     # the graph backend's cache generation (one request at a time)
     capture_s: float = 0.0            # graph capture seconds inside this request (not decode time)
+    last_end: object = None           # the clock mark where the previous cycle (or the prefill) ended
 
     @property
     def start(self) -> int:
@@ -172,7 +176,8 @@ class Decoder:
         first = self._pick(logits, gen)
         t1 = wall_sync(self.device)
         state = DecodeState(sample, list(prompt_ids), [first], tc, dc, feats, 0, gen,
-                            prefill_s=t1 - t0, t0=t1, generation=getattr(tc, "generation", None))
+                            prefill_s=t1 - t0, t0=t1, generation=getattr(tc, "generation", None),
+                            last_end=self.clock.mark("prefilled"))
         self._check_end(state)
         return state
 
@@ -187,6 +192,8 @@ class Decoder:
         captured0 = dict(self.backend.capture_s)
         clock = self.clock
         clock.reset()
+        if state.last_end is not None:
+            clock.put("previous", state.last_end)
         clock.mark("start")
         p, L = state.start, state.context_len
         anchor = state.output[-1]
@@ -228,7 +235,7 @@ class Decoder:
         state_json = json.dumps(self.policy.state(), sort_keys=True)
         if self.cfg.record:
             self._logit_rows(state, ver, acc, b, logits)
-        clock.mark("end")
+        state.last_end = clock.mark("end")
         clock.sync()
         # a graph captured inside this cycle ran between the phase's marks: not its cost
         cap = {ph: s - captured0.get(ph, 0.0) for ph, s in self.backend.capture_s.items()}
@@ -236,8 +243,11 @@ class Decoder:
         state.capture_s += sum(cap.values())
         draft_s = max(0.0, clock.seconds("draft0", "draft1") - cap_d)
         target_s = max(0.0, clock.seconds("target0", "target1") - cap_t)
-        # a recording graph captured at the cycle's end is left out like the others
-        cycle_s = max(draft_s + target_s, clock.seconds("start", "end") - sum(cap.values()))
+        # a recording graph captured at the cycle's end is left out like the others; the
+        # time since the previous cycle's end is host work no pass overlaps (the device
+        # idles after each cycle's wait), so it counts as this cycle's host part
+        since = "previous" if "previous" in clock.marks else "start"
+        cycle_s = max(draft_s + target_s, clock.seconds(since, "end") - sum(cap.values()))
         overhead_s = max(0.0, cycle_s - draft_s - target_s)
         tau = acc.accepted + 1
         outcome = CycleOutcome(state.sample, state.cycle, p, b, acc.accepted, tau, tau, acc.path,

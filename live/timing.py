@@ -14,13 +14,19 @@ class CycleClock:
         self.cuda = torch.device(device).type == "cuda"
         self.marks: dict[str, object] = {}
 
-    def mark(self, name: str) -> None:
+    def mark(self, name: str) -> object:
+        """Set mark ``name`` now; returns it (for ``put`` into a later cycle's clock)."""
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
             ev.record()
             self.marks[name] = ev
         else:
             self.marks[name] = time.perf_counter()
+        return self.marks[name]
+
+    def put(self, name: str, mark: object) -> None:
+        """A mark set earlier (``mark``'s return value, possibly in an earlier cycle)."""
+        self.marks[name] = mark
 
     def sync(self) -> None:
         """Wait for the device to reach the last mark (no-op on a CPU)."""

@@ -136,3 +136,28 @@ def test_packed_tree_logits_equal_each_path_alone(pair):
         # hidden features are unnormalised sums over layers: a tree and a chain reduce in a
         # different order, so they agree to float32 rounding of their own scale, not to 1e-5
         torch.testing.assert_close(feats, chain.features[:, :3], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["hf", "graph"])
+def test_a_samples_cycles_add_up_to_its_decode_seconds(pair, backend):
+    """Host work between cycles (here a policy whose observe takes 10 ms) is in the next
+    cycle's host part: the cycles account for the whole decode, as the simulator, which
+    sums cycles, assumes; a clock that starts each cycle afresh loses it."""
+    import time
+    target, draft = pair
+    dec = Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=24), backend=backend)
+    observe = dec.policy.observe
+    nap = 0.010
+
+    def slow(outcome):
+        time.sleep(nap)
+        observe(outcome)
+    dec.policy.observe = slow
+    res = dec.run(0, PROMPTS[0])
+    cycles = res.cycles
+    assert len(cycles) >= 6
+    missing = res.decode_s - sum(c["cycle_s"] for c in cycles)
+    # only the last cycle's observe falls after its end (the sample's tail); losing every
+    # cycle's would miss len(cycles) - 1 naps more
+    assert 0 <= missing < 2 * nap
+    assert all(c["overhead_s"] >= nap for c in cycles[1:])
