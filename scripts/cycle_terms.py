@@ -4,7 +4,8 @@ model``, as promote predicted it) against the cycles of the live run the row nam
 mean milliseconds per cycle of the draft passes, the verify pass, the host part and the
 whole cycle, with the relative error of each; and tokens/s as replayed now against the
 row's measured figure, beside the prediction the row holds (they differ where the cost
-model changed after the row was written).
+model changed after the row was written); and the share of the live runs' decode seconds
+that no cycle holds.
 
     python3 scripts/cycle_terms.py reports/ledger.csv [--trace traces/samples/twin/humaneval-fixed16]
 
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
             (p,) = replay(trace, [r["policy"]], profile=profile,
                           timing="calibrated" if "timing=calibrated" in note else "model",
                           other_setup="other-setup profile" in note, bootstrap=0)
-            cyc = Trace.open(live).cycles
+            live_trace = Trace.open(live)
+            cyc = live_trace.cycles
+            decode_s = float(np.sum(live_trace.samples["decode_s"].to_numpy()))
         except (TraceError, ValueError) as e:
             print(f"cycle_terms: {r['policy']} ({r['prompts']}): {e}", file=sys.stderr)
             failed += 1
@@ -76,6 +79,11 @@ def main(argv=None) -> int:
         for t in TERMS:
             if err[t] is not None:
                 errs.setdefault((r["prompts"], t), []).append(err[t])
+        # decode seconds no cycle holds (host work between cycles, in traces recorded
+        # before cycles ran from the previous one's end): the simulator sums cycles
+        between = 1 - float(np.sum(cyc["cycle_s"].to_numpy())) / decode_s if decode_s > 0 else None
+        if between is not None:
+            errs.setdefault((r["prompts"], "between"), []).append(between)
         measured_tps = float(r["measured_tokens_per_s"])
         tps = (p.tokens_per_s, float(r["predicted_tokens_per_s"]), measured_tps)
         if p.tokens_per_s:
@@ -93,6 +101,10 @@ def main(argv=None) -> int:
     for prompts in sorted({k[0] for k in errs}):
         parts = [f"{t[:-2]} {100 * np.median(errs[(prompts, t)]):+.1f} %" for t in TERMS if (prompts, t) in errs]
         print(f"{prompts}: median signed error per term: " + ", ".join(parts))
+        gap = errs.get((prompts, "between"))
+        if gap:
+            print(f"{prompts}: decode seconds outside every cycle: median {100 * np.median(gap):.1f} %, "
+                  f"range {100 * np.min(gap):.1f}-{100 * np.max(gap):.1f} % of the live runs' decode time")
         tp = errs.get((prompts, "tokens/s"))
         if tp:
             pairs = [(now, measured) for r, *_, (now, _, measured) in out if r["prompts"] == prompts and now]
