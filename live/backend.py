@@ -78,7 +78,8 @@ class Staged:
             self.layout.append((off, a.shape, a.dtype))
             off += -(-a.nbytes // self.ALIGN) * self.ALIGN
         self.device = device
-        self.buf = torch.zeros(max(off, self.ALIGN), dtype=torch.uint8, device=device)
+        # every byte is written by each ``write`` (padding from the zeroed host copy)
+        self.buf = torch.empty(max(off, self.ALIGN), dtype=torch.uint8, device=device)
         self.views = tuple(
             self.buf[o:o + int(np.prod(shape, dtype=np.int64)) * dt.itemsize].view(_TORCH[dt]).view(shape)
             for o, shape, dt in self.layout)
@@ -225,9 +226,11 @@ class GraphBackend:
     """models/fast.py's target and draft over static caches owned by the backend (one
     request at a time: ``start`` hands the caches to a new request). With ``capture``
     every verify, context append and block pass replays a CUDA graph captured lazily
-    for its padded size; without, the same functions run eagerly at exact sizes. Its
-    passes run without autograd whatever the caller's mode: they write the caches in
-    place, which autograd refuses once a cache view carries the weights' gradient."""
+    for its padded size; without, the same functions run eagerly at exact sizes. Every
+    call runs in inference mode, whatever the caller's: the backend writes its caches and
+    captured inputs in place, which autograd refuses once a cache view carries the
+    weights' gradient, and which an inference tensor (one made in inference mode) allows
+    only inside it."""
     name, batch_verify = "graph", "packed"
 
     def __init__(self, target, draft, capture: bool):
@@ -279,6 +282,7 @@ class GraphBackend:
         self.capture_s["target"] += time.perf_counter() - t0
 
     # ---- caches
+    @torch.inference_mode()
     def start(self, prompt_len: int, max_new_tokens: int):
         self._ensure(prompt_len + max_new_tokens + 2 * BUCKETS[-1])
         for cache in (self.tc, self.dc):
@@ -313,7 +317,7 @@ class GraphBackend:
             raise RuntimeError("this cache does not belong to this graph backend")
 
     # ---- target
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, tc, prompt_ids, want_features):
         self._check(tc)
         P = len(prompt_ids)
@@ -325,6 +329,7 @@ class GraphBackend:
         tc.length = P
         return logits[-1], feats[None]
 
+    @torch.inference_mode()
     def full_pass(self, ids: list[int], keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One causal pass over ``ids`` in this backend's target cache (the oracle's
         target pass; it hands the cache to a new request): logits [keep, V] float32 of
@@ -338,7 +343,7 @@ class GraphBackend:
                                           last_logits=keep)
         return logits, feats[None]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def verify(self, tc, mode, paths, anchor, node_tokens, L, want_features, device_tokens=None, mark=None):
         """``device_tokens``: a chain's drafted tokens as a device tensor (offsets 1..),
         written into the pass's input ids on the device; ``node_tokens`` then holds
@@ -412,7 +417,7 @@ class GraphBackend:
             mark()
         return step.run()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def commit(self, tc, verified, path_index, accepted, L):
         rows = verified.packed.path_rows[path_index][:accepted + 1]
         if rows != list(range(accepted + 1)):
@@ -424,7 +429,7 @@ class GraphBackend:
         return kept.clone() if self.capture else kept
 
     # ---- draft
-    @torch.no_grad()
+    @torch.inference_mode()
     def draft_pass(self, dc, block_ids, context, cached, context_len):
         self._check(dc)
         if context is not None and context.shape[1]:
@@ -492,6 +497,7 @@ class GraphBackend:
         return step.run().clone()
 
     # ---- top-k over the vocabulary (the DraftView, the recording)
+    @torch.inference_mode()
     def record_topk(self, logits: torch.Tensor, k: int):
         """``topk_raw`` of ``logits`` [n, V], for the recording. The outputs are copies:
         the loop keeps them until the sample ends, past later replays."""
@@ -499,6 +505,7 @@ class GraphBackend:
             return topk_raw(logits, k)
         return tuple(t.clone() for t in self._rowwise("record", lambda b: topk_raw(b, k), logits, k))
 
+    @torch.inference_mode()
     def view_topk(self, logits: torch.Tensor, k: int):
         """``topk_logprobs`` of draft logits [n, V] (the DraftView's proposals); captured,
         the ids and log-probs come to the host in one copy (eagerly they waited for the
@@ -509,6 +516,7 @@ class GraphBackend:
         out = self._rowwise("draft", lambda b: pack_topk(b, k), logits, k).cpu().numpy()
         return out[:, :k].copy(), out[:, k:].view(np.float32).copy()
 
+    @torch.inference_mode()
     def view_packed(self, logits: torch.Tensor, k: int) -> torch.Tensor:
         """``pack_topk`` of draft logits [n, V], left on the device (a ``DeviceDraftView``
         fetches it when read); a copy, since later passes of the cycle replay the graph."""

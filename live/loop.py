@@ -28,6 +28,7 @@ host part, and a sample's cycles add up to its decode seconds.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +119,7 @@ class DecodeState:
     generation: int | None = None     # the graph backend's cache generation (one request at a time)
     capture_s: float = 0.0            # graph capture seconds inside this request (not decode time)
     last_end: object = None           # the clock mark where the previous cycle (or the prefill) ended
+    paused_s: float = 0.0             # the caller's progress display between cycles (not decode time)
 
     @property
     def start(self) -> int:
@@ -140,6 +142,7 @@ class Decoder:
         self.device = target.get_input_embeddings().weight.device
         self.stop_ids = frozenset(int(t) for t in config.stop_token_ids)
         self.clock = CycleClock(self.device)
+        self._last_state: DecodeState | None = None  # the request the clock last timed
         # a backend that can leave the DraftView's top-k on the device (graph)
         self.device_views = hasattr(self.backend, "view_packed")
         # plain AR never drafts, so it needs no target features
@@ -156,7 +159,12 @@ class Decoder:
         while True:
             more = self.step(state)
             if progress is not None:
+                # a progress display is the caller's work, not the decode's: out of the
+                # next cycle's host part and out of the decode seconds alike
+                t = time.perf_counter()
                 progress(state)
+                state.paused_s += time.perf_counter() - t
+                state.last_end = self.clock.mark("resumed")
             if not more:
                 return self.finish(state)
 
@@ -178,6 +186,7 @@ class Decoder:
         state = DecodeState(sample, list(prompt_ids), [first], tc, dc, feats, 0, gen,
                             prefill_s=t1 - t0, t0=t1, generation=getattr(tc, "generation", None),
                             last_end=self.clock.mark("prefilled"))
+        self._last_state = state
         self._check_end(state)
         return state
 
@@ -192,8 +201,11 @@ class Decoder:
         captured0 = dict(self.backend.capture_s)
         clock = self.clock
         clock.reset()
-        if state.last_end is not None:
+        # the time since this request's previous cycle is its own host work only if no
+        # other request stepped in between (one decoder serving two states in turn)
+        if state.last_end is not None and self._last_state is state:
             clock.put("previous", state.last_end)
+        self._last_state = state
         clock.mark("start")
         p, L = state.start, state.context_len
         anchor = state.output[-1]
@@ -269,7 +281,7 @@ class Decoder:
         return not state.stop_reason
 
     def finish(self, state: DecodeState) -> SampleResult:
-        decode_s = wall_sync(self.device) - state.t0 - state.capture_s
+        decode_s = wall_sync(self.device) - state.t0 - state.capture_s - state.paused_s
         self._flush_logits(state)
         return SampleResult(state.sample, state.prompt_ids, list(state.output), state.stop_reason,
                             state.prefill_s, decode_s, state.cycles, state.cycle_logits, state.views)

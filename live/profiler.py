@@ -260,13 +260,14 @@ def draft_cache(draft, rows: int, batch: int, gen: torch.Generator, device, dtyp
 def host_policies(block_sizes: Iterable[int]) -> list[str]:
     """The policies whose live cycles the profiler times for host seconds: one per host
     mode (traces.schema HOST_MODES) and verify size a replay commonly asks for: ar,
-    fixed chains at every block size, a gated chain, trees of three sizes and a batch
-    of candidate rows at the largest block size."""
+    fixed chains at every block size, a gated chain, a refined (probed) chain, trees of
+    three sizes and a batch of candidate rows at the largest block size."""
     sizes = sorted(set(int(b) for b in block_sizes if b > 1))
     if not sizes:
         return ["ar"]
     B = sizes[-1]
-    specs = ["ar"] + [f"fixed(b={b})" for b in sizes] + [f"fixed(b={B})+gate(min_prob=0.2)"]
+    specs = ["ar"] + [f"fixed(b={b})" for b in sizes] + [f"fixed(b={B})+gate(min_prob=0.2)",
+                                                         f"fixed(b={B})+refine(steps=2)"]
     trees = [(2, 2), (2, 4), (3, 3)]
     specs += [f"fixed(b={B})+tree(topk={k}, depth={d})" for k, d in trees if d <= B - 1]
     specs.append(f"fixed(b={B})+candidates(mode=fixed_prefix_rank, prefix={min(2, B - 1)}, verify=batch)")
@@ -323,7 +324,8 @@ def measure_host(target, draft, backend, grid: Grid, seed: int = 0,
                         pass
                     dec.finish(state)
                     for c in state.cycles[skip:]:
-                        key = (host_mode(c["block_size"], c["verify_mode"], gated), c["verify_tokens"], L)
+                        key = (host_mode(c["block_size"], c["verify_mode"], gated, bool(c["probe"])),
+                               c["verify_tokens"], L)
                         seen.setdefault(key, []).append(c["overhead_s"])
                     if progress is not None:
                         progress(1)

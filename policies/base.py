@@ -233,13 +233,16 @@ class Policy:
     gates: ClassVar[bool] = False
 
 
-def host_mode(block_size: int, plan_mode: str, gated: bool) -> str:
+def host_mode(block_size: int, plan_mode: str, gated: bool, probed: bool = False) -> str:
     """The traces.schema HOST_MODES entry of a cycle of ``block_size`` verified as ``plan_mode``, by a
-    policy whose verify component gates (``Policy.gates``) or not."""
+    policy whose verify component gates (``Policy.gates``) or not, from a draft request
+    that names a probe input (``DraftRequest.probe``: refined or seeded) or not."""
     if block_size <= 1:
         return "ar"
     if plan_mode == "chain" and gated:
         return "gated"
+    if plan_mode == "chain" and probed:
+        return "probed"
     return plan_mode
 
 
@@ -293,7 +296,7 @@ class Composite:
     def uses_time(self) -> bool:
         return any(c.uses_time() for c in self.components())
 
-    def host_mode(self, block_size: int, plan: VerifyPlan) -> str:
+    def host_mode(self, block_size: int, plan: VerifyPlan, probed: bool = False) -> str:
         """Which host time a cycle of this policy costs (``host_mode``): the profiler
         labels the cycles it times with this, and the simulator costs cycles by it."""
-        return host_mode(block_size, plan.mode, self.verify is not None and self.verify.gates)
+        return host_mode(block_size, plan.mode, self.verify is not None and self.verify.gates, probed)

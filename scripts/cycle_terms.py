@@ -1,6 +1,6 @@
 """Which term of a cycle's time a prediction got wrong: for each row of a ledger whose
-traces are at hand, the policy replayed on the row's trace and profile (``--timing
-model``, as promote predicted it) against the cycles of the live run the row names, as
+traces are at hand, the policy replayed on the row's trace and profile with this
+checkout's cost model (in the timing promote used) against the cycles of the live run the row names, as
 mean milliseconds per cycle of the draft passes, the verify pass, the host part and the
 whole cycle, with the relative error of each; and tokens/s as replayed now against the
 row's measured figure, beside the prediction the row holds (they differ where the cost
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
         if between is not None:
             errs.setdefault((r["prompts"], "between"), []).append(between)
         measured_tps = float(r["measured_tokens_per_s"])
-        tps = (p.tokens_per_s, float(r["predicted_tokens_per_s"]), measured_tps)
-        if p.tokens_per_s:
+        tps = (p.tokens_per_s if measured_tps > 0 else None, float(r["predicted_tokens_per_s"]), measured_tps)
+        if tps[0]:
             errs.setdefault((r["prompts"], "tokens/s"), []).append(abs(p.tokens_per_s / measured_tps - 1))
         out.append((r, pred, meas, err, tps))
     print("| policy | prompts | " + " | ".join(f"{t[:-2]} ms pred / live (error)" for t in TERMS)

@@ -8,7 +8,8 @@ the draft), context length ``L`` and ``batch``.
   in L between the neighbouring measured points (profiles are log-spaced grids, so the
   cells are wide; linear keeps every prediction between two measurements).
   Between two measured batch sizes: linear in batch between the two grids.
-* Anywhere else (outside the grid, or a cell with an unmeasured corner): a structured
+* Anywhere else (outside the grid, or a cell with an unmeasured corner that carries
+  weight): a structured
   model fitted per kind by non-negative least squares,
   ``t = fixed + per_token * (q*batch) + per_token_context * (q*batch*L)``,
   and the query is flagged as extrapolated.
@@ -16,13 +17,13 @@ the draft), context length ``L`` and ``batch``.
   tree_verify / target at equal q (interpolated in q). Without tree rows the ratio is 1
   and flagged.
 * Overhead (the host part of a cycle: the live loop's own work between its GPU passes),
-  per host mode (traces.schema HOST_MODES: ar, chain, gated, tree, batch; named by
+  per host mode (traces.schema HOST_MODES: ar, chain, gated, tree, batch, probed; named by
   policies.base.host_mode) and verify tokens: the profile's overhead rows of that
   ``mode`` (PROFILE_OPTIONAL; the profiler times them over the loop's own cycles, so
   the policy calls, views and bookkeeping are in them), linear in verify tokens between
   the measured sizes; else its chain rows (a profile without the column reads as chain
   rows at q = 0, one figure for every size); else the median ``overhead_s`` of the
-  trace's live cycles of that mode (a gated or ar cycle: of its verify mode), else of
+  trace's live cycles of that mode (a gated, probed or ar cycle: of its verify mode), else of
   all its live cycles, else 0 (flagged). On the trace's own setup with a profile that
   has no ``mode`` column (its overhead rows time only the acceptance tensor ops), the
   live cycles come first. The source of each mode is named in ``overhead_source``.
@@ -104,9 +105,9 @@ class Surface:
         j2 = np.minimum(j + 1, len(g.L) - 1)
         span = g.L[j2] - g.L[j]
         wl = np.where(span > 0, (L - g.L[j]) / np.where(span > 0, span, 1.0), 0.0)
-        lo = g.t[i, j] * (1 - wl) + g.t[i, j2] * wl
-        hi = g.t[i2, j] * (1 - wl) + g.t[i2, j2] * wl
-        val = lo * (1 - wq) + hi * wq
+        lo = _blend(g.t[i, j], g.t[i, j2], wl)
+        hi = _blend(g.t[i2, j], g.t[i2, j2], wl)
+        val = _blend(lo, hi, np.full(L.shape, wq))
         ok = inside & np.isfinite(val)
         out[ok] = val[ok]
         cell[ok] = g.cell_base + i * len(g.L) + j[ok]
@@ -173,6 +174,12 @@ def shapes_of(meta: dict[str, Any] | None) -> Shapes | None:
         raise ValueError(f"the profile's setup.shapes {given!r} is not a list of increasing positive "
                          f"query_buckets with a positive kv_quantum; re-run specreplay profile")
     return Shapes(buckets, quantum)
+
+
+def _blend(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """a*(1-w) + b*w, where a corner of weight 0 does not count: a measured point next to
+    an unmeasured one (NaN) is still that measurement."""
+    return np.where(w <= 0, a, np.where(w >= 1, b, a * (1 - w) + b * w))
 
 
 def _surface(kind: str, rows: dict[str, np.ndarray], cells: list[tuple[str, int, Grid]]) -> Surface | None:
@@ -274,7 +281,7 @@ class CostModel:
         self._host_memo: dict[tuple[str, int], float] = {}
         sources: dict[str, str] = {}
         for mode in HOST_MODES:
-            verify = "chain" if mode in ("ar", "gated") else mode
+            verify = "chain" if mode in ("ar", "gated", "probed") else mode
             options = [
                 (const(cyc.get(mode)), f"median overhead_s of the trace's live {mode} cycles"),
                 (const(cyc.get(verify)) if verify != mode else None,
@@ -530,11 +537,21 @@ class CostModel:
         grid = surf.grids.get(batch) if surf is not None else None
         if grid is None or len(grid.L) == 0:
             return q, L
-        grid_span = self.shapes.span(kind, q, grid.L)
+        # only contexts measured at this q (both neighbouring q rows, between two): a
+        # point the profile skipped (past a position limit) is no measurement to snap to
+        k = int(np.searchsorted(grid.q, q))
+        if k < len(grid.q) and grid.q[k] == q:
+            measured = np.isfinite(grid.t[k])
+        elif 0 < k < len(grid.q):
+            measured = np.isfinite(grid.t[k - 1]) & np.isfinite(grid.t[k])
+        else:
+            return q, L  # outside the measured q: the fitted model answers
+        contexts = grid.L[measured]
+        grid_span = self.shapes.span(kind, q, contexts)
         want = self.shapes.span(kind, q, L)
         out = L.copy()
         for span in np.unique(grid_span):
-            members = grid.L[grid_span == span]
+            members = contexts[grid_span == span]
             sel = want == span
             i = np.clip(np.searchsorted(members, L[sel]), 1, max(len(members) - 1, 1))
             lo, hi = members[i - 1], members[np.minimum(i, len(members) - 1)]
@@ -618,16 +635,19 @@ def _ranges(rows: list[int]) -> str:
 
 def cycle_overheads(cycles: pa.Table) -> dict[str, float]:
     """Median live ``overhead_s`` per mode, from a trace's cycles table: "ar" for cycles
-    of block size 1, else their verify mode (chain, tree, batch; a recorded cycle does
-    not say whether a gate shortened its chain), and over all cycles ("all"); modes
-    without cycles are absent."""
+    of block size 1, "probed" for chains drafted from a probe input, else their verify
+    mode (chain, tree, batch; a recorded cycle does not say whether a gate shortened its
+    chain), and over all cycles ("all"); modes without cycles are absent."""
     over = np.asarray(cycles["overhead_s"].to_numpy(zero_copy_only=False), np.float64)
     mode = np.asarray(cycles["verify_mode"].to_pylist(), dtype=object)
+    if "probe" in cycles.column_names:
+        probe = np.asarray(cycles["probe"].to_pylist(), dtype=object)
+        mode = np.where((mode == "chain") & (probe != "") & np.not_equal(probe, None), "probed", mode)
     if "block_size" in cycles.column_names:
         b = np.asarray(cycles["block_size"].to_numpy(zero_copy_only=False))
         mode = np.where(b <= 1, "ar", mode)
     ok = np.isfinite(over)
-    out = {m: float(np.median(over[ok & (mode == m)])) for m in ("ar", *VERIFY_MODES)
+    out = {m: float(np.median(over[ok & (mode == m)])) for m in ("ar", *VERIFY_MODES, "probed")
            if (ok & (mode == m)).any()}
     if ok.any():
         out["all"] = float(np.median(over[ok]))

@@ -260,7 +260,7 @@ def test_the_profiler_runs_the_replayed_calls(pair, replayed):
     prof = GraphProfiler(target, draft, grid, torch.device("cpu"), backend=replayed)
     run = prof.run()
     assert len([r for r in run.rows if r["kind"] != "overhead"]) == len(prof.points)
-    assert {r["mode"] for r in run.rows if r["kind"] == "overhead"} == {"ar", "chain", "gated", "tree", "batch"}
+    assert {r["mode"] for r in run.rows if r["kind"] == "overhead"} == {"ar", "chain", "gated", "tree", "batch", "probed"}
     keys = set(replayed.graphs)
     assert {("verify", q, span) for q in (1, 4) for span in (256, 512)} <= {k[:3] for k in keys}
     assert {("block", 4, span) for span in (256, 512)} <= {k[:3] for k in keys}
@@ -460,12 +460,16 @@ def test_staged_inputs_arrive_in_one_copy_into_the_same_views():
         st.write((arrays[0].astype(np.int32), arrays[1], arrays[2]))
 
 
-def test_the_graph_backend_runs_outside_inference_mode(pair):
+@pytest.mark.parametrize("decoded_first", [False, True])
+def test_the_graph_backend_runs_outside_inference_mode(pair, decoded_first):
     """A caller that has not turned autograd off (a benchmark's check, a notebook) gets
-    the same passes: prefill, draft, verify and commit write the caches in place."""
+    the same passes: prefill, draft, verify and commit write the caches in place, also
+    caches a decode made inside inference mode first."""
     target, draft = pair
     be = GraphBackend(target, draft, capture=False)
     prompt = PROMPTS[0]
+    if decoded_first:
+        Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=8), backend=be).run(0, prompt)
     tc, dc = be.start(len(prompt), 16)
     logits, feats = be.prefill(tc, prompt, True)
     block = [5] + [draft.mask_token_id] * 3

@@ -161,3 +161,22 @@ def test_a_samples_cycles_add_up_to_its_decode_seconds(pair, backend):
     # cycle's would miss len(cycles) - 1 naps more
     assert 0 <= missing < 2 * nap
     assert all(c["overhead_s"] >= nap for c in cycles[1:])
+
+
+def test_a_progress_display_and_another_request_are_not_a_cycles_host_time(pair):
+    """What the caller does between cycles is not the decode's: a progress callback is
+    out of the next cycle and out of the decode seconds; a request stepped in between
+    (one decoder, two states in turn) is not charged to the other's cycle."""
+    import time
+    target, draft = pair
+    nap = 0.020
+    dec = Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=16), backend="hf")
+    res = dec.run(0, PROMPTS[0], progress=lambda state: time.sleep(nap))
+    assert all(c["overhead_s"] < nap for c in res.cycles)
+    assert 0 <= res.decode_s - sum(c["cycle_s"] for c in res.cycles) < nap
+    a, b = dec.begin(0, PROMPTS[0]), dec.begin(1, PROMPTS[1])
+    for _ in range(4):
+        for state in (a, b):
+            dec.step(state)
+            time.sleep(nap)
+    assert all(c["overhead_s"] < nap for s in (a, b) for c in s.cycles)

@@ -51,7 +51,7 @@ def test_graph_profile_times_every_point_and_each_verify_modes_host_step():
     assert len(forward) == len(prof.points) == 2 * 2 * 2 + 2
     assert all(r["n"] == 3 and r["median_s"] > 0 for r in forward)
     meta = prof.meta(run.rows)
-    assert set(meta["host_s"]) == {"ar", "chain", "gated", "tree", "batch"}
+    assert set(meta["host_s"]) == {"ar", "chain", "gated", "tree", "batch", "probed"}
     assert all(v > 0 for v in meta["host_s"].values())
     assert "violations" in meta["checks"]["monotone"]
     # the host rows came from real decodes through this very backend

@@ -42,7 +42,7 @@ def test_quick_profile_is_readable_and_complete(pair, tmp_path):
     # ternary trie of depth 3)
     host = [r for r in table if r["kind"] == "overhead"]
     assert {(r["mode"], r["context_len"]) for r in host} == \
-        {(m, L) for m in ("ar", "chain", "gated", "tree", "batch") for L in g.context}
+        {(m, L) for m in ("ar", "chain", "gated", "tree", "batch", "probed") for L in g.context}
     qs = {m: {r["q"] for r in host if r["mode"] == m} for m in ("ar", "chain", "tree")}
     assert qs == {"ar": {1}, "chain": {4}, "tree": {1 + 6 + 1, 1 + 39}}
     assert all(r["batch"] == 1 and 0 < r["p10_s"] <= r["median_s"] <= r["p90_s"] for r in host)
@@ -100,9 +100,10 @@ def test_host_policies_cover_every_host_mode():
     kinds = set()
     for spec in specs:
         p = parse_policy(spec)
-        kinds.add("ar" if p.block.name == "ar" else p.verify.name if p.verify else "chain")
-    assert kinds == {"ar", "chain", "gate", "tree", "candidates"}
-    assert host_policies((2,)) == ["ar", "fixed(b=2)", "fixed(b=2)+gate(min_prob=0.2)",
+        kinds.add("ar" if p.block.name == "ar" else p.verify.name if p.verify
+                  else "probed" if any(c.probes() for c in p.inputs) else "chain")
+    assert kinds == {"ar", "chain", "gate", "probed", "tree", "candidates"}
+    assert host_policies((2,)) == ["ar", "fixed(b=2)", "fixed(b=2)+gate(min_prob=0.2)", "fixed(b=2)+refine(steps=2)",
                                    "fixed(b=2)+candidates(mode=fixed_prefix_rank, prefix=1, verify=batch)"]
 
 

@@ -98,3 +98,35 @@ def test_the_engine_and_the_cost_model_share_one_padding_rule():
         assert bucket(n) == padded_query(n)
     assert [kv_span(r, 1024) for r in (1, 256, 257, 2000)] == [256, 256, 512, 1024]
     assert np.all(np.diff([padded_query(n) for n in range(1, 200)]) >= 0)
+
+
+def test_a_point_the_profile_skipped_is_not_snapped_to():
+    """A profile without q = 64 at L = 380 (past a position limit, say): a 64-row pass at
+    L = 300 reads the measurement at L = 352, of the same span, not the fitted line."""
+    table = profile()
+    keep = [not (k == "target" and q == 64 and L == 380) for k, q, L in
+            zip(table["kind"].to_pylist(), table["q"].to_pylist(), table["context_len"].to_pylist())]
+    m = CostModel(table.filter(pa.array(keep)), setup=GRAPH)
+    for q, L in ((64, 300), (42, 300), (64, 379)):  # 379: nearest the skipped 380
+        t, src = m.seconds("target", q, L)
+        assert src != FITTED
+        assert t == pytest.approx(step_cost("target", q, L), rel=1e-9)
+    # and without shapes a measured grid point next to the skipped one stays a measurement
+    m = CostModel(table.filter(pa.array(keep)), setup={"setup": {"backend": "hf"}})
+    t, src = m.seconds("target", 64, 352)
+    assert src != FITTED and t == pytest.approx(step_cost("target", 64, 352), rel=1e-9)
+
+
+def test_a_graph_setup_from_before_shapes_pairs_with_one_that_names_them():
+    """Profiles and traces of the graph backend on a GPU written before setups carried
+    ``shapes`` ran at the same padding: comparing setups must not refuse the pair (nor a
+    resumed recording), while other shapes are still a different setup."""
+    from specreplay.traces.identity import differences, recording_identity, setup_identity
+    old = {"setup": {"backend": "graph", "device": "cuda", "gpu": "H200"}}
+    new = {"setup": {**old["setup"], "shapes": {"query_buckets": list(QUERY_BUCKETS), "kv_quantum": KV_QUANTUM}}}
+    other = {"setup": {**old["setup"], "shapes": {"query_buckets": [1, 8], "kv_quantum": 128}}}
+    assert differences(setup_identity(old), setup_identity(new)) == []
+    assert differences(recording_identity(old), recording_identity(new)) == []
+    assert differences(setup_identity(old), setup_identity(other))
+    hf = {"setup": {"backend": "hf", "device": "cuda"}}
+    assert "shapes" not in setup_identity(hf)["setup"]

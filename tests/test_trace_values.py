@@ -383,7 +383,7 @@ def _profile_row(d: Path, kind: str) -> int:
     ("q", 0, "target", "query tokens 1 to 16777216"),
     ("q", 1 << 30, "draft", "query tokens 1 to 16777216"),
     ("q", -1, "overhead", "for overhead rows the cycle's verify tokens"),
-    ("mode", "warp", "overhead", "one of 'ar', 'chain', 'gated', 'tree', 'batch' on overhead rows"),
+    ("mode", "warp", "overhead", "one of 'ar', 'chain', 'gated', 'tree', 'batch', 'probed' on overhead rows"),
     ("mode", "chain", "target", "empty on the others"),
     ("context_len", -1, "target", "an integer from 0 to 16777216"),
     ("context_len", 2 ** 31 - 1, "target", "an integer from 0 to 16777216"),

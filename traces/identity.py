@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS
+
 # run.json keys that must agree for parts of one recording (resume, merge). The dataset
 # is compared without its indices: each rank of a sharded run holds other rows.
 RECORDING_KEYS = ("setup", "target", "draft", "sampling", "live_policy", "top_k_logits", "oracle")
@@ -30,17 +32,28 @@ def _model_identity(model: Any) -> Any:
     return {"id": model.get("id"), "files": model.get("files") or {}}
 
 
+def _setup(setup: Any) -> Any:
+    """A setup as compared: one written by the graph backend on a GPU before setups named
+    their ``shapes`` gets the shapes that backend has always captured at."""
+    if isinstance(setup, dict) and setup.get("backend") == "graph" and setup.get("device") == "cuda" \
+            and "shapes" not in setup:
+        return {**setup, "shapes": {"query_buckets": list(QUERY_BUCKETS), "kv_quantum": KV_QUANTUM}}
+    return setup
+
+
 def recording_identity(run: dict[str, Any]) -> dict[str, Any]:
     """The part of run.json that two pieces of one recording must share."""
     out = {k: run.get(k) for k in RECORDING_KEYS}
+    out["setup"] = _setup(out["setup"])
     dataset = run.get("dataset") or {}
     out["dataset"] = {k: dataset.get(k) for k in DATASET_KEYS} if isinstance(dataset, dict) else dataset
     return out
 
 
 def setup_identity(meta: dict[str, Any]) -> dict[str, Any]:
-    """The hardware and models a trace was recorded on, or a profile measured on."""
-    return {"setup": meta.get("setup"),
+    """The hardware and models a trace was recorded on, or a profile measured on (a setup
+    from before ``shapes`` pairs with one written after: ``_setup``)."""
+    return {"setup": _setup(meta.get("setup")),
             "target": _model_identity(meta.get("target")),
             "draft": _model_identity(meta.get("draft"))}
 

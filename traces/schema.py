@@ -117,8 +117,10 @@ PROFILE_SCHEMA = pa.schema([
 
 # The host part of a cycle (the loop's own work between its GPU passes) is measured and
 # costed per kind of cycle: plain autoregressive (block size 1, nothing drafted), a full
-# chain, a gated chain, a packed tree, a batch of candidate rows.
-HOST_MODES = ("ar", "chain", "gated", "tree", "batch")
+# chain, a gated chain, a packed tree, a batch of candidate rows, and a "probed" chain:
+# one drafted from a probe input (refinement, recycling's seeds), whose proposals come to
+# the host between the draft's passes, so its verify is planned there too.
+HOST_MODES = ("ar", "chain", "gated", "tree", "batch", "probed")
 
 # The shapes a captured graph backend runs (live/backend.py), recorded in a profile's
 # and a run's setup as ``shapes``: a verify of q query rows runs padded to the first
