@@ -960,6 +960,7 @@ class Engine:
             cd.update(_pv=None, _engine=self)
             od.clear()
             od.update(sample=sample, chosen_path=0, _engine=self)
+            ob = None  # the block size od holds
             policy.reset(sample)
             start = cycle = 0
             while start < last:
@@ -1000,11 +1001,13 @@ class Engine:
                     draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
                     # wait for the GPU plus the step's own seconds
                     cycle_s = (work.t_start - t_ready) + work.step_s
-                od["cycle"], od["start"], od["block_size"] = cycle, start, b
+                od["cycle"], od["start"] = cycle, start
+                if b != ob:  # what a block size fixes (solo: its overhead too), set on a change
+                    ob = od["block_size"] = b
+                    od["verify_tokens"], od["_g"] = hit[6], group
                 od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
-                od["verify_tokens"] = hit[6]
-                od["draft_s"], od["target_s"], od["overhead_s"] = draft_s, target_s, overhead_s
-                od["cycle_s"], od["_g"], od["_r"], od["_lg"] = cycle_s, group, row, None
+                od["draft_s"], od["target_s"], od["cycle_s"] = draft_s, target_s, cycle_s
+                od["overhead_s"], od["_r"], od["_lg"] = overhead_s, row, None
                 observe(out)
                 if solo:
                     put_start(start)
