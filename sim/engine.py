@@ -41,10 +41,12 @@ when a verify component reads them, a previous view only when a policy reads it,
 plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
 verify shapes memoised per plan, tries memoised per path set. A policy that only
 chooses block sizes (no draft-input or verify component: fixed, ewma, breakeven)
-under the cost model, with one request in flight (single stream, or concurrency 1),
-takes ``chain_cycles`` instead: ``request``'s plain-chain route as one generator over
-the requests, keeping four numbers per cycle and filling in the other columns after
-the run (``RunLog.columns``). The policy objects are the ones the live loop runs,
+under the cost model takes ``chain_cycles`` instead: ``request``'s plain-chain route
+as one generator over the requests; with one request in flight (single stream, or
+concurrency 1) it keeps four numbers per cycle and fills in the other columns after
+the run (``RunLog.columns``), and in single stream it advances the clock itself. A
+closed loop sharing the GPU runs its clients as plain generators that the GPU resumes
+when a step ends (``GPU.drive``), in the order SimPy would resume their processes. The policy objects are the ones the live loop runs,
 called as ``Composite`` calls them; nothing of their decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
 frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
 as plainly as the loop reads above. Tests replay every policy family both ways (the
