@@ -37,7 +37,9 @@ Input: a SYNTHETIC trace (traces/synthetic.py) of realistic shape, 164 prompts x
 output tokens (336k positions; oracle block sizes 4, 8, 12, 16; top-4; the draft's
 top-1 right with probability 0.85 per offset), written to a temporary directory first
 (that takes minutes and is not timed). ``--scale S`` multiplies the number of prompts
-(and of long-context samples, at least one) to run smaller.
+(and of long-context samples, at least one) to run smaller; ``--replay-only`` prints
+the two cycles_per_s lines alone (for before/after runs of the replay's hot path), each
+figure the best of ``--repeats`` timings.
 
 One core: the process pins itself to one CPU where the OS allows (except for the
 two-worker sweep, which gets the CPUs the process started with), and the replay
@@ -74,11 +76,14 @@ TREE = "fixed(b=16)+tree(topk=3, depth=6)"
 GRID = "ewma(alpha=0.05|0.1|0.2|0.3|0.5, probe=4|8|12|16|24, margin=0.0|0.05|0.1|0.2)"
 
 
-def cycles_per_s(replayer: Replayer, spec: str, repeats: int = 3, min_s: float = 0.5) -> int:
+REPEATS = 3  # timings per figure (--repeats)
+
+
+def cycles_per_s(replayer: Replayer, spec: str, repeats: int | None = None, min_s: float = 0.5) -> int:
     """Best cycles per CPU second over ``repeats`` timings of at least ``min_s`` each."""
     replayer.baseline  # the speedup's ar replay, once, untimed
     best = 0.0
-    for _ in range(repeats):
+    for _ in range(REPEATS if repeats is None else repeats):
         cycles, t0 = 0, time.process_time()
         while True:
             cycles += replayer.predict(spec).cycles
@@ -135,13 +140,18 @@ def main() -> None:
                     help="multiply the number of prompts (and long-context samples) by this")
     ap.add_argument("--sweep-policies", type=int, default=100,
                     help="policies in the sweep (the first N of a 100-policy grid)")
+    ap.add_argument("--replay-only", action="store_true",
+                    help="print only the cycles_per_s lines (no load, sweep or long-context runs)")
+    ap.add_argument("--repeats", type=int, default=REPEATS,
+                    help="timings of each replay figure, the best one reported")
     ap.add_argument("--load-only", nargs=2, metavar=("TRACE", "WARM"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.load_only:
         load_only(*args.load_only)
         return
-    if not 0 < args.scale <= 1 or not 1 <= args.sweep_policies <= 100:
-        ap.error("--scale must be in (0, 1] and --sweep-policies in 1..100")
+    if not 0 < args.scale <= 1 or not 1 <= args.sweep_policies <= 100 or args.repeats < 1:
+        ap.error("--scale must be in (0, 1], --sweep-policies in 1..100 and --repeats >= 1")
+    globals()["REPEATS"] = args.repeats  # cycles_per_s's default
     cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     one_core = (lambda: os.sched_setaffinity(0, {sorted(cpus)[0]})) if cpus else (lambda: None)
     one_core()
@@ -160,6 +170,8 @@ def main() -> None:
         c16 = cycles_per_s(Replayer(data, concurrency=16, bootstrap=0, states=False), EWMA)
         print(f"cycles_per_s fixed={fixed} ewma_c1={c1} ewma_c16={c16}", flush=True)
         print(f"cycles_per_s_single ewma={ewma_single} tree={tree}", flush=True)
+        if args.replay_only:
+            return
         del single, data
         gc.collect()
 

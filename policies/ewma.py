@@ -210,7 +210,13 @@ class Ewma(Policy):
                 best, best_score = c, s
         if best is None:
             return
-        self._switch_to(best, best == current or _relative_improvement(best_score, score.get(current)))
+        if best == current:
+            # _switch_to(best, True) clears the pending switch: a call only if one pends
+            # (the common steady state has none, and this runs once per replayed cycle)
+            if self.pending is not None or self.pending_streak:
+                self._switch_to(best, True)
+            return
+        self._switch_to(best, _relative_improvement(best_score, score.get(current)))
 
     def _update_estimates(self, b: int, outcome: CycleOutcome) -> None:
         tau = ewma_update(self.tau_hat.get(b), outcome.tau, self.alpha)

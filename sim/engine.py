@@ -41,10 +41,12 @@ when a verify component reads them, a previous view only when a policy reads it,
 plain chain's (or fixed tree's) seconds read from per-context lists of the cost model,
 verify shapes memoised per plan, tries memoised per path set. A policy that only
 chooses block sizes (no draft-input or verify component: fixed, ewma, breakeven)
-under the cost model, with one request in flight (single stream, or concurrency 1),
-takes ``chain_cycles`` instead: ``request``'s plain-chain route as one generator over
-the requests, keeping four numbers per cycle and filling in the other columns after
-the run (``RunLog.columns``). The policy objects are the ones the live loop runs,
+under the cost model takes ``chain_cycles`` instead: ``request``'s plain-chain route
+as one generator over the requests; with one request in flight (single stream, or
+concurrency 1) it keeps four numbers per cycle and fills in the other columns after
+the run (``RunLog.columns``), and in single stream it advances the clock itself. A
+closed loop sharing the GPU runs its clients as plain generators that the GPU resumes
+when a step ends (``GPU.drive``), in the order SimPy would resume their processes. The policy objects are the ones the live loop runs,
 called as ``Composite`` calls them; nothing of their decisions is reimplemented. ``hot=False`` runs ``request_reference`` instead: a fresh
 frozen context, view and outcome per cycle and every job through ``Work`` and the GPU,
 as plainly as the loop reads above. Tests replay every policy family both ways (the
@@ -186,7 +188,7 @@ class Work:
     __slots__ = ("sample", "start", "block_size", "context_len", "passes", "verify_q",
                  "verify_rows", "verify_tokens", "tree", "mode", "host_mode", "recorded", "prefill",
                  "draft_s", "target_s", "overhead_s", "step_s", "draft_src", "target_src",
-                 "t_start")
+                 "t_start", "owner")
 
     def __init__(self, sample: int, start: int, block_size: int, context_len: int,
                  passes: int = 1, verify_q: int = 1, verify_rows: int = 1, tree: bool = False,
@@ -310,7 +312,14 @@ class GPU:
 
     Waiting work is kept in two queues, prefills and cycles, each with one shared event
     that fires when the step running that queue's current content ends: a step of 16
-    cycles costs one event, not 16."""
+    cycles costs one event, not 16.
+
+    Driven (``drive``, the hot closed loop): the clients are generators of work, not
+    SimPy processes; when a step ends the GPU resumes the client of each of its jobs
+    itself, in the order the jobs were queued, and queues what each asks for next.
+    That is what SimPy does with processes waiting on the step's event (it resumes
+    them in the order they began to wait, at the step's end, before the next step
+    starts), without a process resumption per cycle; a test compares the two."""
 
     def __init__(self, env: simpy.Environment, timer: Timer, solo: bool) -> None:
         self.env, self.timer, self.solo = env, timer, solo
@@ -320,6 +329,23 @@ class GPU:
         self.starting = False
         self.steps = 0
         self.batch_sizes: list[int] = []
+        self.driven = False
+
+    def drive(self, clients) -> None:
+        """Run ``clients`` (generators of ``Work``, each a closed-loop client's requests
+        one after another) on this GPU, each resumed when the step running its last
+        job ends; started in order, as SimPy starts processes."""
+        self.driven = True
+        for client in clients:
+            self._resume(client)
+
+    def _resume(self, client) -> None:
+        work = next(client, None)
+        if work is not None:  # None: the client has no samples left
+            work.owner = client
+            self.queues[work.prefill].append(work)
+            if not self.busy and not self.starting:
+                self._schedule_start()
 
     def submit(self, work: Work) -> Event:
         """The event the submitting request waits for: its work has run."""
@@ -346,8 +372,11 @@ class GPU:
         batch = self.queues[kind]
         if not batch:
             return
-        done = self.done[kind]
-        self.queues[kind], self.done[kind] = [], Event(self.env)
+        if self.driven:
+            self.queues[kind] = []
+        else:
+            done = self.done[kind]
+            self.queues[kind], self.done[kind] = [], Event(self.env)
         now = self.env.now
         for w in batch:
             w.t_start = now
@@ -356,12 +385,25 @@ class GPU:
         self.steps += 1
         if not kind:
             self.batch_sizes.append(len(batch))
-        self.env.timeout(batch[0].step_s).callbacks.append(lambda _e, d=done: self._end(d))
+        if self.driven:
+            self.env.timeout(batch[0].step_s).callbacks.append(
+                lambda _e, b=batch: self._end_driven(b))
+        else:
+            self.env.timeout(batch[0].step_s).callbacks.append(lambda _e, d=done: self._end(d))
 
     def _end(self, done: Event) -> None:
         self.busy = False
         done.succeed()
         self._schedule_start()
+
+    def _end_driven(self, batch: list[Work]) -> None:
+        # ``_end``'s order: the next start is scheduled, then the step's clients resume
+        # (at this instant, in queue order) and queue their next jobs
+        self.busy = False
+        self._schedule_start()
+        resume = self._resume
+        for w in batch:
+            resume(w.owner)
 
 
 @dataclass
@@ -433,6 +475,7 @@ class Engine:
         # what ``chain_cycles`` keeps: its cost entries by block size, the samples it ran
         # (in order), their cycle counts, and per cycle start, block size, tau, seconds
         self._chain_log: tuple | None = None
+        self._shared_chains: dict = {}  # block size -> ``_chain_entry``, shared GPU
         # the longest context a cycle can have: the cost lists are read up to it
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
@@ -708,7 +751,8 @@ class Engine:
                 yield timeout(secs)
             return
         submit = self.gpu.submit
-        for work in self.request(sample, policy):
+        for work in (self.chain_cycles((sample,), policy) if self.chain_policy(policy) else
+                     self.request(sample, policy)):
             yield submit(work)
 
     # -- lookups (no policy logic here)
@@ -798,8 +842,12 @@ class Engine:
             env.process(self.arrivals(n))
         else:
             queue = iter(range(n))
-            for _ in range(min(self.concurrency or 1, n)):
-                env.process(self.slot(queue, self.make_policy()))
+            slots = [self.make_policy() for _ in range(min(self.concurrency or 1, n))]
+            if self.hot and not self.gpu.solo:
+                self.gpu.drive([self.client(queue, policy) for policy in slots])
+            else:
+                for policy in slots:
+                    env.process(self.slot(queue, policy))
         # The run allocates millions of short-lived objects and keeps every cycle's
         # record: the cyclic collector would rescan that growing log again and again
         # (15-20 % of the run). Nothing here needs it until the run ends.
@@ -854,33 +902,40 @@ class Engine:
             self.timer.recorded is None
 
     def run_chains(self, policy: HotPolicy) -> None:
-        """``run_direct`` of a ``chain_policy``: ``chain_cycles`` over all samples, the
-        clock advanced by each cycle's seconds."""
-        clock, steps = self.clock, 0
-        for secs in self.chain_cycles(range(self.data.n_samples), policy):
-            clock.now += secs
-            steps += 1
-        self.gpu.steps += steps
+        """``run_direct`` of a ``chain_policy``: ``chain_cycles`` over all samples with
+        ``direct``, so that it advances the clock itself instead of yielding each
+        cycle's seconds (one generator resumption per cycle saved)."""
+        for _ in self.chain_cycles(range(self.data.n_samples), policy, direct=True):
+            pass  # nothing is yielded: the loop runs to the end at the first resumption
+        self.gpu.steps += len(self._chain_log[3])
 
-    def chain_cycles(self, samples, policy: HotPolicy):
-        """The requests of ``samples`` one after another, with a ``chain_policy`` and
-        the GPU never queueing (single stream, or one request in flight): ``request``'s
-        plain-chain route as one generator over the requests, yielding each prefill's
-        and cycle's seconds (the driver advances the clock by that much, or waits that
-        long in SimPy). Per cycle it keeps the start, block size, tau and seconds in
-        ``_chain_log``; the other columns are filled in after the run from those, with
-        the same cost lists the loop read (``_chain_columns``). The policy objects and
-        the calls made to them are ``request``'s; tests compare the two, and the
-        reference, cycle by cycle."""
+    def chain_cycles(self, samples, policy: HotPolicy, direct: bool = False):
+        """The requests of ``samples`` one after another, with a ``chain_policy``:
+        ``request``'s plain-chain route as one generator over the requests.
+
+        Solo (single stream, or one request in flight; the GPU never queues) it yields
+        each prefill's and cycle's seconds (the driver waits that long in SimPy), or,
+        with ``direct`` (no SimPy, ``run_direct``), yields nothing and advances the
+        clock itself, exactly as the driver would (``now += seconds`` per cycle). Per
+        cycle it keeps the start, block size, tau and seconds in ``_chain_log``; the
+        other columns are filled in after the run from those, with the same cost lists
+        the loop read (``_chain_columns``). Shared (more requests in flight), it yields
+        each cycle's ``Work`` to the GPU, as ``request`` does, and records the cycle as
+        ``request`` records it. The policy objects and the calls made to them are
+        ``request``'s; tests compare the two, and the reference, cycle by cycle."""
         acc, data, log, clock, timer = self.acc, self.data, self.log, self.clock, self.timer
         choose, observe, state = policy._choose, policy.observe, policy.state
         states = log.states if self.record_states else None
         allowed = data.max_new_tokens - 1
         prompts, out_lens, bases = self.data_prompt, data.out_len.tolist(), acc._base
-        if self._chain_log is None:
-            self._chain_log = ({}, [], [], [], [], [], [])
-        chains, order, counts, starts, blocks, taus, secs = self._chain_log
-        put_start, put_b, put_tau, put_s = starts.append, blocks.append, taus.append, secs.append
+        solo = self.gpu.solo
+        if solo:
+            if self._chain_log is None:
+                self._chain_log = ({}, [], [], [], [], [], [])
+            chains, order, counts, starts, blocks, taus, secs = self._chain_log
+            put_start, put_b, put_tau, put_s = starts.append, blocks.append, taus.append, secs.append
+        else:
+            chains, record = self._shared_chains, log.cycles.append
         ctx = object.__new__(HotContext)
         cd = ctx.__dict__
         out = object.__new__(HotOutcome)
@@ -889,19 +944,25 @@ class Engine:
             t_arrival = clock.now
             if self.serving:
                 work = Work(sample, 0, 1, 0, prefill=True)
-                timer.step([work])
-                yield work.step_s
-            t_first = clock.now
+                if solo:
+                    timer.step([work])
+                    yield work.step_s
+                else:
+                    yield work
+            t_first = now = clock.now  # direct: the clock, kept here until the request ends
             n = out_lens[sample]
             last = n - 1  # S[0] came from prefill; complete once S[n-1] is committed
             prompt = prompts[sample]
             base = bases[sample]
+            if not solo:
+                work, wb = Work(sample, 0, 1, prompt), None  # wb: the block size work is set to
             cd.clear()
             cd.update(zip(_CONTEXT_FIELDS, (sample, 0, 0, prompt, 1, data.default_block_size,
                                             None, None)))
             cd.update(_pv=None, _engine=self)
             od.clear()
             od.update(sample=sample, chosen_path=0, _engine=self)
+            ob = None  # the block size od holds
             policy.reset(sample)
             start = cycle = 0
             while start < last:
@@ -922,27 +983,53 @@ class Engine:
                 else:
                     row = accepted = 0
                 tau = accepted + 1 if accepted + 1 < last - start else last - start
-                draft_s, target_s, overhead_s = hit[3][L], hit[4][L], hit[5]
-                cycle_s = draft_s + target_s + overhead_s
-                yield cycle_s  # the GPU never queues: the cycle takes exactly its step
-                od["cycle"], od["start"], od["block_size"] = cycle, start, b
+                if solo:
+                    draft_s, target_s, overhead_s = hit[3][L], hit[4][L], hit[5]
+                    cycle_s = draft_s + target_s + overhead_s
+                    if direct:
+                        now += cycle_s
+                    else:
+                        yield cycle_s  # the GPU never queues: the cycle takes exactly its step
+                else:
+                    if b != wb:  # plan_work of a plain chain: one pass, no recorded seconds
+                        wb = work.block_size = b
+                        work.verify_tokens = work.verify_q = hit[6]
+                        work.verify_rows = work.passes = 1
+                        work.tree, work.mode, work.recorded = False, "chain", None
+                        work.host_mode = "chain" if b > 1 else "ar"
+                    work.start, work.context_len = start, L
+                    t_ready = clock.now
+                    yield work
+                    draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
+                    # wait for the GPU plus the step's own seconds
+                    cycle_s = (work.t_start - t_ready) + work.step_s
+                od["cycle"], od["start"] = cycle, start
+                if b != ob:  # what a block size fixes (solo: its overhead too), set on a change
+                    ob = od["block_size"] = b
+                    od["verify_tokens"], od["_g"] = hit[6], group
                 od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
-                od["verify_tokens"] = hit[6]
-                od["draft_s"], od["target_s"], od["overhead_s"] = draft_s, target_s, overhead_s
-                od["cycle_s"], od["_g"], od["_r"], od["_lg"] = cycle_s, group, row, None
+                od["draft_s"], od["target_s"], od["cycle_s"] = draft_s, target_s, cycle_s
+                od["overhead_s"], od["_r"], od["_lg"] = overhead_s, row, None
                 observe(out)
-                put_start(start)
-                put_b(b)
-                put_tau(tau)
-                put_s(cycle_s)
+                if solo:
+                    put_start(start)
+                    put_b(b)
+                    put_tau(tau)
+                    put_s(cycle_s)
+                else:
+                    record((sample, cycle, start, b, tau - 1, tau, hit[6], draft_s, target_s,
+                            overhead_s, cycle_s, work.draft_src, work.target_src, False))
                 if states is not None:
                     states.append(state())
                 cd["_pv"], cd["_p"] = _LAZY, (start, b, group, row, False)
                 cd["prev_outcome"] = out
                 start += tau
                 cycle += 1
-            order.append(sample)
-            counts.append(cycle)
+            if direct:
+                clock.now = now
+            if solo:
+                order.append(sample)
+                counts.append(cycle)
             log.requests.append((sample, t_arrival, t_first, clock.now, n))
 
     def _chain_entry(self, b: int) -> tuple:
@@ -1019,10 +1106,16 @@ class Engine:
                     gpu.steps += 1
                     yield timeout(secs)
             return
-        submit = gpu.submit
-        for sample in queue:
+        for sample in queue:  # shared: the driven GPU runs ``client`` instead
             for work in request(sample, policy):
-                yield submit(work)
+                yield gpu.submit(work)
+
+    def client(self, queue, policy: HotPolicy):
+        """Closed loop on a shared GPU, hot path: a client's requests one after another,
+        as a generator of their jobs (``GPU.drive`` resumes it when a job has run)."""
+        if self.chain_policy(policy):
+            return self.chain_cycles(queue, policy)
+        return (work for sample in queue for work in self.request(sample, policy))
 
     def arrivals(self, n: int):
         """Open loop: Poisson arrivals at ``rate`` requests per second, seeded."""

@@ -117,8 +117,11 @@ def test_hot_serving_equals_the_reference_engine(families_trace, family, load):
     s = Replayer(families_trace, bootstrap=0).setting
     spec = FAMILIES[family]
     ref = Engine(s.data, s.acc, s.timer, spec, hot=False, seed=3, **load).run()
-    fast = Engine(s.data, s.acc, s.timer, spec, seed=3, **load).run()
+    engine = Engine(s.data, s.acc, s.timer, spec, seed=3, **load)
+    fast = engine.run()
     assert len(ref.cycles) > 60
+    # a closed loop sharing the GPU: clients resumed by the GPU, not SimPy processes
+    assert engine.gpu.driven == (load == {"concurrency": 3})
     # one request in flight: block-size policies take the chain loop (SimPy timeouts)
     assert (fast.columns is not None) == (family in CHAIN_FAMILIES and load == {"concurrency": 1})
     assert_same_cycles(fast, ref)
