@@ -790,7 +790,7 @@ class Engine:
         work.passes = 1 + self.refine_passes(work.sample, start, req) + (1 if req.seeds else 0)
         work.tree = mode == "tree"
         work.mode = mode
-        work.host_mode = host_mode(req.block_size, mode, gated)
+        work.host_mode = host_mode(req.block_size, mode, gated, bool(req.probe))
         work.verify_tokens = verify_tokens
         # recorded seconds only where the GPU runs this cycle alone, as the live loop did
         rec = self.timer.recorded if self.gpu.solo else None
