@@ -482,6 +482,17 @@ class Engine:
         self.data_prompt = data.prompt_len.tolist()
 
     # -- the request: the story of one sample
+    def prefill_job(self, sample: int):
+        """A serving request's prefill on the GPU (nothing outside serving runs): its
+        seconds on a GPU of its own, else a job for the shared one to batch."""
+        if self.serving:
+            work = Work(sample, 0, 1, 0, prefill=True)
+            if self.gpu.solo:
+                self.timer.step([work])
+                yield work.step_s
+            else:
+                yield work
+
     def request(self, sample: int, policy: "HotPolicy"):
         """The story of one sample, as a generator of the GPU jobs it needs, in the hot
         path. Solo (one request at a time, the GPU never queues) it computes each cycle's
@@ -499,13 +510,7 @@ class Engine:
         clock, acc, data, log = self.clock, self.acc, self.data, self.log
         solo, timer = self.gpu.solo, self.timer
         t_arrival = clock.now
-        if self.serving:
-            work = Work(sample, 0, 1, 0, prefill=True)
-            if solo:
-                timer.step([work])
-                yield work.step_s
-            else:
-                yield work
+        yield from self.prefill_job(sample)
         t_first = clock.now
         n = int(data.out_len[sample])
         last = n - 1  # S[0] came from prefill; the output is complete once S[n-1] is committed
@@ -942,13 +947,7 @@ class Engine:
         od = out.__dict__
         for sample in samples:
             t_arrival = clock.now
-            if self.serving:
-                work = Work(sample, 0, 1, 0, prefill=True)
-                if solo:
-                    timer.step([work])
-                    yield work.step_s
-                else:
-                    yield work
+            yield from self.prefill_job(sample)
             t_first = now = clock.now  # direct: the clock, kept here until the request ends
             n = out_lens[sample]
             last = n - 1  # S[0] came from prefill; complete once S[n-1] is committed
