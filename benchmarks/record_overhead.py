@@ -13,9 +13,7 @@ import argparse
 import statistics
 import time
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> int:

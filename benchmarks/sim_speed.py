@@ -61,7 +61,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specreplay.sim.replay import Replayer  # noqa: E402
 from specreplay.sim.sweep import expand_grid, run_sweep  # noqa: E402

@@ -33,9 +33,7 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # Parameter counts of the published models a shape copies: the target, and the DFlash
 # draft without the target's embedding and LM head, which it borrows.
