@@ -12,7 +12,10 @@ Per study (``ledger.studies``: trace, profile, setup, prompt set and the run con
   part of the error the cost model owns when the prompt set moves tau;
 - speedup over ``ar`` relative error where the ledger has ``predicted_speedup`` and
   ``measured_speedup``, else from the study's own ``ar`` row (``ledger.study_speedups``);
-- tau relative error, and how many rows labelled ``exact`` are within 1 %;
+- tau relative error, how many rows labelled ``exact`` are within 1 %, and how many
+  measured taus lie inside the tau error bound an approximate prediction prints;
+- where a tokens/s target is missed, whether the miss lies in acceptance (the time per
+  cycle alone meets the targets) or in the time per cycle;
 - Kendall's tau-b between predicted and measured tokens/s with its p-value
   (``reports.rank``), whether the top policy and the top three (in order) are the same;
 - how many measured values fall inside the prediction's interval;
@@ -26,7 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from specreplay.reports.ledger import (_abs_stats, _group_summary, _ranking, read_ledger,
-                                       relative_error, studies, study_speedups)
+                                       relative_error, studies, study_speedups, tau_bound,
+                                       tau_inside_bound)
 from specreplay.reports.rank import kendall_tau
 
 # The time targets of the project's validation (issue 13, "Done means"): a replay's
@@ -76,6 +80,29 @@ def cycle_time_error(r: dict[str, Any]) -> float:
                           r["measured_tokens_per_s"])
 
 
+def _met_both(stats: dict[str, float | None]) -> bool:
+    return (stats["median"] <= TARGETS["tokens_per_s_median"]
+            and stats["max"] <= TARGETS["tokens_per_s_max"])
+
+
+def _miss_lines(rows: list[dict[str, Any]], tps: dict, cyc: dict) -> list[str]:
+    """Which half of a prediction a missed tokens/s target lies in: tokens/s is the
+    tokens per cycle (tau) over the time per cycle, so when the time per cycle alone
+    meets the targets the miss is acceptance, else it is (also) the cost model's time."""
+    if _met_both(tps):
+        return []
+    n = len(rows)
+    if _met_both(cyc):
+        low = sum(r["predicted_tau"] < r["measured_tau"] for r in rows)
+        return [f"- The tokens/s miss is acceptance, not time: the time per cycle alone "
+                f"meets both targets, and the predicted tau is below the measured one in "
+                f"{low} of {n} rows."]
+    slow = sum(cycle_time_error(r) > 0 for r in rows)
+    return [f"- The tokens/s miss is (also) time: the time per cycle alone misses a target, "
+            f"predicted too short in {slow} of {n} rows; `scripts/cycle_terms.py` splits it "
+            f"into the draft, verify and host terms from the traces."]
+
+
 def _study_name(prompts: str, conditions: str) -> str:
     where = "the trace's own prompts" if prompts == "same" else "held-out prompts"
     return f"{where}, {conditions}" if conditions else where
@@ -109,6 +136,7 @@ def _study_lines(k: int, key: tuple[str, str, str, str, str], rows: list[dict[st
                f"{_met(cyc['median'], TARGETS['tokens_per_s_median'])}), max {pct(cyc['max'])} "
                f"(target ≤ {pct(TARGETS['tokens_per_s_max'])}: "
                f"{_met(cyc['max'], TARGETS['tokens_per_s_max'])}).")
+    out += _miss_lines(rows, tps, cyc)
     sp = g["speedup_abs_error"]
     with_sp = sum(1 for r in rows if r.get("predicted_speedup") and r.get("measured_speedup"))
     derived = {p: v for p, v in study_speedups(rows).items() if v[2] == "ar row"}
@@ -133,6 +161,13 @@ def _study_lines(k: int, key: tuple[str, str, str, str, str], rows: list[dict[st
     out.append(f"- Tau |error|: median {pct(tau['median'])}, max {pct(tau['max'])}; "
                f"{zero} of {n} rows exactly equal, {within} of {n} within "
                f"{pct(TARGETS['exact_tau'])}.")
+    bounded = [r for r in rows if tau_bound(r) is not None]
+    if bounded:
+        inside = sum(tau_inside_bound(r, TARGETS["exact_tau"]) for r in bounded)
+        bounds = sorted(tau_bound(r) for r in bounded)
+        out.append(f"- Measured tau inside the prediction's printed tau bound: {inside} of "
+                   f"{len(bounded)} rows that print one (bounds ±{bounds[0]:.3f} to "
+                   f"±{bounds[-1]:.3f}).")
     exact = [(r, e) for r, e in zip(rows, tau_errs) if r.get("label") == "exact"]
     if exact:
         ok = sum(e <= TARGETS["exact_tau"] for _, e in exact)

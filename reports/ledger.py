@@ -40,6 +40,7 @@ import fcntl
 import io
 import math
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,26 @@ def append_ledger_row(path: str | Path, row: dict[str, Any]) -> dict[str, Any]:
 def relative_error(predicted: float, measured: float) -> float:
     """(predicted - measured) / measured: positive when the simulator is optimistic."""
     return (predicted - measured) / measured
+
+
+# How sim/replay.py prints the tau error bound of an approximate prediction in its label
+# (the note promote writes carries it): "... tau +-0.713)".
+_TAU_BOUND = re.compile(r"tau \+-([0-9]+(?:\.[0-9]+)?)")
+
+
+def tau_bound(row: dict[str, Any]) -> float | None:
+    """The tau error bound printed with the row's prediction (from its note), or None
+    where none was printed (an exact prediction, or an older row)."""
+    m = _TAU_BOUND.search(row.get("note") or "")
+    return float(m.group(1)) if m else None
+
+
+def tau_inside_bound(row: dict[str, Any], exact_tolerance: float) -> bool:
+    """Whether the measured tau lies inside the prediction's printed bound: within the
+    bound where one was printed, else within ``exact_tolerance`` (relative) of it."""
+    bound = tau_bound(row)
+    err = abs(row["predicted_tau"] - row["measured_tau"])
+    return err <= (bound if bound is not None else exact_tolerance * row["measured_tau"])
 
 
 def _abs_stats(values: list[float]) -> dict[str, float | None]:

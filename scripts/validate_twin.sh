@@ -145,20 +145,18 @@ compact_step() {
 
 summary_step() {
     python3 - "$LEDGER" "$DIR/summary.json" <<'PY'
-import json, re, sys
-from specreplay.reports.ledger import ledger_summary, read_ledger
+import json, sys
+from specreplay.reports.findings import TARGETS
+from specreplay.reports.ledger import ledger_summary, read_ledger, tau_bound, tau_inside_bound
 rows = read_ledger(sys.argv[1])
 s = ledger_summary(rows)
 within = []  # on the recorded prompts: tau inside the printed bound (1 % when exact)
 for r in rows:
     if r["prompts"] != "same":
         continue
-    m = re.search(r"tau \+-([0-9.]+)", r.get("note") or "")
-    bound = float(m.group(1)) if m else None
-    err = abs(r["predicted_tau"] - r["measured_tau"])
     within.append({"policy": r["policy"], "prompts": r["prompts"], "label": r.get("label"),
-                   "tau_error": err, "tau_bound": bound,
-                   "inside": err <= (bound if bound is not None else 0.01 * r["measured_tau"])})
+                   "tau_error": abs(r["predicted_tau"] - r["measured_tau"]),
+                   "tau_bound": tau_bound(r), "inside": tau_inside_bound(r, TARGETS["exact_tau"])})
 s["tau_within_bound"] = within
 json.dump(s, open(sys.argv[2], "w"), indent=1, default=str)
 for g in s["groups"]:

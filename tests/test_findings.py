@@ -143,6 +143,35 @@ def test_small_ledger_findings_by_hand(tmp_path):
     assert "Top-3 not preserved (2 of 3 in both)" in text
 
 
+def test_miss_and_tau_bound_lines_by_hand(tmp_path):
+    # hand_rows: time-per-cycle errors A +13.6 %, B -10 %, C +100 %, D -36 % (above), so
+    # the time misses too; predicted too short (error > 0) in A and C
+    text = findings_markdown(hand_rows(), "ledger.csv", "cmd")
+    assert "- The tokens/s miss is (also) time: the time per cycle alone misses a target, predicted too short in 2 of 4 rows" in text
+    assert "printed tau bound" not in text  # no row prints a bound
+    # every row's time per cycle right (predicted tokens/s = measured x predicted tau /
+    # measured tau), tau off: P 2.0 vs 2.5 (bound 0.6: inside), Q 3.0 vs 3.3 (bound 0.2:
+    # outside), R 4.0 vs 4.0 without a bound (exact: inside within 1 %)
+    base = {"trace": "t", "profile": "p", "setup": "H200", "date": "2026-12-01",
+            "prompts": "heldout"}
+    rows = [dict(base, policy="P", predicted_tokens_per_s=80.0, measured_tokens_per_s=100.0,
+                 predicted_tau=2.0, measured_tau=2.5, note="approximate (...; tau +-0.600)"),
+            dict(base, policy="Q", predicted_tokens_per_s=100.0, measured_tokens_per_s=110.0,
+                 predicted_tau=3.0, measured_tau=3.3, note="approximate (...; tau +-0.200)"),
+            dict(base, policy="R", predicted_tokens_per_s=50.0, measured_tokens_per_s=50.0,
+                 predicted_tau=4.0, measured_tau=4.0, note="")]
+    text = findings_markdown(rows, "ledger.csv", "cmd")
+    assert "Time per cycle alone (tokens/s with the measured tau): |error| median 0.0 %" in text
+    assert ("- The tokens/s miss is acceptance, not time: the time per cycle alone meets both "
+            "targets, and the predicted tau is below the measured one in 2 of 3 rows.") in text
+    assert ("- Measured tau inside the prediction's printed tau bound: 1 of 2 rows that print "
+            "one (bounds ±0.200 to ±0.600).") in text
+    # all targets met: no miss line
+    met = [dict(r, predicted_tokens_per_s=r["measured_tokens_per_s"], predicted_tau=r["measured_tau"])
+           for r in rows]
+    assert "tokens/s miss" not in findings_markdown(met, "ledger.csv", "cmd")
+
+
 def test_command_writes_the_file_and_refuses_bad_input(tmp_path):
     ledger = tmp_path / "ledger.csv"
     ledger.write_text(SHIPPED_LEDGER.read_text(encoding="utf-8"), encoding="utf-8")
