@@ -9,7 +9,8 @@ phase of the machine hits every figure alike.
 
 Prints ``live_speed backend=graph cycle_ms=… hf_cycle_ms=… floor_ms=… floor_ratio=…
 ar_step_ms=… record_overhead=…`` and, before it, the captured-vs-eager check (GPU), the
-copy bandwidth behind the floor, capture seconds and GPU utilisation (nvidia-smi).
+copy bandwidth behind the floor, capture seconds, GPU utilisation (nvidia-smi), and
+where a target forward's device time goes, per kernel family, at q = 1 and q = B.
 
 cycle_ms: median cycle seconds of ``fixed(b=B)`` through the graph backend, recording
 on. floor_ms: bytes of the target's weights plus the draft's own, read once, at the
@@ -28,10 +29,8 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FIXTURES = Path(__file__).resolve().parents[1] / "models" / "fixtures"
 # Qwen3-8B's published config (hidden, intermediate, layers, heads, kv heads, head dim,
@@ -211,31 +210,65 @@ def check_captured(target, draft, prompt: list[int], cycles: int) -> dict:
     return out
 
 
-def kernels_per_forward(backend, prompt: list[int], q: int = 16) -> tuple[int, str]:
-    """Kernels one target verify of q rows launches (torch.profiler over the eager call:
-    a captured graph replays the same kernels), or on a CPU the aten operators it runs."""
+# Kernel families of a target forward, by kernel name (first match wins): the cuBLAS /
+# CUTLASS matmuls (weights, and attention's batched matmuls), the generated kernels of
+# the compiled elementwise stages, the cache's index copies, plain copies; the rest
+# (eager elementwise and reductions) is "other".
+KERNEL_FAMILIES = (("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
+                   ("compiled", ("triton",)),
+                   ("index", ("index", "scatter", "gather")),
+                   ("copy", ("copy",)))
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    return next((fam for fam, keys in KERNEL_FAMILIES if any(k in low for k in keys)), "other")
+
+
+def forward_kernels(backend, prompt: list[int], q: int = 16) -> dict:
+    """What one target verify of q rows runs (torch.profiler over the eager call: a
+    captured graph replays the same kernels, without the launch gaps between them): on
+    a GPU the kernel count and the device milliseconds per kernel family
+    (``kernel_family``); on a CPU the count of the aten operators it runs."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from specreplay.live.verify import pack
     cuda = backend.device.type == "cuda"
     tc, _ = backend.start(len(prompt), 64)
     with torch.inference_mode():
         backend.prefill(tc, prompt, True)
         tokens = list(range(1, q))
         call = lambda: backend.fast.forward(tc, *backend._verify_inputs(  # noqa: E731
-            __import__("specreplay.live.verify", fromlist=["pack"]).pack("chain", ((0,) * (q - 1),), 1, tokens),
-            len(prompt), q, len(prompt) + q), len(prompt) + q)
+            pack("chain", ((0,) * (q - 1),), 1, tokens), len(prompt), q, len(prompt) + q), len(prompt) + q)
         call()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=acts) as prof:
             call()
             if cuda:
                 torch.cuda.synchronize()
-    if cuda:
-        n = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
-        return n, "kernels"
-    n = sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
-    return n, "aten ops"
+    if not cuda:
+        n = sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+        return {"n": n, "unit": "aten ops"}
+    fams: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            fams.setdefault(kernel_family(e.name), []).append(e.time_range.elapsed_us() / 1e3)
+    return {"n": sum(len(v) for v in fams.values()), "unit": "kernels",
+            "ms": {k: sum(v) for k, v in fams.items()}, "count": {k: len(v) for k, v in fams.items()}}
+
+
+def kernel_line(q: int, context: int, k: dict, weight_bytes: int) -> str:
+    """One line of ``forward_kernels``' figures: where a forward's device time goes."""
+    if "ms" not in k:
+        return f"target forward (q={q}, eager): {k['n']} {k['unit']}"
+    total = sum(k["ms"].values())
+    parts = ", ".join(f"{fam} {k['ms'][fam]:.3f} ms ({k['count'][fam]})"
+                      for fam in sorted(k["ms"], key=lambda f: -k["ms"][f]))
+    mm = k["ms"].get("matmul", 0.0)
+    rate = f"; target weights / matmul time = {weight_bytes / (mm / 1e3) / 1e9:.0f} GB/s" if mm > 0 else ""
+    return (f"target forward (q={q}, context {context}, eager, torch.profiler): {k['n']} kernels, "
+            f"{total:.3f} ms of kernel time: {parts}{rate}")
 
 
 def syncs_per_cycle(dec, prompt: list[int]) -> float | None:
@@ -359,8 +392,8 @@ def main() -> int:
         print(f"graph capture: {len(backend.graphs)} graphs, "
               f"{sum(backend.capture_s.values()):.2f} s (outside every timed figure); "
               f"{getattr(backend, 'fusion', 'eager')}")
-        with guard("kernel count", args.phase_timeout):
-            n_kernels, unit = kernels_per_forward(backend, prompts[0])
+        with guard("kernel breakdown", args.phase_timeout):
+            kernels = {q: forward_kernels(backend, prompts[0], q) for q in (1, args.block_size)}
         syncs = {name: syncs_per_cycle(runs[name], prompts[0]) for name in ("graph", "graph_norec", "ar")}
         got = {name: ([], 0.0, 0, []) for name in runs}
         with Utilisation() as util:
@@ -394,7 +427,14 @@ def main() -> int:
         print(f"breakdown {name}: draft_ms={part['draft_s']:.3f} target_ms={part['target_s']:.3f} "
               f"host_ms={part['overhead_s']:.3f} (means per cycle; cycle_ms mean {part['cycle_s']:.3f}, "
               f"tau {tau:.2f})")
-    print(f"target forward (q=16, eager): {n_kernels} {unit}; host-device syncs per cycle: " +
+    # the bytes a forward's matmuls read: every target weight but an input embedding
+    # that is not also the LM head (a forward gathers only its rows)
+    emb, head = target.get_input_embeddings().weight, target.get_output_embeddings().weight
+    target_bytes = sum(p.numel() * p.element_size() for p in target.parameters()) - \
+        (0 if emb.data_ptr() == head.data_ptr() else emb.numel() * emb.element_size())
+    for q, k in kernels.items():
+        print(kernel_line(q, args.context, k, target_bytes))
+    print("host-device syncs per cycle: " +
           ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in syncs.items()))
     record_overhead = (tpot["graph"] - tpot["graph_norec"]) / tpot["graph_norec"]
     print(f"live_speed backend=graph cycle_ms={med['graph']:.3f} hf_cycle_ms={med['hf']:.3f} "

@@ -20,8 +20,8 @@ math kernel, which expands K/V per query head), and few query rows on a GPU take
 batched matmuls rather than a fused kernel that would leave most of the GPU idle; the
 residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
 outputs are copied straight into one preallocated feature buffer. On a GPU the
-elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU, the attention softmax) may run compiled, one generated
-kernel each (``fused_stages``).
+elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated
+kernel each (``fused_stages``); the attention softmax stays eager (see there).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
 G = query heads per KV head.
@@ -207,7 +207,7 @@ _FUSED: dict[str, "Stages | str"] = {}
 def fused_stages(device) -> tuple["Stages", str]:
     """On a GPU, the stages compiled by torch.compile: one generated kernel per stage
     instead of two to seven (0.6-0.8 ms of a Qwen3-8B-shaped forward on an H200,
-    measured before the attention softmax joined them), shape-generic so one compile
+    measured over these three), shape-generic so one compile
     serves every query length, compiled on first use. Inductor is asked to round every
     intermediate to the model dtype where eager does (``emulate_precision_casts``; on a
     CPU the compiled stages then equal the eager ones bit for bit, checked), so compiled
@@ -221,9 +221,13 @@ def fused_stages(device) -> tuple["Stages", str]:
     key = str(dev)
     if key not in _FUSED:
         opts = {"emulate_precision_casts": True}
+        # The attention softmax is left eager: compiled shape-generic, its one generated
+        # kernel took 29-31 us per layer on an H200 (Qwen3-8B shape, bf16, context 512,
+        # q = 1 and 16; torch.profiler), a sixth of the whole forward. Eager it is an add,
+        # a softmax and a cast (benchmarks/live_speed.py's kernel lines time them).
         _FUSED[key] = Stages(*(torch.compile(f, dynamic=True, fullgraph=True, options=opts)
-                               for f in (qk_rope, swiglu, rms_norm, masked_softmax)),
-                             name="compiled elementwise stages (torch.compile)")
+                               for f in (qk_rope, swiglu, rms_norm)), masked_softmax,
+                             name="compiled elementwise stages (torch.compile), eager softmax")
     got = _FUSED[key]
     return (EAGER, got) if isinstance(got, str) else (got, got.name)
 
@@ -278,7 +282,7 @@ def small_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: tor
     q [KV, R, D]; k, v [KV, S, D]; bias [1, R, S] additive or None. The scores and the
     softmax are float32 (as the fused kernels keep them); the probabilities are rounded
     to the model dtype before they weight V (as the fused kernels do too). ``softmax``:
-    a ``masked_softmax`` (a compiled one fuses its four kernels)."""
+    a ``masked_softmax`` (the stages' one)."""
     if q.is_cuda and q.dtype != torch.float32:
         s = torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
     else:
