@@ -14,14 +14,16 @@ from specreplay.traces.synthetic import leading_zeros, make_trace
 
 SAMPLES = Path(__file__).resolve().parents[1] / "traces" / "samples"
 BF16 = SAMPLES / "validation" / "humaneval-fixed16-bf16"
+TWIN = SAMPLES / "twin" / "humaneval-fixed16"  # bf16 too: the Qwen3-8B cost twin, graph backend
 FP32 = SAMPLES / "humaneval-fixed16"
 
 
-def test_bf16_trace_is_approximate_and_its_bound_holds_for_the_recorded_policy():
-    t = Trace.open(BF16)
+@pytest.mark.parametrize("trace", [BF16, TWIN], ids=["fixture-bf16", "twin"])
+def test_bf16_trace_is_approximate_and_its_bound_holds_for_the_recorded_policy(trace):
+    t = Trace.open(trace)
     agree, compared = oracle_live_agreement(t)
     assert 0 < agree < compared  # the trace this test is about: not every cycle agrees
-    (p,) = replay(BF16, [t.run["live_policy"]])
+    (p,) = replay(trace, [t.run["live_policy"]])
     assert p.label == "approximate"
     assert p.oracle_agreement == pytest.approx(agree / compared)
     assert p.fidelity.startswith(f"approximate (oracle = live draft on {100 * agree / compared:.1f} %")
