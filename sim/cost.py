@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
 
-from specreplay.traces.schema import HOST_MODES, KV_QUANTUM, QUERY_BUCKETS, padded_query
+from specreplay.traces.schema import HOST_MODES, KV_QUANTUM, QUERY_BUCKETS, kv_rows, padded_query
 
 FITTED = -1
 
@@ -149,8 +149,8 @@ class Shapes:
         return int(q) if kind == "draft" else padded_query(int(q), self.buckets)
 
     def span(self, kind: str, q_padded: int, L: np.ndarray) -> np.ndarray:
-        rows = np.maximum(np.asarray(L, np.int64) + (0 if kind == "draft" else int(q_padded)), 1)
-        return -(-rows // self.kv_quantum) * self.kv_quantum
+        return kv_rows(np.asarray(L, np.int64) + (0 if kind == "draft" else int(q_padded)),
+                       self.kv_quantum)
 
 
 def shapes_of(meta: dict[str, Any] | None) -> Shapes | None:

@@ -23,6 +23,7 @@ Units: seconds for every ``*_s`` column, token ids as int32, natural-log probabi
 """
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = 1
@@ -141,10 +142,13 @@ def padded_query(q: int, buckets=QUERY_BUCKETS) -> int:
     return -(-int(q) // top) * top
 
 
-def kv_rows(rows: int, quantum: int = KV_QUANTUM) -> int:
+def kv_rows(rows, quantum: int = KV_QUANTUM):
     """Cache rows a captured pass reading ``rows`` of them attends over (before the
-    cache's capacity, which is itself a multiple of the quantum, caps it)."""
-    return -(-max(int(rows), 1) // quantum) * quantum
+    cache's capacity, which is itself a multiple of the quantum, caps it): an int for an
+    int, an int64 array for an array of row counts (the cost model's)."""
+    r = np.maximum(np.asarray(rows, dtype=np.int64), 1)
+    out = -(-r // quantum) * quantum
+    return int(out) if out.ndim == 0 else out
 
 
 # Columns a profile may have beyond PROFILE_SCHEMA (profiles written before them lack
