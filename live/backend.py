@@ -25,7 +25,7 @@ from specreplay.live.drafting import draft_block, pack_topk, topk_logprobs
 from specreplay.live.profile_cli import BACKENDS
 from specreplay.live.verify import Packed, Verified, keep_committed, pack, packed_verified, prefill, verify_nodes
 from specreplay.policies.base import trie_nodes
-from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS, kv_rows, padded_query
+from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS, captured_shapes, kv_rows, padded_query
 
 
 # Query lengths a captured verify or context append is padded up to (longer ones are
@@ -49,7 +49,7 @@ def kv_span(rows: int, capacity: int) -> int:
 def graph_shapes(capture: bool) -> dict | None:
     """The setup's ``shapes`` (traces/schema.py): the padding a captured backend runs
     its passes at; None when the passes run at their exact sizes."""
-    return {"query_buckets": list(BUCKETS), "kv_quantum": KV_QUANTUM} if capture else None
+    return captured_shapes() if capture else None
 
 
 def to_device(data, dtype, device) -> torch.Tensor:
@@ -294,7 +294,7 @@ class GraphBackend:
         """Caches of at least ``rows`` rows; growing drops the graphs tied to the old ones."""
         if self.tc is not None and self.tc.capacity >= rows:
             return
-        capacity = -(-rows // KV_QUANTUM) * KV_QUANTUM
+        capacity = kv_rows(rows, KV_QUANTUM)
         if self.fast.max_positions:
             capacity = max(rows, min(capacity, self.fast.max_positions + 2 * BUCKETS[-1]))
         if self.tc is None:

@@ -57,7 +57,7 @@ import numpy as np
 import pyarrow as pa
 from scipy.optimize import nnls
 
-from specreplay.traces.schema import HOST_MODES, KV_QUANTUM, QUERY_BUCKETS, kv_rows, padded_query
+from specreplay.traces.schema import HOST_MODES, kv_rows, padded_query, setup_shapes
 
 FITTED = -1
 
@@ -157,13 +157,8 @@ def shapes_of(meta: dict[str, Any] | None) -> Shapes | None:
     """The ``shapes`` of a profile's setup; for a graph-backend profile measured on a GPU
     before the setup named them, the shapes that backend has always captured at
     (QUERY_BUCKETS, KV_QUANTUM); None where passes ran at their exact sizes (hf, CPU)."""
-    setup = (meta or {}).get("setup")
-    if not isinstance(setup, dict):
-        return None
-    given = setup.get("shapes")
+    given = setup_shapes((meta or {}).get("setup"))
     if given is None:
-        if setup.get("backend") == "graph" and setup.get("device") == "cuda":
-            return Shapes(QUERY_BUCKETS, KV_QUANTUM)
         return None
     try:
         buckets = tuple(int(b) for b in given["query_buckets"])

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS
+from specreplay.traces.schema import setup_shapes
 
 # run.json keys that must agree for parts of one recording (resume, merge). The dataset
 # is compared without its indices: each rank of a sharded run holds other rows.
@@ -35,9 +35,8 @@ def _model_identity(model: Any) -> Any:
 def _setup(setup: Any) -> Any:
     """A setup as compared: one written by the graph backend on a GPU before setups named
     their ``shapes`` gets the shapes that backend has always captured at."""
-    if isinstance(setup, dict) and setup.get("backend") == "graph" and setup.get("device") == "cuda" \
-            and "shapes" not in setup:
-        return {**setup, "shapes": {"query_buckets": list(QUERY_BUCKETS), "kv_quantum": KV_QUANTUM}}
+    if isinstance(setup, dict) and "shapes" not in setup and setup_shapes(setup) is not None:
+        return {**setup, "shapes": setup_shapes(setup)}
     return setup
 
 

@@ -133,6 +133,24 @@ QUERY_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 KV_QUANTUM = 256
 
 
+def captured_shapes() -> dict:
+    """The ``shapes`` entry of a setup whose passes a captured graph backend ran."""
+    return {"query_buckets": list(QUERY_BUCKETS), "kv_quantum": KV_QUANTUM}
+
+
+def setup_shapes(setup) -> dict | None:
+    """A setup's ``shapes``; for one the graph backend wrote on a GPU before setups named
+    them, the shapes that backend has always captured at; None where the passes ran at
+    their exact sizes (hf, a CPU)."""
+    if not isinstance(setup, dict):
+        return None
+    if setup.get("shapes") is not None:
+        return setup["shapes"]
+    if setup.get("backend") == "graph" and setup.get("device") == "cuda":
+        return captured_shapes()
+    return None
+
+
 def padded_query(q: int, buckets=QUERY_BUCKETS) -> int:
     """The captured size that serves q query rows."""
     for b in buckets:
