@@ -61,12 +61,11 @@ import tempfile
 import time
 from pathlib import Path
 
-
-from specreplay.sim.replay import Replayer  # noqa: E402
-from specreplay.sim.sweep import expand_grid, run_sweep  # noqa: E402
-from specreplay.traces.compact import compact  # noqa: E402
-from specreplay.traces.reader import CHECKED_STAMP  # noqa: E402
-from specreplay.traces.synthetic import make_trace, random_ranks  # noqa: E402
+from specreplay.sim.replay import Replayer
+from specreplay.sim.sweep import expand_grid, run_sweep
+from specreplay.traces.compact import compact
+from specreplay.traces.reader import CHECKED_STAMP
+from specreplay.traces.synthetic import make_trace, random_ranks
 
 SAMPLES, LENGTH, BLOCK_SIZES = 164, 2048, (4, 8, 12, 16)
 LONG_SAMPLES, LONG_LENGTH = 2, 32768
