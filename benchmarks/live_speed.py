@@ -229,18 +229,23 @@ def forward_kernels(backend, prompt: list[int], q: int = 16) -> dict:
     """What one target verify of q rows runs (torch.profiler over the eager call: a
     captured graph replays the same kernels, without the launch gaps between them): on
     a GPU the kernel count and the device milliseconds per kernel family
-    (``kernel_family``); on a CPU the count of the aten operators it runs."""
+    (``kernel_family``); on a CPU the count of the aten operators it runs. The call
+    attends over the span a captured verify of that context attends over: at the exact,
+    unaligned length (513 keys) cuBLAS picks a GEMV kernel for q = 1's P@V that no
+    captured call runs (18 us a layer against 4, measured on an H200)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from specreplay.live.backend import kv_span
     from specreplay.live.verify import pack
     cuda = backend.device.type == "cuda"
     tc, _ = backend.start(len(prompt), 64)
+    span = kv_span(len(prompt) + q, tc.capacity) if backend.capture else len(prompt) + q
     with torch.inference_mode():
         backend.prefill(tc, prompt, True)
         tokens = list(range(1, q))
         call = lambda: backend.fast.forward(tc, *backend._verify_inputs(  # noqa: E731
-            pack("chain", ((0,) * (q - 1),), 1, tokens), len(prompt), q, len(prompt) + q), len(prompt) + q)
+            pack("chain", ((0,) * (q - 1),), 1, tokens), len(prompt), q, span), span)
         call()
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with profile(activities=acts) as prof:
@@ -392,8 +397,6 @@ def main() -> int:
         print(f"graph capture: {len(backend.graphs)} graphs, "
               f"{sum(backend.capture_s.values()):.2f} s (outside every timed figure); "
               f"{getattr(backend, 'fusion', 'eager')}")
-        with guard("kernel breakdown", args.phase_timeout):
-            kernels = {q: forward_kernels(backend, prompts[0], q) for q in (1, args.block_size)}
         syncs = {name: syncs_per_cycle(runs[name], prompts[0]) for name in ("graph", "graph_norec", "ar")}
         got = {name: ([], 0.0, 0, []) for name in runs}
         with Utilisation() as util:
@@ -404,6 +407,12 @@ def main() -> int:
                     old = got[name]
                     got[name] = (old[0] + c, old[1] + s, old[2] + n, old[3] + rows)
         bw = copy_bandwidth(device)
+        # last: once torch.profiler has traced the GPU, its tracing library stays attached
+        # and every later CUDA call of the process costs more, so no timed figure may
+        # follow it (measured in one process on an H200 host: the q = 16 verify graph's
+        # launch took 67 us of host time before a profiled call and 544 us after it)
+        with guard("kernel breakdown", args.phase_timeout):
+            kernels = {q: forward_kernels(backend, prompts[0], q) for q in (1, args.block_size)}
     except PhaseTimeout as e:
         print(f"live_speed: {e}; lower --new-tokens/--rounds or raise --phase-timeout", file=sys.stderr)
         return 1
