@@ -119,6 +119,7 @@ class DecodeState:
     generation: int | None = None     # the graph backend's cache generation (one request at a time)
     capture_s: float = 0.0            # graph capture seconds inside this request (not decode time)
     last_end: object = None           # the clock mark where the previous cycle (or the prefill) ended
+    captured_at_end: dict | None = None  # the backend's capture seconds at that end (before its recording)
     paused_s: float = 0.0             # the caller's progress display between cycles (not decode time)
 
     @property
@@ -164,6 +165,7 @@ class Decoder:
                 t = time.perf_counter()
                 progress(state)
                 state.paused_s += time.perf_counter() - t
+                self._captured_since_end(state)
                 state.last_end = self.clock.mark("resumed")
             if not more:
                 return self.finish(state)
@@ -205,6 +207,9 @@ class Decoder:
         # other request stepped in between (one decoder serving two states in turn)
         if state.last_end is not None and self._last_state is state:
             clock.put("previous", state.last_end)
+            # graphs captured since then (by the previous cycle's recording) lie in this
+            # cycle's span, and are taken out of it like its own
+            captured0 = state.captured_at_end or captured0
         self._last_state = state
         clock.mark("start")
         p, L = state.start, state.context_len
@@ -245,8 +250,6 @@ class Decoder:
         self._commit(state, ver, acc, path_tokens, L)
         drafted = [int(t) for t in (self._drafted_tokens(plan, view, tokens, ver) if b > 1 else [])]
         state_json = json.dumps(self.policy.state(), sort_keys=True)
-        if self.cfg.record:
-            self._logit_rows(state, ver, acc, b, logits)
         state.last_end = clock.mark("end")
         clock.sync()
         # a graph captured inside this cycle ran between the phase's marks: not its cost
@@ -261,6 +264,12 @@ class Decoder:
         since = "previous" if "previous" in clock.marks else "start"
         cycle_s = max(draft_s + target_s, clock.seconds(since, "end") - sum(cap.values()))
         overhead_s = max(0.0, cycle_s - draft_s - target_s)
+        state.captured_at_end = dict(self.backend.capture_s)
+        if self.cfg.record:
+            # after the cycle's end: the device runs the recording's kernels while the host
+            # does the bookkeeping below and plans the next cycle (the cycle's wait would
+            # otherwise wait for them too); their host work is the next cycle's host part
+            self._logit_rows(state, ver, acc, b, logits)
         tau = acc.accepted + 1
         outcome = CycleOutcome(state.sample, state.cycle, p, b, acc.accepted, tau, tau, acc.path,
                                plan.verify_tokens(), draft_s, target_s, overhead_s, cycle_s,
@@ -281,10 +290,19 @@ class Decoder:
         return not state.stop_reason
 
     def finish(self, state: DecodeState) -> SampleResult:
+        self._captured_since_end(state)  # the last cycle's recording may have captured a graph
         decode_s = wall_sync(self.device) - state.t0 - state.capture_s - state.paused_s
         self._flush_logits(state)
         return SampleResult(state.sample, state.prompt_ids, list(state.output), state.stop_reason,
                             state.prefill_s, decode_s, state.cycles, state.cycle_logits, state.views)
+
+    def _captured_since_end(self, state: DecodeState) -> None:
+        """Graphs captured since the last cycle's end (by its recording), when no cycle's
+        span will take them out (the sample ends, or the next cycle starts later): out
+        of the decode seconds."""
+        if state.captured_at_end is not None:
+            state.capture_s += sum(self.backend.capture_s.values()) - sum(state.captured_at_end.values())
+            state.captured_at_end = None
 
     # ---- steps
     def _draft(self, state: DecodeState, req, b: int, anchor: int):

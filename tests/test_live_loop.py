@@ -163,6 +163,42 @@ def test_a_samples_cycles_add_up_to_its_decode_seconds(pair, backend):
     assert all(c["overhead_s"] >= nap for c in cycles[1:])
 
 
+@pytest.mark.parametrize("backend", ["hf", "graph"])
+@pytest.mark.parametrize("capture", [False, True])
+def test_recording_runs_after_a_cycles_end(pair, backend, capture):
+    """A cycle's recording (its top-k rows) is launched after the cycle's end, so its
+    host work is the next cycle's host part; a graph captured while recording (here a
+    25 ms nap booked as capture seconds) is in no cycle and out of the decode seconds."""
+    import time
+    target, draft = pair
+    dec = Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=24), backend=backend)
+    record_topk = dec.backend.record_topk
+    nap = 0.025
+
+    def slow(logits, k):
+        time.sleep(nap)
+        if capture:
+            dec.backend.capture_s["record"] += nap
+        return record_topk(logits, k)
+    dec.backend.record_topk = slow
+    try:
+        res = dec.run(0, PROMPTS[0])
+    finally:
+        dec.backend.record_topk = record_topk
+    cycles = res.cycles
+    assert len(cycles) >= 6
+    missing = res.decode_s - sum(c["cycle_s"] for c in cycles)
+    if capture:
+        assert all(c["overhead_s"] < nap for c in cycles)
+        assert abs(missing) < nap
+    else:
+        # two record calls a cycle (target and draft rows): the first cycle has none
+        # before it, and the last cycle's fall after its end, into the sample's tail
+        assert cycles[0]["overhead_s"] < 2 * nap
+        assert all(c["overhead_s"] >= 2 * nap for c in cycles[1:])
+        assert 2 * nap <= missing < 4 * nap
+
+
 def test_a_progress_display_and_another_request_are_not_a_cycles_host_time(pair):
     """What the caller does between cycles is not the decode's: a progress callback is
     out of the next cycle and out of the decode seconds; a request stepped in between
