@@ -21,13 +21,15 @@ batched matmuls rather than a fused kernel that would leave most of the GPU idle
 residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
 outputs are copied straight into one preallocated feature buffer. On a GPU the
 elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated
-kernel each (``fused_stages``); the attention softmax stays eager (see there).
+kernel each (``fused_stages``); the attention softmax runs as one hand-written kernel
+(models/kernels.py) where Triton is installed (see there).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
 G = query heads per KV head.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -221,13 +223,18 @@ def fused_stages(device) -> tuple["Stages", str]:
     key = str(dev)
     if key not in _FUSED:
         opts = {"emulate_precision_casts": True}
-        # The attention softmax is left eager: compiled shape-generic, its one generated
-        # kernel took 29-31 us per layer on an H200 (Qwen3-8B shape, bf16, context 512,
-        # q = 1 and 16; torch.profiler), a sixth of the whole forward. Eager it is an add,
-        # a softmax and a cast (benchmarks/live_speed.py's kernel lines time them).
+        # The attention softmax is not compiled: shape-generic, its one generated kernel
+        # took 29-31 us per layer on an H200 (Qwen3-8B shape, bf16, context 512, q = 1 and
+        # 16; torch.profiler), a sixth of the whole forward. It runs as the hand-written
+        # kernel of models/kernels.py where Triton is installed, eagerly (an add, a
+        # softmax and a cast) where it is not.
+        softmax, which = masked_softmax, "eager softmax"
+        if importlib.util.find_spec("triton") is not None:
+            from specreplay.models import kernels
+            softmax, which = kernels.masked_softmax, "Triton softmax"
         _FUSED[key] = Stages(*(torch.compile(f, dynamic=True, fullgraph=True, options=opts)
-                               for f in (qk_rope, swiglu, rms_norm)), masked_softmax,
-                             name="compiled elementwise stages (torch.compile), eager softmax")
+                               for f in (qk_rope, swiglu, rms_norm)), softmax,
+                             name=f"compiled elementwise stages (torch.compile), {which}")
     got = _FUSED[key]
     return (EAGER, got) if isinstance(got, str) else (got, got.name)
 
