@@ -43,7 +43,7 @@ verify shapes memoised per plan, tries memoised per path set. A policy that only
 chooses block sizes (no draft-input or verify component: fixed, ewma, breakeven)
 under the cost model takes ``chain_cycles`` instead: ``request``'s plain-chain route
 as one generator over the requests; with one request in flight (single stream, or
-concurrency 1) it keeps four numbers per cycle and fills in the other columns after
+concurrency 1) it keeps two numbers per cycle and fills in the other columns after
 the run (``RunLog.columns``), and in single stream it advances the clock itself. A
 closed loop sharing the GPU runs its clients as plain generators that the GPU resumes
 when a step ends (``GPU.drive``), in the order SimPy would resume their processes. The policy objects are the ones the live loop runs,
@@ -134,6 +134,90 @@ class HotOutcome(CycleOutcome):
             g = d["_g"]
             v = d["_lg"] = d["_engine"].acc.l_gen(g, d["_engine"].stop_ids)[d["_r"]] if g else 1
         return v
+
+
+class ChainContext(CycleContext):
+    """The ``HotContext`` of ``Engine.chain_cycles``: a cycle writes ``cycle`` and
+    ``start``; ``context_len`` and ``remaining`` follow from ``start`` and the request,
+    and ``prev_view`` from the previous outcome (the same object every cycle, rewritten
+    after the choice that reads it), all computed only when a policy asks."""
+
+    @property
+    def context_len(self) -> int:  # type: ignore[override]
+        d = self.__dict__
+        return d["_prompt"] + d["start"]
+
+    @property
+    def remaining(self) -> int:  # type: ignore[override]
+        d = self.__dict__
+        rem = d["_allowed"] - d["start"]
+        return rem if rem > 1 else 1
+
+    @property
+    def prev_view(self):  # type: ignore[override]
+        d = self.__dict__
+        prev = d["prev_outcome"]
+        if prev is None:
+            return None
+        o = prev.__dict__
+        hit = d["_pv"]  # (the previous cycle, its view): one view per cycle, as live
+        if hit is None or hit[0] != o["cycle"]:
+            hit = d["_pv"] = (o["cycle"], d["_engine"].lazy_prev_view(
+                d["sample"], o["start"], o["block_size"], o["_g"], o["_r"], False))
+        return hit[1]
+
+
+class ChainOutcome(CycleOutcome):
+    """The ``HotOutcome`` of ``Engine.chain_cycles`` in single stream: a cycle writes
+    ``cycle``, ``start``, ``tau``, ``cycle_s`` and its oracle row; the block size, with
+    what it fixes, on a change. The rest is derived when read: accepted and committed
+    from tau (a plain chain commits what it accepts plus the bonus), the passes' seconds
+    from the cost lists the cycle's seconds came from, ``l_gen`` from the oracle row."""
+
+    @property
+    def accepted(self) -> int:  # type: ignore[override]
+        return self.__dict__["tau"] - 1
+
+    @property
+    def committed(self) -> int:  # type: ignore[override]
+        return self.__dict__["tau"]
+
+    @property
+    def draft_s(self) -> float:  # type: ignore[override]
+        d = self.__dict__
+        return d["_c"][3][d["_prompt"] + d["start"]]
+
+    @property
+    def target_s(self) -> float:  # type: ignore[override]
+        d = self.__dict__
+        return d["_c"][4][d["_prompt"] + d["start"]]
+
+    @property
+    def overhead_s(self) -> float:  # type: ignore[override]
+        return self.__dict__["_c"][5]
+
+    @property
+    def l_gen(self) -> int:  # type: ignore[override]
+        d = self.__dict__
+        g = d["_g"]
+        return d["_engine"].acc.l_gen(g, d["_engine"].stop_ids)[d["_r"]] if g else 1
+
+
+class SharedChainOutcome(ChainOutcome):
+    """``ChainOutcome`` on a shared GPU: the passes' seconds are the step's, read from
+    the request's ``Work`` (rewritten only once the next cycle has been chosen)."""
+
+    @property
+    def draft_s(self) -> float:  # type: ignore[override]
+        return self.__dict__["_w"].draft_s
+
+    @property
+    def target_s(self) -> float:  # type: ignore[override]
+        return self.__dict__["_w"].target_s
+
+    @property
+    def overhead_s(self) -> float:  # type: ignore[override]
+        return self.__dict__["_w"].overhead_s
 
 
 class HotPolicy:
@@ -480,6 +564,7 @@ class Engine:
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
         self.data_prompt = data.prompt_len.tolist()
+        self._out_lens = data.out_len.tolist()
 
     # -- the request: the story of one sample
     def prefill_job(self, sample: int):
@@ -922,119 +1007,152 @@ class Engine:
         each prefill's and cycle's seconds (the driver waits that long in SimPy), or,
         with ``direct`` (no SimPy, ``run_direct``), yields nothing and advances the
         clock itself, exactly as the driver would (``now += seconds`` per cycle). Per
-        cycle it keeps the start, block size, tau and seconds in ``_chain_log``; the
-        other columns are filled in after the run from those, with the same cost lists
-        the loop read (``_chain_columns``). Shared (more requests in flight), it yields
-        each cycle's ``Work`` to the GPU, as ``request`` does, and records the cycle as
-        ``request`` records it. The policy objects and the calls made to them are
-        ``request``'s; tests compare the two, and the reference, cycle by cycle."""
-        acc, data, log, clock, timer = self.acc, self.data, self.log, self.clock, self.timer
+        cycle it keeps the start and block size in ``_chain_log``; the other columns
+        are filled in after the run from those, with the same cost lists the loop read
+        (``_chain_columns``). Shared (more requests in flight), it yields each cycle's
+        ``Work`` to the GPU, as ``request`` does, and records the cycle as ``request``
+        records it. The policy objects and the calls made to them are ``request``'s;
+        tests compare the two, and the reference, cycle by cycle.
+
+        Per request one ``ChainContext`` and one ``ChainOutcome`` are rewritten each
+        cycle; what follows from the rest (context length, remaining tokens, accepted,
+        committed, the seconds of the passes) is derived when a policy reads it, so a
+        cycle writes only what changes."""
+        if self.gpu.solo:
+            return self._solo_chain_cycles(samples, policy, direct)
+        return self._shared_chain_cycles(samples, policy)
+
+    def _chain_request(self, sample: int, ctx: "ChainContext", out: "ChainOutcome", policy):
+        """Reset a request's context and outcome and its policy for ``sample``; returns
+        (prompt length, index of S[n-1], the sample's first global position)."""
+        prompt, base = self.data_prompt[sample], self.acc._base[sample]
+        cd, od = ctx.__dict__, out.__dict__
+        cd.clear()
+        cd.update(sample=sample, cycle=0, start=0, default_block_size=self.data.default_block_size,
+                  prev_outcome=None, _prompt=prompt, _allowed=self.data.max_new_tokens - 1,
+                  _pv=None, _engine=self)
+        od.clear()
+        od.update(sample=sample, chosen_path=0, block_size=None, _prompt=prompt, _engine=self)
+        policy.reset(sample)
+        return prompt, self._out_lens[sample] - 1, base
+
+    def _solo_chain_cycles(self, samples, policy: HotPolicy, direct: bool):
+        """``chain_cycles`` with one request in flight (see there)."""
+        acc, log, clock = self.acc, self.log, self.clock
         choose, observe, state = policy._choose, policy.observe, policy.state
         states = log.states if self.record_states else None
-        allowed = data.max_new_tokens - 1
-        prompts, out_lens, bases = self.data_prompt, data.out_len.tolist(), acc._base
-        solo = self.gpu.solo
-        if solo:
-            if self._chain_log is None:
-                self._chain_log = ({}, [], [], [], [], [], [])
-            chains, order, counts, starts, blocks, taus, secs = self._chain_log
-            put_start, put_b, put_tau, put_s = starts.append, blocks.append, taus.append, secs.append
-        else:
-            chains, record = self._shared_chains, log.cycles.append
-        ctx = object.__new__(HotContext)
-        cd = ctx.__dict__
-        out = object.__new__(HotOutcome)
-        od = out.__dict__
+        if self._chain_log is None:
+            self._chain_log = ({}, [], [], [], [])
+        chains, order, counts, starts, blocks = self._chain_log
+        put_start, put_b = starts.append, blocks.append
+        ctx, out = object.__new__(ChainContext), object.__new__(ChainOutcome)
+        cd, od = ctx.__dict__, out.__dict__
         for sample in samples:
             t_arrival = clock.now
             yield from self.prefill_job(sample)
             t_first = now = clock.now  # direct: the clock, kept here until the request ends
-            n = out_lens[sample]
-            last = n - 1  # S[0] came from prefill; complete once S[n-1] is committed
-            prompt = prompts[sample]
-            base = bases[sample]
-            if not solo:
-                work, wb = Work(sample, 0, 1, prompt), None  # wb: the block size work is set to
-            cd.clear()
-            cd.update(zip(_CONTEXT_FIELDS, (sample, 0, 0, prompt, 1, data.default_block_size,
-                                            None, None)))
-            cd.update(_pv=None, _engine=self)
-            od.clear()
-            od.update(sample=sample, chosen_path=0, _engine=self)
+            prompt, last, base = self._chain_request(sample, ctx, out, policy)
             ob = None  # the block size od holds
-            policy.reset(sample)
             start = cycle = 0
             while start < last:
-                rem = allowed - start
-                L = prompt + start
-                cd["cycle"], cd["start"], cd["context_len"] = cycle, start, L
-                cd["remaining"] = rem if rem > 1 else 1
+                cd["cycle"], cd["start"] = cycle, start
                 b = int(choose(ctx))
-                hit = chains.get(b)
-                if hit is None:
-                    hit = chains[b] = self._chain_entry(b)
-                group = hit[0]
+                if b != ob:  # what a block size fixes, looked up on a change
+                    hit = chains.get(b)
+                    if hit is None:
+                        hit = chains[b] = self._chain_entry(b)
+                    group, rows, chain, cycle_secs = hit[0], hit[1], hit[2], hit[7]
+                    ob = od["block_size"] = b
+                    od["verify_tokens"], od["_g"], od["_c"] = hit[6], group, hit
                 if group is not None:
-                    row = hit[1][base + start]
+                    row = rows[base + start]
                     if row < 0:
                         acc.row(group, sample, start)  # raises NotReplayable naming the row
-                    accepted = hit[2][row]
+                    accepted = chain[row]
                 else:
                     row = accepted = 0
                 tau = accepted + 1 if accepted + 1 < last - start else last - start
-                if solo:
-                    draft_s, target_s, overhead_s = hit[3][L], hit[4][L], hit[5]
-                    cycle_s = draft_s + target_s + overhead_s
-                    if direct:
-                        now += cycle_s
-                    else:
-                        yield cycle_s  # the GPU never queues: the cycle takes exactly its step
+                cycle_s = cycle_secs[prompt + start]
+                if direct:
+                    now += cycle_s
                 else:
-                    if b != wb:  # plan_work of a plain chain: one pass, no recorded seconds
-                        wb = work.block_size = b
-                        work.verify_tokens = work.verify_q = hit[6]
-                        work.verify_rows = work.passes = 1
-                        work.tree, work.mode, work.recorded = False, "chain", None
-                        work.host_mode = "chain" if b > 1 else "ar"
-                    work.start, work.context_len = start, L
-                    t_ready = clock.now
-                    yield work
-                    draft_s, target_s, overhead_s = work.draft_s, work.target_s, work.overhead_s
-                    # wait for the GPU plus the step's own seconds
-                    cycle_s = (work.t_start - t_ready) + work.step_s
-                od["cycle"], od["start"] = cycle, start
-                if b != ob:  # what a block size fixes (solo: its overhead too), set on a change
-                    ob = od["block_size"] = b
-                    od["verify_tokens"], od["_g"] = hit[6], group
-                od["accepted"], od["tau"], od["committed"] = tau - 1, tau, tau
-                od["draft_s"], od["target_s"], od["cycle_s"] = draft_s, target_s, cycle_s
-                od["overhead_s"], od["_r"], od["_lg"] = overhead_s, row, None
+                    yield cycle_s  # the GPU never queues: the cycle takes exactly its step
+                od["cycle"], od["start"], od["tau"], od["cycle_s"], od["_r"] = \
+                    cycle, start, tau, cycle_s, row
                 observe(out)
-                if solo:
-                    put_start(start)
-                    put_b(b)
-                    put_tau(tau)
-                    put_s(cycle_s)
-                else:
-                    record((sample, cycle, start, b, tau - 1, tau, hit[6], draft_s, target_s,
-                            overhead_s, cycle_s, work.draft_src, work.target_src, False))
+                put_start(start)
+                put_b(b)
                 if states is not None:
                     states.append(state())
-                cd["_pv"], cd["_p"] = _LAZY, (start, b, group, row, False)
                 cd["prev_outcome"] = out
                 start += tau
                 cycle += 1
             if direct:
                 clock.now = now
-            if solo:
-                order.append(sample)
-                counts.append(cycle)
-            log.requests.append((sample, t_arrival, t_first, clock.now, n))
+            order.append(sample)
+            counts.append(cycle)
+            log.requests.append((sample, t_arrival, t_first, clock.now, last + 1))
+
+    def _shared_chain_cycles(self, samples, policy: HotPolicy):
+        """``chain_cycles`` on a GPU shared by several requests (see there)."""
+        acc, log, clock = self.acc, self.log, self.clock
+        choose, observe, state = policy._choose, policy.observe, policy.state
+        states = log.states if self.record_states else None
+        chains, record = self._shared_chains, log.cycles.append
+        ctx, out = object.__new__(ChainContext), object.__new__(SharedChainOutcome)
+        cd, od = ctx.__dict__, out.__dict__
+        for sample in samples:
+            t_arrival = clock.now
+            yield from self.prefill_job(sample)
+            t_first = clock.now
+            prompt, last, base = self._chain_request(sample, ctx, out, policy)
+            work = od["_w"] = Work(sample, 0, 1, prompt)
+            ob = None  # the block size od and work hold
+            start = cycle = 0
+            while start < last:
+                cd["cycle"], cd["start"] = cycle, start
+                b = int(choose(ctx))
+                if b != ob:  # plan_work of a plain chain: one pass, no recorded seconds
+                    hit = chains.get(b)
+                    if hit is None:
+                        hit = chains[b] = self._chain_entry(b)
+                    group, rows, chain, tokens = hit[0], hit[1], hit[2], hit[6]
+                    ob = od["block_size"] = work.block_size = b
+                    od["verify_tokens"], od["_g"] = tokens, group
+                    work.verify_tokens = work.verify_q = tokens
+                    work.verify_rows = work.passes = 1
+                    work.tree, work.mode, work.recorded = False, "chain", None
+                    work.host_mode = "chain" if b > 1 else "ar"
+                if group is not None:
+                    row = rows[base + start]
+                    if row < 0:
+                        acc.row(group, sample, start)  # raises NotReplayable naming the row
+                    accepted = chain[row]
+                else:
+                    row = accepted = 0
+                tau = accepted + 1 if accepted + 1 < last - start else last - start
+                work.start, work.context_len = start, prompt + start
+                t_ready = clock.now
+                yield work
+                # wait for the GPU plus the step's own seconds
+                cycle_s = (work.t_start - t_ready) + work.step_s
+                od["cycle"], od["start"], od["tau"], od["cycle_s"], od["_r"] = \
+                    cycle, start, tau, cycle_s, row
+                observe(out)
+                record((sample, cycle, start, b, tau - 1, tau, tokens, work.draft_s, work.target_s,
+                        work.overhead_s, cycle_s, work.draft_src, work.target_src, False))
+                if states is not None:
+                    states.append(state())
+                cd["prev_outcome"] = out
+                start += tau
+                cycle += 1
+            log.requests.append((sample, t_arrival, t_first, clock.now, last + 1))
 
     def _chain_entry(self, b: int) -> tuple:
-        """What ``run_chains`` reads per cycle of block size b: the plain group (None at
+        """What ``chain_cycles`` reads per cycle of block size b: the plain group (None at
         b = 1), its row and chain lists, ``chain_costs``' seconds lists, overhead and
-        verify tokens."""
+        verify tokens, and a cycle's seconds per context length (draft + target +
+        overhead, added in that order as ``Timer.single`` adds them)."""
         costs = self._chain_costs.get(b) or self.chain_costs(b)
         if b > 1:
             hit = self._plain_rows.get(b)
@@ -1043,20 +1161,29 @@ class Engine:
                 hit = self._plain_rows[b] = (g, g.row_list, g.chain_list)
         else:
             hit = (None, None, None)
-        return (*hit, costs[0], costs[2], costs[4], costs[5])
+        n = self._L_max + 1  # the lists hold at least that many (grown past it apiece)
+        cycle_secs = (np.asarray(costs[0][:n]) + np.asarray(costs[2][:n]) + costs[4]).tolist()
+        return (*hit, costs[0], costs[2], costs[4], costs[5], cycle_secs)
 
     def _chain_columns(self) -> dict[str, np.ndarray]:
         """``CYCLE_FIELDS`` columns of the cycles ``chain_cycles`` ran: what ``request``
         records for each of them, gathered from the same cost lists."""
-        chains, order, counts, starts, blocks, taus, secs = self._chain_log
+        chains, order, counts, starts, blocks = self._chain_log
         n = len(starts)
         counts_a = np.asarray(counts, dtype=np.int64)
-        sample = np.repeat(np.asarray(order, dtype=np.int64), counts_a)
+        order_a = np.asarray(order, dtype=np.int64)
+        sample = np.repeat(order_a, counts_a)
         first = np.concatenate([[0], np.cumsum(counts_a)[:-1]]).astype(np.int64)
         cycle = np.arange(n, dtype=np.int64) - np.repeat(first, counts_a)
         start = np.asarray(starts, dtype=np.int64)
         block = np.asarray(blocks, dtype=np.int64)
-        tau = np.asarray(taus, dtype=np.int64)
+        # a request's cycles follow each other (each starts where the last one's tau
+        # ended) and its last one ends at S[n-1]: tau is the step to the next start
+        ends = np.empty(n, dtype=np.int64)
+        ends[:-1] = start[1:]
+        ran = counts_a > 0
+        ends[(first + counts_a - 1)[ran]] = self.data.out_len.astype(np.int64)[order_a[ran]] - 1
+        tau = ends - start
         L = np.asarray(self.data_prompt, dtype=np.int64)[sample] + start
         draft_s, target_s, overhead_s = np.zeros(n), np.zeros(n), np.zeros(n)
         draft_src, target_src = np.zeros(n, np.int64), np.zeros(n, np.int64)
@@ -1074,10 +1201,10 @@ class Engine:
             target_s[at], target_src[at] = cost.seconds_array("target", max(b, 1), Lb, 1)
             overhead_s[at] = overhead
             verify_tokens[at] = tokens
+        cycle_s = draft_s + target_s + overhead_s  # the loop's sums (``_chain_entry``)
         return dict(zip(CYCLE_FIELDS, (
             sample, cycle, start, block, tau - 1, tau, verify_tokens, draft_s, target_s,
-            overhead_s, np.asarray(secs, dtype=np.float64), draft_src, target_src,
-            np.zeros(n, dtype=bool))))
+            overhead_s, cycle_s, draft_src, target_src, np.zeros(n, dtype=bool))))
 
     def make_policy(self):
         policy = parse_policy(self.spec)

@@ -131,6 +131,39 @@ def test_hot_serving_equals_the_reference_engine(families_trace, family, load):
     assert (fast.steps, fast.batch_sizes) == (ref.steps, ref.batch_sizes)
 
 
+def _seen(x):
+    """A context, outcome or view as plain values: every field as a policy reads it."""
+    if x is None:
+        return None
+    if hasattr(x, "ids"):  # a DraftView
+        return (x.sample, x.start, x.block_size, x.ids.tolist(), x.logprobs.tolist())
+    return tuple(_seen(v) if k in ("prev_view", "prev_outcome") else v
+                 for k, v in ((f, getattr(x, f)) for f in type(x).__dataclass_fields__))
+
+
+@pytest.mark.parametrize("load", [{}, {"concurrency": 1}, {"concurrency": 3}])
+@pytest.mark.parametrize("family", ["ewma", "ewma-adl"])
+def test_the_chain_loop_shows_policies_what_the_reference_shows(families_trace, family,
+                                                                load, monkeypatch):
+    # the chain loop derives context and outcome fields on read: every field of every
+    # context a block scheduler is shown, and of every outcome it observes, previous
+    # view and outcome included, must be the reference's
+    from specreplay.policies.ewma import Ewma
+    seen = []
+    choose, observe = Ewma.choose_block, Ewma.observe
+    monkeypatch.setattr(Ewma, "choose_block", lambda self, ctx: (
+        seen.append(("ctx", _seen(ctx))), choose(self, ctx))[1])
+    monkeypatch.setattr(Ewma, "observe", lambda self, out: (
+        seen.append(("out", _seen(out))), observe(self, out))[1])
+    s = Replayer(families_trace, bootstrap=0).setting
+    spec = FAMILIES[family]
+    Engine(s.data, s.acc, s.timer, spec, direct=False, hot=False, **load).run()
+    want, seen[:] = list(seen), []
+    fast = Engine(s.data, s.acc, s.timer, spec, **load).run()
+    assert fast.columns is not None or load == {"concurrency": 3}
+    assert len(seen) == len(want) > 120 and seen == want
+
+
 def test_hot_policy_runs_the_composites_components():
     hot = HotPolicy(parse_policy(f"ewma(candidates=4|8)+{RECYCLE}+gate"))
     # the observers kept are the components' own methods, in component order
