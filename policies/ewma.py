@@ -103,6 +103,7 @@ class Ewma(Policy):
             raise ValueError(f"k_min ({lo}) must not exceed k_max ({hi})")
         # knobs read every cycle, as attributes (the replay loop runs this per cycle)
         self.candidates: tuple[int, ...] = k["candidates"]
+        self._later = self.candidates[1:]  # those a tie with an earlier one loses to it
         self.alpha, self.warmup, self.probe = k["alpha"], k["warmup"], k["probe"]
         self.margin, self.adl = k["margin"], k["mode"] == "adl"
         self.keep = 1.0 - self.alpha  # the weight of the previous estimate
@@ -167,21 +168,23 @@ class Ewma(Policy):
         # ``_update_estimates``, ``_low_accept_fallback`` and ``_consider_switch`` are the
         # same steps one by one; a test compares the two.
         b = outcome.block_size
-        if b not in self.obs_count:
+        count = self.obs_count.get(b)
+        if count is None:
             return
-        # 1. the EWMAs of b (ewma_update, inlined: the first observation initialises)
+        self.obs_count[b] = count + 1
+        # 1. the EWMAs of b (ewma_update, inlined: the first observation initialises;
+        # b has estimates exactly when it has been observed before)
         tau_in = outcome.tau
-        alpha = self.alpha
-        prev = self.tau_hat.get(b)
-        tau = float(tau_in) if prev is None else self.keep * prev + alpha * float(tau_in)
-        prev = self.cycle_hat.get(b)
-        secs = float(outcome.cycle_s) if prev is None else \
-            self.keep * prev + alpha * float(outcome.cycle_s)
+        if count:
+            keep, alpha = self.keep, self.alpha
+            tau = keep * self.tau_hat[b] + alpha * float(tau_in)
+            secs = keep * self.cycle_hat[b] + alpha * float(outcome.cycle_s)
+        else:
+            tau, secs = float(tau_in), float(outcome.cycle_s)
         self.tau_hat[b], self.cycle_hat[b] = tau, secs
         # a zero-second cycle (no cost model) must not divide by zero (max(secs, 1e-12))
         score = self.score_hat
         score[b] = tau / (1e-12 if 1e-12 > secs else secs)
-        self.obs_count[b] += 1
         if self.adl:
             self._update_adl(b, outcome)
         # 3. low-accept fallback
@@ -203,11 +206,20 @@ class Ewma(Policy):
         if self.adl:
             self._consider_switch()
             return
-        best = best_score = None
-        for c in self.candidates:
-            s = score.get(c)
-            if s is not None and (best is None or s > best_score):
-                best, best_score = c, s
+        candidates = self.candidates
+        if len(score) == len(candidates):  # all scored (the rule after warmup): no gaps
+            best = candidates[0]
+            best_score = score[best]
+            for c in self._later:
+                s = score[c]
+                if s > best_score:
+                    best, best_score = c, s
+        else:
+            best = best_score = None
+            for c in candidates:
+                s = score.get(c)
+                if s is not None and (best is None or s > best_score):
+                    best, best_score = c, s
         if best is None:
             return
         if best == current:
