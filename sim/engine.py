@@ -272,7 +272,7 @@ class Work:
     __slots__ = ("sample", "start", "block_size", "context_len", "passes", "verify_q",
                  "verify_rows", "verify_tokens", "tree", "mode", "host_mode", "recorded", "prefill",
                  "draft_s", "target_s", "overhead_s", "step_s", "draft_src", "target_src",
-                 "t_start", "owner")
+                 "t_start", "owner", "step")
 
     def __init__(self, sample: int, start: int, block_size: int, context_len: int,
                  passes: int = 1, verify_q: int = 1, verify_rows: int = 1, tree: bool = False,
@@ -413,6 +413,9 @@ class GPU:
         self.starting = False
         self.steps = 0
         self.batch_sizes: list[int] = []
+        # per step, the seconds and sources every job of it was given (``Timer.step``):
+        # draft_s, target_s, overhead_s, draft_src, target_src; a job's ``step`` indexes it
+        self.step_secs: list[tuple] = []
         self.driven = False
 
     def drive(self, clients) -> None:
@@ -461,10 +464,12 @@ class GPU:
         else:
             done = self.done[kind]
             self.queues[kind], self.done[kind] = [], Event(self.env)
-        now = self.env.now
+        now, step = self.env.now, self.steps
         for w in batch:
-            w.t_start = now
+            w.t_start, w.step = now, step
         self.timer.step(batch)
+        w = batch[0]
+        self.step_secs.append((w.draft_s, w.target_s, w.overhead_s, w.draft_src, w.target_src))
         self.busy = True
         self.steps += 1
         if not kind:
@@ -560,6 +565,10 @@ class Engine:
         # (in order), their cycle counts, and per cycle start, block size, tau, seconds
         self._chain_log: tuple | None = None
         self._shared_chains: dict = {}  # block size -> ``_chain_entry``, shared GPU
+        # shared GPU: per cycle, in the order they ran, (sample, cycle, start, block
+        # size, tau, the GPU step that ran it), and apart its seconds (floats and ints
+        # apart: each converts to its column at once, an int to a float does not)
+        self._shared_chain_log: tuple[list, list] | None = None
         # the longest context a cycle can have: the cost lists are read up to it
         self._L_max = int((data.prompt_len + data.out_len).max()) if data.n_samples else 0
         self.stop_ids = data.stop_token_ids
@@ -953,6 +962,8 @@ class Engine:
                 gc.enable()
         if self._chain_log is not None:
             self.log.columns = self._chain_columns()
+        elif self._shared_chain_log is not None:
+            self.log.columns = self._shared_chain_columns()
         self.log.steps = self.gpu.steps
         self.log.batch_sizes = self.gpu.batch_sizes
         return self.log
@@ -1098,7 +1109,10 @@ class Engine:
         acc, log, clock = self.acc, self.log, self.clock
         choose, observe, state = policy._choose, policy.observe, policy.state
         states = log.states if self.record_states else None
-        chains, record = self._shared_chains, log.cycles.append
+        if self._shared_chain_log is None:
+            self._shared_chain_log = ([], [])
+        chains = self._shared_chains
+        record, record_s = (x.append for x in self._shared_chain_log)
         ctx, out = object.__new__(ChainContext), object.__new__(SharedChainOutcome)
         cd, od = ctx.__dict__, out.__dict__
         for sample in samples:
@@ -1139,8 +1153,8 @@ class Engine:
                 od["cycle"], od["start"], od["tau"], od["cycle_s"], od["_r"] = \
                     cycle, start, tau, cycle_s, row
                 observe(out)
-                record((sample, cycle, start, b, tau - 1, tau, tokens, work.draft_s, work.target_s,
-                        work.overhead_s, cycle_s, work.draft_src, work.target_src, False))
+                record((sample, cycle, start, b, tau, work.step))
+                record_s(cycle_s)
                 if states is not None:
                     states.append(state())
                 cd["prev_outcome"] = out
@@ -1205,6 +1219,24 @@ class Engine:
         return dict(zip(CYCLE_FIELDS, (
             sample, cycle, start, block, tau - 1, tau, verify_tokens, draft_s, target_s,
             overhead_s, cycle_s, draft_src, target_src, np.zeros(n, dtype=bool))))
+
+    def _shared_chain_columns(self) -> dict[str, np.ndarray]:
+        """``CYCLE_FIELDS`` columns of the cycles ``chain_cycles`` ran on a shared GPU, in
+        the order they ran: what ``request`` records for each of them, the passes'
+        seconds and sources those of the step that ran it (``GPU.step_secs``)."""
+        cycles, secs = self._shared_chain_log
+        n = len(cycles)
+        table = np.fromiter(itertools.chain.from_iterable(cycles), dtype=np.int64,
+                            count=6 * n).reshape(n, 6)
+        sample, cycle, start, block, tau, step = table.T.copy()
+        steps = np.asarray(self.gpu.step_secs, dtype=np.float64).reshape(-1, 5)[step]
+        verify_tokens = np.zeros(n, np.int64)
+        for b, hit in self._shared_chains.items():
+            verify_tokens[block == b] = hit[6]
+        return dict(zip(CYCLE_FIELDS, (
+            sample, cycle, start, block, tau - 1, tau, verify_tokens, steps[:, 0].copy(),
+            steps[:, 1].copy(), steps[:, 2].copy(), np.asarray(secs, dtype=np.float64),
+            steps[:, 3].astype(np.int64), steps[:, 4].astype(np.int64), np.zeros(n, dtype=bool))))
 
     def make_policy(self):
         policy = parse_policy(self.spec)
