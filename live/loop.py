@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from specreplay.live.backend import backend_for, rows_of
-from specreplay.live.drafting import DeviceDraftView, block_input, cycle_proposals
+from specreplay.live.drafting import DeviceDraftView, LazyRng, block_input, cycle_proposals
 from specreplay.live.sampling import Acceptance, cap_accepted, chain_rejection, greedy_accept, multiround
 from specreplay.live.timing import CycleClock, wall_sync
 from specreplay.live.verify import Verified
@@ -308,7 +308,7 @@ class Decoder:
     def _draft(self, state: DecodeState, req, b: int, anchor: int):
         """Draft the full block (b > 1) and build the DraftView; b = 1 drafts nothing."""
         k = self.cfg.oracle_top_k
-        rng = np.random.default_rng([self.cfg.seed, state.sample, state.start])
+        rng = LazyRng([self.cfg.seed, state.sample, state.start])
         if b == 1:
             empty = DraftView(state.sample, state.start, 1, np.zeros((0, k), np.int32),
                               np.zeros((0, k), np.float32), rng)

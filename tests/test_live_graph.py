@@ -460,6 +460,44 @@ def test_staged_inputs_arrive_in_one_copy_into_the_same_views():
         st.write((arrays[0].astype(np.int32), arrays[1], arrays[2]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the pinned staging buffer is the GPU path")
+def test_staged_writes_back_to_back_each_land_on_the_gpu():
+    """On a GPU a slot reuses one pinned host buffer: a write queued behind a long kernel
+    must not be overwritten by the next write before its copy has run (each pass of a
+    cycle sees its own inputs)."""
+    import numpy as np
+    from specreplay.live.backend import Staged
+    dev = torch.device("cuda")
+    first = (np.arange(4096, dtype=np.int64),)
+    st = Staged(first, dev)
+    seen = []
+    big = torch.randn(4096, 4096, device=dev)
+    for i in range(4):
+        big @ big  # keeps the stream busy, so the copy below is still queued
+        (view,) = st.write((first[0] + i,))
+        seen.append(view.clone())  # stream-ordered: the copy this write queued
+    torch.cuda.synchronize()
+    for i, got in enumerate(seen):
+        assert got.cpu().tolist() == (first[0] + i).tolist()
+
+
+def test_a_views_generator_is_seeded_only_when_a_policy_draws():
+    """The live view's rng draws exactly what ``default_rng(seed)`` draws (so sampled
+    decisions match the replay's), and costs nothing until a policy draws from it."""
+    import copy
+    import numpy as np
+    from specreplay.live.drafting import LazyRng
+    rng = LazyRng([3, 1, 40])
+    assert rng._gen is None
+    ref = np.random.default_rng([3, 1, 40]).random(6).tolist()
+    assert rng.random(4).tolist() == ref[:4]
+    assert rng.random(2).tolist() == ref[4:]  # one stream, seeded once
+    fresh = copy.deepcopy(LazyRng([5]))
+    assert fresh.random() == np.random.default_rng([5]).random()
+    with pytest.raises(AttributeError):
+        rng._missing
+
+
 @pytest.mark.parametrize("decoded_first", [False, True])
 def test_the_graph_backend_runs_outside_inference_mode(pair, decoded_first):
     """A caller that has not turned autograd off (a benchmark's check, a notebook) gets
