@@ -212,10 +212,12 @@ def check_captured(target, draft, prompt: list[int], cycles: int) -> dict:
 
 # Kernel families of a target forward, by kernel name (first match wins): the cuBLAS /
 # CUTLASS matmuls (weights, and attention's batched matmuls), the generated kernels of
-# the compiled elementwise stages, the cache's index copies, plain copies; the rest
-# (eager elementwise and reductions) is "other".
+# the compiled elementwise stages, models/kernels.py's hand-written q/k norm + RoPE +
+# cache write and softmax, the cache's index copies, plain copies; the rest (eager
+# elementwise and reductions) is "other".
 KERNEL_FAMILIES = (("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
                    ("compiled", ("triton",)),
+                   ("handwritten", ("qk_rope_cache", "softmax_rows")),
                    ("index", ("index", "scatter", "gather")),
                    ("copy", ("copy",)))
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
-           "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
+           "attend", "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
            "Stages", "fused_stages", "stages_failed"]
 
 # HF model_type values whose decoder this module computes exactly: pre-norm RMSNorm
@@ -193,13 +193,17 @@ def swiglu(gu: torch.Tensor, intermediate: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Stages:
-    """The elementwise stages a forward calls through (``self.stages.qk_rope``...): the
-    plain eager functions (``EAGER``), or their compiled versions (``fused_stages``)."""
+    """The stages a forward calls through (``self.stages.qk_rope``...): the plain eager
+    functions (``EAGER``), or their compiled versions and hand-written kernels
+    (``fused_stages``). ``rope_cache`` (models/kernels.py's ``qk_rope_cache``) is None
+    on the eager path: there the layer runs the eager norm + RoPE and the cache's index
+    copies, in transformers' rounding order."""
     qk_rope: Callable
     swiglu: Callable
     rms_norm: Callable
     softmax: Callable
     name: str
+    rope_cache: Callable | None = None
 
 
 # per device: the compiled stages, or why they could not be used (``stages_failed``)
@@ -228,13 +232,15 @@ def fused_stages(device) -> tuple["Stages", str]:
         # 16; torch.profiler), a sixth of the whole forward. It runs as the hand-written
         # kernel of models/kernels.py where Triton is installed, eagerly (an add, a
         # softmax and a cast) where it is not.
-        softmax, which = masked_softmax, "eager softmax"
+        softmax, which, rope_cache = masked_softmax, "eager softmax", None
         if importlib.util.find_spec("triton") is not None:
             from specreplay.models import kernels
-            softmax, which = kernels.masked_softmax, "Triton softmax"
+            softmax, rope_cache = kernels.masked_softmax, kernels.qk_rope_cache
+            which = "Triton softmax and q/k norm + RoPE + cache write"
         _FUSED[key] = Stages(*(torch.compile(f, dynamic=True, fullgraph=True, options=opts)
                                for f in (qk_rope, swiglu, rms_norm)), softmax,
-                             name=f"compiled elementwise stages (torch.compile), {which}")
+                             name=f"compiled elementwise stages (torch.compile), {which}",
+                             rope_cache=rope_cache)
     got = _FUSED[key]
     return (EAGER, got) if isinstance(got, str) else (got, got.name)
 
@@ -266,12 +272,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     kv_heads = k.shape[1]
     g = heads // kv_heads
     q = q.view(1, n, kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(1, kv_heads, g * n, d)
-    if small_route(g * n, q):
-        out = small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale,
-                              (stages or EAGER).softmax)[None]
-    else:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    out = attend(q, k, v, bias, scale, stages)
     return out.reshape(1, kv_heads, g, n, d).permute(0, 3, 1, 2, 4).reshape(1, n, heads * d)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float,
+           stages: "Stages | None" = None) -> torch.Tensor:
+    """``attention`` on q already laid out per KV head, [1, KV, G*n, D] (the [H, n, D]
+    head-major order); returns the output in the same layout."""
+    if small_route(q.shape[2], q):
+        return small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale,
+                               (stages or EAGER).softmax)[None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 
 def small_route(rows: int, q: torch.Tensor) -> bool:
@@ -408,19 +420,27 @@ class FastTarget:
         feats = torch.empty(1, n, len(self.taps) * self.hidden, dtype=self.dtype, device=x.device)
         last = len(self.layers) - 1
         scale = D ** -0.5
+        st = self.stages
         for i, layer in enumerate(self.layers):
-            h = self.stages.rms_norm(x, layer.attn_norm, self.eps)
+            h = st.rms_norm(x, layer.attn_norm, self.eps)
             qkv = F.linear(h, layer.wqkv, layer.bqkv)
-            qk = self.stages.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
-            v = qkv[..., (H + KV) * D:].view(1, n, KV, D)
-            kv.k[i].index_copy_(2, write_rows, qk[:, :, H:].transpose(1, 2))
-            kv.v[i].index_copy_(2, write_rows, v.transpose(1, 2))
-            out = attention(qk[:, :, :H], kv.k[i][:, :, :kv_len], kv.v[i][:, :, :kv_len], bias, scale,
-                            self.stages)
+            k_i, v_i = kv.k[i], kv.v[i]
+            if st.rope_cache is not None and _rope_fits(qkv[0], layer.qk_norm, self.table, k_i):
+                # one kernel: q comes out head-major, k/v go straight into their cache rows
+                qh = st.rope_cache(qkv[0], layer.qk_norm, self.table, positions[0], write_rows,
+                                   k_i, v_i, H, KV, self.eps)
+                out = attend(qh.view(1, KV, -1, D), k_i[:, :, :kv_len], v_i[:, :, :kv_len], bias, scale, st)
+                out = out.reshape(H, n, D).transpose(0, 1).reshape(1, n, H * D)
+            else:
+                qk = st.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
+                v = qkv[..., (H + KV) * D:].view(1, n, KV, D)
+                k_i.index_copy_(2, write_rows, qk[:, :, H:].transpose(1, 2))
+                v_i.index_copy_(2, write_rows, v.transpose(1, 2))
+                out = attention(qk[:, :, :H], k_i[:, :, :kv_len], v_i[:, :, :kv_len], bias, scale, st)
             _residual(x, out, layer.wo, layer.bo)
-            h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
+            h = st.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13, layer.b13)
-            act = self.stages.swiglu(gu, self.intermediate)
+            act = st.swiglu(gu, self.intermediate)
             _residual(x, act, layer.w2, layer.b2)
             if i in self.taps and i != last:
                 j = self.taps.index(i)
@@ -432,6 +452,11 @@ class FastTarget:
         if last_logits:
             x = x[:, -last_logits:]
         return F.linear(x[0], self.head_w, self.head_b).float(), feats[0]
+
+
+def _rope_fits(qkv, norm, table, k_cache) -> bool:
+    from specreplay.models.kernels import rope_cache_fits
+    return rope_cache_fits(qkv, norm, table, k_cache)
 
 
 def _detach(t):

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch.nn.attention import sdpa_kernel
 
 from specreplay.models.draft import DFlashDraftModel
-from specreplay.models.fast import (EAGER, SDPA_BACKENDS, StaticKV, attention, attention_bias, fuse_linears, rope,
-                                    rope_table)
+from specreplay.models.fast import (EAGER, SDPA_BACKENDS, StaticKV, attend, attention, attention_bias, fuse_linears,
+                                    rope, rope_table)
+from specreplay.models.kernels import rope_cache_fits
 
 
 @dataclass
@@ -102,9 +103,15 @@ class FastDraft:
         ctx = self.draft.fuse(context)
         cos, sin = self._cos_sin(positions)
         T, KV, D = ctx.shape[1], self.kv_heads, self.head_dim
+        st = self.stages
         for i, layer in enumerate(self.fast):
             b = None if layer.bqkv is None else layer.bqkv[layer.kv_rows:]
             kv_ = F.linear(ctx, layer.wqkv[layer.kv_rows:], b)
+            if st.rope_cache is not None and rope_cache_fits(kv_[0], layer.qk_norm, self.table, kv.k[i]):
+                # k and v only (heads from H on): normed, rotated and written in one kernel
+                st.rope_cache(kv_[0], layer.qk_norm, self.table, positions[0], write_rows,
+                              kv.k[i], kv.v[i], self.heads, KV, self.eps, first=self.heads)
+                continue
             k = F.rms_norm(kv_[..., :KV * D].view(1, T, KV, D), (D,), None, self.eps) * layer.k_norm
             k = rope(k, cos, sin)
             kv.k[i].index_copy_(2, write_rows, k.transpose(1, 2))
@@ -131,19 +138,32 @@ class FastDraft:
         # says, instead of a concatenation that copies every cached row per layer
         # (6.8 us a layer on an H200 at 512 rows). Without room for them, concatenate.
         scratch = kv_len + n <= kv.capacity
+        st = self.stages
+        own_rows = None
         for i, layer in enumerate(self.fast):
-            h = self.stages.rms_norm(x, layer.attn_norm, self.eps)
+            h = st.rms_norm(x, layer.attn_norm, self.eps)
             qkv = F.linear(h, layer.wqkv, layer.bqkv)
-            qk = self.stages.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
-            k_own, v_own = qk[:, :, H:].transpose(1, 2), qkv[..., (H + KV) * D:].view(1, n, KV, D).transpose(1, 2)
-            if scratch:
-                kv.k[i][:, :, kv_len:kv_len + n].copy_(k_own)
-                kv.v[i][:, :, kv_len:kv_len + n].copy_(v_own)
-                k, v = kv.k[i][:, :, :kv_len + n], kv.v[i][:, :, :kv_len + n]
+            if scratch and st.rope_cache is not None and rope_cache_fits(qkv[0], layer.qk_norm, self.table, kv.k[i]):
+                # one kernel: q head-major, the block's own k/v into its scratch rows
+                if own_rows is None:
+                    own_rows = torch.arange(kv_len, kv_len + n, device=x.device)
+                qh = st.rope_cache(qkv[0], layer.qk_norm, self.table, positions[0], own_rows, kv.k[i], kv.v[i],
+                                   H, KV, self.eps)
+                out = attend(qh.view(1, KV, -1, D), kv.k[i][:, :, :kv_len + n], kv.v[i][:, :, :kv_len + n],
+                             bias, scale, st)
+                out = out.reshape(H, n, D).transpose(0, 1).reshape(1, n, H * D)
             else:
-                k = torch.cat((kv.k[i][:, :, :kv_len], k_own), dim=2)
-                v = torch.cat((kv.v[i][:, :, :kv_len], v_own), dim=2)
-            out = attention(qk[:, :, :H], k, v, bias, scale, self.stages)
+                qk = st.qk_rope(qkv[..., :(H + KV) * D].view(1, n, H + KV, D), layer.qk_norm, cos, sin, self.eps)
+                k_own = qk[:, :, H:].transpose(1, 2)
+                v_own = qkv[..., (H + KV) * D:].view(1, n, KV, D).transpose(1, 2)
+                if scratch:
+                    kv.k[i][:, :, kv_len:kv_len + n].copy_(k_own)
+                    kv.v[i][:, :, kv_len:kv_len + n].copy_(v_own)
+                    k, v = kv.k[i][:, :, :kv_len + n], kv.v[i][:, :, :kv_len + n]
+                else:
+                    k = torch.cat((kv.k[i][:, :, :kv_len], k_own), dim=2)
+                    v = torch.cat((kv.v[i][:, :, :kv_len], v_own), dim=2)
+                out = attention(qk[:, :, :H], k, v, bias, scale, st)
             x = x + F.linear(out, layer.wo, layer.bo)
             h = self.stages.rms_norm(x, layer.mlp_norm, self.eps)
             gu = F.linear(h, layer.w13)

@@ -5,6 +5,10 @@ replaces as its reference.
 dtype, in one kernel per call. Eagerly it is three (an add, a softmax, a cast: 9.8 us a
 layer on an H200 at q = 1, Qwen3-8B shape), and torch.compile's shape-generic version
 splits the reduction into a slower kernel (29-31 us a layer). One program holds one row.
+``qk_rope_cache``: a layer's q/k RMSNorm and RoPE, q laid out head-major and k/v written
+into their cache rows, in one kernel (see below), against models/fast.py's ``qk_rope``
+and the cache's index copies.
+
 Triton is imported on first use, so the module imports anywhere (a CPU build of torch
 ships without it).
 """
@@ -14,7 +18,7 @@ import functools
 
 import torch
 
-__all__ = ["masked_softmax", "MAX_COLS"]
+__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits"]
 
 # Keys one program holds in registers; longer rows take the eager reference.
 MAX_COLS = 16384
@@ -61,3 +65,82 @@ def masked_softmax(s: torch.Tensor, bias: torch.Tensor | None, scale: float, dty
     kernel[(rows,)](s, s if bias is None else bias, out, S, s.shape[-2], float(scale),
                     HAS_BIAS=bias is not None, BLOCK=block, num_warps=4 if block <= 2048 else 8)
     return out
+
+
+# ---- q/k norm, RoPE and the cache write in one kernel ---------------------------------
+#
+# ``qk_rope_cache``: from a layer's fused q/k/v projection output, the per-head q/k
+# RMSNorm (Qwen3; none for Llama), RoPE from the position table, q laid out head-major
+# (the [KV, G*q, D] layout the few-row attention reads) and k/v written into their cache
+# rows. Eagerly and compiled this is four kernels (norm + RoPE, two index copies, and the
+# copy that lays q out by head when q > 1), each a few microseconds on data that fits in
+# one; one program per (token, head) does it here. The arithmetic stays in float32 and
+# rounds once, to the model dtype, at the end: the eager stages round after the norm,
+# after the weight and after each RoPE product, so this kernel is no further from a
+# float32 model than they are (tests/test_models_kernels.py holds it to one rounding of
+# the exact result).
+
+@functools.cache
+def _rope_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def qk_rope_cache_rows(qkv_ptr, nw_ptr, tab_ptr, pos_ptr, row_ptr, q_ptr, k_ptr, v_ptr,
+                           n, s_tok, s_kvh, eps, H: tl.constexpr, KV: tl.constexpr, D: tl.constexpr,
+                           FIRST: tl.constexpr, HAS_NORM: tl.constexpr):
+        t = tl.program_id(0)
+        h = tl.program_id(1) + FIRST          # head index in q, k, v order
+        dt = q_ptr.dtype.element_ty
+        d = tl.arange(0, D)
+        src = qkv_ptr + t * s_tok + (h - FIRST) * D
+        row = tl.load(row_ptr + t)
+        if h < H + KV:
+            rolled = (d + D // 2) % D
+            x = tl.load(src + d).to(tl.float32)
+            xr = tl.load(src + rolled).to(tl.float32)
+            if HAS_NORM:
+                r = tl.rsqrt(tl.sum(x * x, axis=0) / D + eps)
+                w = tl.load(nw_ptr + h * D + d).to(tl.float32)
+                wr = tl.load(nw_ptr + h * D + rolled).to(tl.float32)
+                x = x * r * w
+                xr = xr * r * wr
+            pos = tl.load(pos_ptr + t)
+            cos = tl.load(tab_ptr + pos * 2 * D + d).to(tl.float32)
+            sin = tl.load(tab_ptr + pos * 2 * D + D + d).to(tl.float32)
+            y = (x * cos + xr * sin).to(dt)
+            if h < H:
+                tl.store(q_ptr + (h * n + t) * D + d, y)
+            else:
+                tl.store(k_ptr + (h - H) * s_kvh + row * D + d, y)
+        else:
+            tl.store(v_ptr + (h - H - KV) * s_kvh + row * D + d, tl.load(src + d))
+
+    return qk_rope_cache_rows
+
+
+def qk_rope_cache(qkv: torch.Tensor, norm: torch.Tensor | None, table: torch.Tensor, positions: torch.Tensor,
+                  rows: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, heads: int, kv_heads: int,
+                  eps: float, first: int = 0) -> torch.Tensor | None:
+    """qkv [n, (heads + 2 kv_heads - first) * D] (q, k, v heads from head ``first`` on:
+    0 = all, ``heads`` = k and v only); norm [heads + kv_heads, D] or None; table [P, 2,
+    D] (``models.fast.rope_table``); positions, rows [n] int64; k_cache, v_cache
+    [1, KV, C, D] views of one layer. Writes k and v into cache rows ``rows`` and returns
+    q as [heads, n, D] (None when first = heads). The caller checks ``rope_cache_fits``."""
+    n = qkv.shape[0]
+    D = table.shape[-1]
+    q = None if first >= heads else torch.empty((heads, n, D), dtype=qkv.dtype, device=qkv.device)
+    _rope_kernel()[(n, heads + 2 * kv_heads - first)](
+        qkv, qkv if norm is None else norm, table, positions, rows, qkv if q is None else q, k_cache, v_cache,
+        n, qkv.stride(0), k_cache.stride(1), float(eps), H=heads, KV=kv_heads, D=D, FIRST=first,
+        HAS_NORM=norm is not None, num_warps=1)
+    return q
+
+
+def rope_cache_fits(qkv: torch.Tensor, norm, table, k_cache: torch.Tensor) -> bool:
+    """Whether ``qk_rope_cache`` reads these layouts (else the eager stages run)."""
+    D = table.shape[-1]
+    return (qkv.is_cuda and qkv.dim() == 2 and qkv.stride(1) == 1 and D & (D - 1) == 0
+            and table.is_contiguous() and table.dtype == qkv.dtype and k_cache.dtype == qkv.dtype
+            and k_cache.stride(-1) == 1 and k_cache.stride(-2) == D
+            and (norm is None or (norm.is_contiguous() and norm.dtype == qkv.dtype)))

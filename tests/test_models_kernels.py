@@ -1,6 +1,8 @@
 """models/kernels.py: the one-kernel attention softmax equals its eager reference
 (softmax(scale * s + bias) in float32, rounded to the model dtype). On a GPU with Triton
-it runs the kernel; elsewhere it must fall back to the reference exactly."""
+it runs the kernel; elsewhere it must fall back to the reference exactly. The q/k norm +
+RoPE + cache-write kernel (GPU only) is held to a float64 computation of the same
+inputs."""
 import importlib.util
 
 import pytest
@@ -46,3 +48,56 @@ def test_the_kernel_equals_the_eager_softmax_to_a_bf16_rounding(rows, cols):
         if b is not None:
             assert bool((got[(b == float("-inf")).expand_as(got)] == 0).all())
         torch.testing.assert_close(got.sum(-1), torch.ones_like(got.sum(-1)), atol=2e-2, rtol=0)
+
+
+def _exact_rope(qkv, norm, table, pos, heads, kv_heads, eps):
+    """q and k heads [n, heads + kv_heads, D] from the same rounded inputs in float64: the
+    per-head RMSNorm times its weight, then RoPE (``rope_table``'s sign-folded sin);
+    and the size of the two RoPE terms, which bounds the float32 arithmetic's error."""
+    n, D = qkv.shape[0], table.shape[-1]
+    x = qkv[:, :(heads + kv_heads) * D].double().view(n, heads + kv_heads, D)
+    if norm is not None:
+        x = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * norm.double()
+    cs = table[pos].double()
+    cos, sin = cs[:, None, 0], cs[:, None, 1]
+    rolled = torch.roll(x, D // 2, dims=-1)
+    return x * cos + rolled * sin, (x * cos).abs() + (rolled * sin).abs()
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+@pytest.mark.parametrize("n,normed", [(1, True), (16, True), (7, False)])
+def test_one_kernel_norms_rotates_and_writes_the_cache_rows(n, normed):
+    """q (head-major) and the k rows written into the cache are the exact norm + RoPE of
+    the kernel's bf16 inputs rounded once: within half a bf16 spacing of the float64
+    result, plus float32's error on the terms; v is copied bit for bit; no other cache
+    row changes; a k/v-only call (the draft's context append) writes the same rows."""
+    from specreplay.models.fast import rope_table
+    gen = torch.Generator().manual_seed(n)
+    H, KV, D, C = 8, 2, 128, 64
+    qkv = torch.randn(n, (H + 2 * KV) * D, generator=gen).to(torch.bfloat16).cuda()
+    norm = (1 + torch.randn(H + KV, D, generator=gen) / 4).to(torch.bfloat16).cuda() if normed else None
+    inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+    table = rope_table(inv, 1.0, 256, torch.bfloat16, "cuda")
+    pos = torch.randperm(200, generator=gen)[:n].cuda()
+    rows = torch.randperm(C, generator=gen)[:n].cuda()
+    want, terms = _exact_rope(qkv, norm, table, pos, H, KV, 1e-6)
+    tol = want.abs() * 2.0 ** -8 + terms * 2.0 ** -20
+    for first in (0, H):
+        k_cache = torch.randn(1, KV, C, D, generator=gen).to(torch.bfloat16).cuda()
+        v_cache = torch.randn(1, KV, C, D, generator=gen).to(torch.bfloat16).cuda()
+        k0, v0 = k_cache.clone(), v_cache.clone()
+        assert kernels.rope_cache_fits(qkv, norm, table, k_cache)
+        q = kernels.qk_rope_cache(qkv[:, first * D:].contiguous(), norm, table, pos, rows, k_cache, v_cache,
+                                  H, KV, 1e-6, first=first)
+        got_k = k_cache[0][:, rows].transpose(0, 1).double()        # [n, KV, D]
+        assert bool(((got_k - want[:, H:]).abs() <= tol[:, H:]).all())
+        assert torch.equal(v_cache[0][:, rows].transpose(0, 1), qkv[:, (H + KV) * D:].view(n, KV, D))
+        others = torch.ones(C, dtype=torch.bool, device="cuda")
+        others[rows] = False
+        assert torch.equal(k_cache[:, :, others], k0[:, :, others])
+        assert torch.equal(v_cache[:, :, others], v0[:, :, others])
+        if first == 0:
+            assert q.shape == (H, n, D)
+            assert bool(((q.transpose(0, 1).double() - want[:, :H]).abs() <= tol[:, :H]).all())
+        else:
+            assert q is None
