@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from specreplay.models.kernels import rope_cache_fits
+
 __all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
            "attend", "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
            "Stages", "fused_stages", "stages_failed"]
@@ -425,7 +427,7 @@ class FastTarget:
             h = st.rms_norm(x, layer.attn_norm, self.eps)
             qkv = F.linear(h, layer.wqkv, layer.bqkv)
             k_i, v_i = kv.k[i], kv.v[i]
-            if st.rope_cache is not None and _rope_fits(qkv[0], layer.qk_norm, self.table, k_i):
+            if st.rope_cache is not None and rope_cache_fits(qkv[0], layer.qk_norm, self.table, k_i):
                 # one kernel: q comes out head-major, k/v go straight into their cache rows
                 qh = st.rope_cache(qkv[0], layer.qk_norm, self.table, positions[0], write_rows,
                                    k_i, v_i, H, KV, self.eps)
@@ -452,11 +454,6 @@ class FastTarget:
         if last_logits:
             x = x[:, -last_logits:]
         return F.linear(x[0], self.head_w, self.head_b).float(), feats[0]
-
-
-def _rope_fits(qkv, norm, table, k_cache) -> bool:
-    from specreplay.models.kernels import rope_cache_fits
-    return rope_cache_fits(qkv, norm, table, k_cache)
 
 
 def _detach(t):
