@@ -9,6 +9,11 @@ Prints ``oracle_speed decode_s=… oracle_s=… ratio=…``: decode_s sums the r
 seconds of ``fixed(b=16)`` over the prompts (the samples table's ``decode_s``, prefill
 excluded), oracle_s the wall seconds of ``Oracle.rows`` over the same outputs (target
 pass, every block size, every probe, the rows built), ratio = oracle_s / decode_s.
+floor_s is the least time the same work can take on this device: the matmul work of the
+draft's layer weights over every block row drafted and of the LM head over every head row
+(2 x parameters x rows, attention left out), at the rate of a bf16 matmul of the draft's
+own MLP shape measured in the same run (``gemm_tflops``); floor_ratio = floor_s / decode_s
+is the least ratio any implementation could reach here.
 A first prompt runs untimed to warm both up (``--warmup``). The prompts are those of the shipped sample
 trace (fixture token ids, which the cost twin shares).
 """
@@ -28,6 +33,28 @@ def sync(device) -> None:
     import torch
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def gemm_rate(draft, device) -> float:
+    """FLOP/s of one matmul of the draft's MLP shape (rows x hidden by hidden x
+    intermediate) in the draft's dtype: 8192 rows on a GPU (the oracle's chunks), 256 on
+    a CPU; the median of several timed repeats after a warm-up."""
+    import torch
+    cfg = draft.config
+    rows = 8192 if device.type == "cuda" else 256
+    dtype = draft.fc.weight.dtype
+    x = torch.randn(rows, cfg.hidden_size, device=device, dtype=dtype)
+    w = torch.randn(cfg.intermediate_size, cfg.hidden_size, device=device, dtype=dtype)
+    times = []
+    for r in range(8):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            x @ w.T
+        sync(device)
+        if r:
+            times.append((time.perf_counter() - t0) / 5)
+    return 2 * rows * cfg.hidden_size * cfg.intermediate_size / sorted(times)[len(times) // 2]
 
 
 def main(argv=None) -> int:
@@ -76,9 +103,11 @@ def main(argv=None) -> int:
 
     decode_s = oracle_s = 0.0
     tokens = rows = 0
+    drafted = {}
     for i, prompt in enumerate(prompts):
         res = dec.run(i, prompt)
         sync(device)
+        before = dict(oracle.drafted)
         t0 = time.perf_counter()
         out, _ = oracle.rows(i, res.prompt_ids, res.output_ids)
         sync(device)
@@ -90,12 +119,22 @@ def main(argv=None) -> int:
             continue
         decode_s += res.decode_s
         oracle_s += dt
+        for key, n in oracle.drafted.items():
+            drafted[key] = drafted.get(key, 0) + n - before[key]
         tokens += len(res.output_ids)
         rows += len(out)
     print(f"setup: target={args.target} draft={args.draft} device={device} dtype={args.dtype} "
           f"backend={dec.backend.__class__.__name__} prompts={len(prompts) - args.warmup} tokens={tokens} "
           f"block_sizes={args.block_sizes} probes={probes} rows={rows}")
-    print(f"oracle_speed decode_s={decode_s:.3f} oracle_s={oracle_s:.3f} ratio={oracle_s / decode_s:.3f}")
+    layer_params = sum(p.numel() for p in draft.layers.parameters())
+    head_params = target.get_output_embeddings().weight.numel()
+    flops = 2 * layer_params * drafted.get("block_rows", 0) + 2 * head_params * drafted.get("head_rows", 0)
+    peak = gemm_rate(draft, device)
+    print(f"drafted: {drafted.get('block_rows', 0)} block rows through {layer_params / 1e6:.0f} M layer weights, "
+          f"{drafted.get('head_rows', 0)} LM head rows through {head_params / 1e6:.0f} M; "
+          f"{flops / 1e12:.2f} TFLOP; achieved {flops / oracle_s / 1e12:.3g} TFLOP/s")
+    print(f"oracle_speed decode_s={decode_s:.3f} oracle_s={oracle_s:.3f} ratio={oracle_s / decode_s:.3f} "
+          f"gemm_tflops={peak / 1e12:.3g} floor_s={flops / peak:.3f} floor_ratio={flops / peak / decode_s:.3f}")
     return 0
 
 

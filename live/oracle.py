@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs, topk_on_device
+from specreplay.models.kernels import topk_fits, topk_logsumexp
 from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
 from specreplay.policies.spec import PolicyError, parse_policy
 from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
 
-# Memory for the draft logits of one chunk of blocks (float32).
-_LOGIT_BYTES = 1 << 28
+# Memory for the draft logits of one chunk of LM head rows.
+_LOGIT_BYTES = 1 << 30
 
 
 def default_probe_keys(groups: list[str]) -> list[str]:
@@ -81,6 +82,9 @@ class Oracle:
                                      else (int(b) for b in probe_block_sizes))
         self.max_new_tokens = max_new_tokens
         self.device = target.get_input_embeddings().weight.device
+        # block rows drafted and LM head rows computed so far (benchmarks/oracle_speed.py
+        # turns them into the matmul work of the weights)
+        self.drafted = {"block_rows": 0, "head_rows": 0}
 
     @torch.inference_mode()
     def rows(self, sample: int, prompt_ids: list[int], output_ids: list[int]):
@@ -93,20 +97,43 @@ class Oracle:
         target_rows = [{"sample": sample, "position": i, "target_ids": t_ids[i].tolist(),
                         "target_logprobs": t_lps[i].astype(np.float16)} for i in range(len(S))]
         starts = list(range(max(0, len(S) - 1)))
-        out: list[dict] = []
         mask = self.draft.mask_token_id
+        # The device works through a queue of passes while the host builds the blocks of
+        # the next: every plain pass is queued first; a probe's blocks are built from its
+        # plain proposals as they arrive and queued behind the others; a refinement step
+        # is queued once the step before it is read back.
+        plain_passes = {b: self._launch(kv, P, [(p, block_input(S[p], b, mask)) for p in starts], b)
+                        for b in self.block_sizes}
+        done: dict[tuple[int, str], list[dict]] = {}
+        recycled: dict[tuple[int, str], tuple[list, _Pass]] = {}
+        refined: dict[tuple[int, str], _Refinement] = {}
         for b in self.block_sizes:
-            ids, lps = self._propose(kv, P, [(p, block_input(S[p], b, mask)) for p in starts], b)
+            ids, lps = plain_passes.pop(b).result()
             plain = {p: (ids[j], lps[j]) for j, p in enumerate(starts)}
             if self._wanted(b, ""):  # computed regardless: every probe starts from them
-                out += self._rows(sample, b, "", starts, [0] * len(starts), ids, lps, S)
+                done[(b, "")] = self._rows(sample, b, "", starts, [0] * len(starts), ids, lps, S)
             for key, comp in (self.probes if b in self.probe_block_sizes else ()):
                 if not self._wanted(b, key):
                     continue
                 if comp.name == "recycle":
-                    out += self._recycle_rows(sample, key, comp, kv, P, S, b, plain, starts)
-                else:
-                    out += self._refine_rows(sample, key, comp, kv, P, S, b, plain, starts)
+                    blocks, meta = self._recycle_blocks(sample, comp, P, S, b, plain, starts)
+                    recycled[(b, key)] = (meta, self._launch(kv, P, blocks, b))
+                elif starts:
+                    refined[(b, key)] = _Refinement(self, sample, comp, kv, P, S, b, plain, starts)
+        steps = list(refined.values())
+        while steps:  # one step of every refinement queued, then each read back in turn
+            for r in steps:
+                r.launch()
+            steps = [r for r in steps if r.collect()]
+        for (b, key), (meta, passed) in recycled.items():
+            ids, lps = passed.result()
+            done[(b, key)] = self._rows(sample, b, key, [p for p, _ in meta], [d for _, d in meta], ids, lps, S)
+        for (b, key), r in refined.items():
+            done[(b, key)] = self._rows(sample, b, key, starts, [0] * len(starts), *r.proposals(), S)
+        out: list[dict] = []
+        for b in self.block_sizes:  # plain, then the probes in order, per block size
+            for key in ["", *(k for k, _ in self.probes)]:
+                out += done.get((b, key), [])
         return out, target_rows
 
     def _wanted(self, b: int, probe: str) -> bool:
@@ -126,67 +153,67 @@ class Oracle:
 
     def _propose(self, kv, P: int, blocks: list[tuple[int, list[int]]], b: int):
         """Top-k ids [n, b-1, k] and rounded log-probs for the blocks (p, ids) anchored at
-        P + p, in order. Equal blocks are drafted once. The draft runs all blocks in one
-        ``forward_blocks`` call (it chunks them by attention memory); the LM head and
-        top-k run in chunks that bound the logits' memory."""
+        P + p, in order: ``_launch`` and its result."""
+        return self._launch(kv, P, blocks, b).result()
+
+    def _launch(self, kv, P: int, blocks: list[tuple[int, list[int]]], b: int) -> "_Pass":
+        """Queue the draft pass of the blocks (p, ids) anchored at P + p; its ``result()``
+        gives ``_propose``'s arrays. Equal blocks are drafted once. The draft runs all
+        blocks in one ``forward_blocks`` call (it chunks them by attention memory); the LM
+        head and top-k run over rows 1..b-1 of every block, in chunks that bound the
+        logits' memory. On a GPU the top-k go to pinned host memory behind the pass, so
+        reading them waits for this pass only, not for the ones queued after it."""
         unique: dict[tuple[int, tuple[int, ...]], int] = {}
-        where = [unique.setdefault((p, tuple(blk)), len(unique)) for p, blk in blocks]
+        where = np.asarray([unique.setdefault((p, tuple(blk)), len(unique)) for p, blk in blocks],
+                           dtype=np.int64)
+        shape = (len(unique), b - 1, self.k)
         if not unique:
-            return (np.zeros((0, b - 1, self.k), np.int32), np.zeros((0, b - 1, self.k), np.float32))
+            return _Pass(where, shape)
         anchors = [P + p for p, _ in unique]
         ids = torch.tensor([blk for _, blk in unique], dtype=torch.long, device=self.device)
         hidden = self.draft.forward_blocks(kv, anchors, ids)[:, 1:]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        self.drafted["block_rows"] += ids.numel()
+        self.drafted["head_rows"] += hidden.shape[0]
         V = self.draft.config.vocab_size
-        chunk = max(1, _LOGIT_BYTES // (4 * V * max(1, b - 1)))
+        # the head's logits, and off the GPU the float32 copy the reference top-k makes
+        per_row = V * (hidden.element_size() + (0 if hidden.is_cuda else 4))
+        chunk = max(1, _LOGIT_BYTES // per_row)
         top_ids, top_lps = [], []
-        for lo in range(0, len(unique), chunk):
-            logits = self.draft.logits(hidden[lo:lo + chunk]).reshape(-1, V)
-            i, lp = topk_on_device(logits, self.k)
+        for lo in range(0, hidden.shape[0], chunk):
+            logits = self.draft.logits(hidden[lo:lo + chunk])
+            if topk_fits(logits, self.k):
+                i, lp = topk_logsumexp(logits, self.k)
+            else:
+                i, lp = topk_on_device(logits, self.k)
             top_ids.append(i)
             top_lps.append(lp)
-        # one copy to the host per call, after every chunk was queued
-        shape = (len(unique), b - 1, self.k)
-        top_ids = torch.cat(top_ids).cpu().numpy().reshape(shape)
-        top_lps = torch.cat(top_lps).cpu().numpy().reshape(shape)
-        where = np.asarray(where, dtype=np.int64)
-        return top_ids[where], top_lps[where]
+        top_ids, top_lps = torch.cat(top_ids), torch.cat(top_lps)
+        if not top_ids.is_cuda:
+            return _Pass(where, shape, top_ids, top_lps)
+        host = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (top_ids, top_lps)]
+        host[0].copy_(top_ids, non_blocking=True)
+        host[1].copy_(top_lps, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _Pass(where, shape, *host, ready)
 
-    def _recycle_rows(self, sample, key, comp, kv, P, S, b, plain, starts):
+    def _recycle_blocks(self, sample, comp, P, S, b, plain, starts):
+        """The recycle probe's blocks and their (p, d): for each start p and previous
+        offset d, the seeds the probe's ``draft_input`` derives from the plain proposal
+        at p - d with tau = d (none: no row, the plain one applies)."""
         blocks, meta = [], []
+        views = {q: DraftView(sample, q, b, *plain[q]) for q in starts}
         for p in starts:
             for d in range(1, b):
                 if p - d < 0:
                     break
-                view = DraftView(sample, p - d, b, *plain[p - d])
                 prev = CycleOutcome(sample, 0, p - d, b, d - 1, d, d, 0, b, 0.0, 0.0, 0.0, 0.0, l_gen=b)
-                req = comp.draft_input(self._context(sample, p, P, view, prev), DraftRequest(b))
+                req = comp.draft_input(self._context(sample, p, P, views[p - d], prev), DraftRequest(b))
                 if req.seeds:
                     blocks.append((p, block_input(S[p], b, self.draft.mask_token_id, req.seeds)))
                     meta.append((p, d))
-        ids, lps = self._propose(kv, P, blocks, b)
-        return self._rows(sample, b, key, [p for p, _ in meta], [d for _, d in meta], ids, lps, S)
-
-    def _refine_rows(self, sample, key, comp, kv, P, S, b, plain, starts):
-        if not starts:
-            return []
-        req = comp.draft_input(self._context(sample, starts[0], P, None, None), DraftRequest(b))
-        current = {p: plain[p] for p in starts}
-        mask = self.draft.mask_token_id
-        for _ in range(req.refine_steps):
-            todo = {}
-            for p in starts:
-                block, redraft = refine_block(S[p], *current[p], req.refine_only_below, mask,
-                                              req.refine_input)
-                if redraft.any():
-                    todo[p] = (block, redraft)
-            if not todo:
-                break
-            new_ids, new_lps = self._propose(kv, P, [(p, blk) for p, (blk, _) in todo.items()], b)
-            for j, (p, (_, redraft)) in enumerate(todo.items()):
-                current[p] = merge_refined(current[p], (new_ids[j], new_lps[j]), redraft)
-        ids = np.stack([current[p][0] for p in starts])
-        lps = np.stack([current[p][1] for p in starts])
-        return self._rows(sample, b, key, starts, [0] * len(starts), ids, lps, S)
+        return blocks, meta
 
     def _context(self, sample, p, P, view, prev):
         remaining = max(1, (self.max_new_tokens or (p + 2)) - p - 1)
@@ -210,3 +237,60 @@ class Oracle:
         return [{"sample": sample, "start": int(st[j]), "block_size": b, "probe": probe,
                  "prev_offset": int(prev_offsets[j]), "true_rank": ranks[j],
                  "draft_ids": flat_ids[j], "draft_logprobs": flat_lps[j]} for j in range(n)]
+
+
+class _Pass:
+    """A queued draft pass: ``result()`` waits for it (on a GPU, for its copy to the
+    host) and returns the top-k ids [n, b-1, k] and log-probs of the blocks in order."""
+
+    def __init__(self, where, shape, ids=None, lps=None, ready=None):
+        self.where, self.shape, self.ids, self.lps, self.ready = where, shape, ids, lps, ready
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.ids is None:
+            return (np.zeros(self.shape, np.int32)[self.where], np.zeros(self.shape, np.float32)[self.where])
+        if self.ready is not None:
+            self.ready.synchronize()
+        ids = self.ids.numpy().reshape(self.shape)[self.where]
+        lps = self.lps.numpy().reshape(self.shape)[self.where]
+        return ids, lps
+
+
+class _Refinement:
+    """One refine probe at one block size, a step at a time: ``launch`` queues the
+    redraft of every start whose proposal the component would refine, ``collect`` reads
+    it back and merges it (``refine_block`` / ``merge_refined``, as live), and returns
+    whether another step is due."""
+
+    def __init__(self, oracle: Oracle, sample, comp, kv, P, S, b, plain, starts):
+        self.oracle, self.kv, self.P, self.S, self.b, self.starts = oracle, kv, P, S, b, starts
+        self.req = comp.draft_input(oracle._context(sample, starts[0], P, None, None), DraftRequest(b))
+        self.current = {p: plain[p] for p in starts}
+        self.steps_left = self.req.refine_steps
+        self.todo: dict = {}
+        self.passed = None
+
+    def launch(self) -> None:
+        req, mask = self.req, self.oracle.draft.mask_token_id
+        self.todo = {}
+        for p in self.starts if self.steps_left > 0 else ():
+            block, redraft = refine_block(self.S[p], *self.current[p], req.refine_only_below, mask,
+                                          req.refine_input)
+            if redraft.any():
+                self.todo[p] = (block, redraft)
+        if self.todo:
+            self.passed = self.oracle._launch(self.kv, self.P, [(p, blk) for p, (blk, _) in self.todo.items()],
+                                              self.b)
+
+    def collect(self) -> bool:
+        if not self.todo:
+            return False
+        new_ids, new_lps = self.passed.result()
+        for j, (p, (_, redraft)) in enumerate(self.todo.items()):
+            self.current[p] = merge_refined(self.current[p], (new_ids[j], new_lps[j]), redraft)
+        self.steps_left -= 1
+        return self.steps_left > 0
+
+    def proposals(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.stack([self.current[p][0] for p in self.starts]),
+                np.stack([self.current[p][1] for p in self.starts]))

@@ -8,6 +8,9 @@ splits the reduction into a slower kernel (29-31 us a layer). One program holds 
 ``qk_rope_cache``: a layer's q/k RMSNorm and RoPE, q laid out head-major and k/v written
 into their cache rows, in one kernel (see below), against models/fast.py's ``qk_rope``
 and the cache's index copies.
+``topk_logsumexp``: the top-k ids and log-probabilities of many rows of logits (the
+oracle's draft LM head rows) in one read of the logits, against live/drafting.py's
+``topk_on_device`` (a float32 copy, a logsumexp and a radix top-k).
 
 Triton is imported on first use, so the module imports anywhere (a CPU build of torch
 ships without it).
@@ -18,7 +21,7 @@ import functools
 
 import torch
 
-__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits"]
+__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits", "topk_logsumexp"]
 
 # Keys one program holds in registers; longer rows take the eager reference.
 MAX_COLS = 16384
@@ -144,3 +147,75 @@ def rope_cache_fits(qkv: torch.Tensor, norm, table, k_cache: torch.Tensor) -> bo
             and table.is_contiguous() and table.dtype == qkv.dtype and k_cache.dtype == qkv.dtype
             and k_cache.stride(-1) == 1 and k_cache.stride(-2) == D
             and (norm is None or (norm.is_contiguous() and norm.dtype == qkv.dtype)))
+
+
+# ---- top-k and logsumexp of logit rows in one read --------------------------------------
+#
+# ``topk_logsumexp``: the oracle drafts ~10^5 rows a sample of 128 tokens (every start,
+# block size and probe), each with the LM head over the whole vocabulary. The reference
+# (``topk_on_device``) copies the logits to float32 and reads them again for the
+# logsumexp and for a radix top-k: on an H100 with the Qwen3-8B head that took longer
+# than the head's matmul. Here one program reads one tile of a row once, in the logits'
+# dtype, and keeps the tile's max, its sum of exp(x - max) (float32) and its own top-k;
+# the few candidates per row are merged after. The float32 sums add in another order than
+# torch.logsumexp's, so a log-probability may differ in its last float32 bits and, once
+# in a while, round to the neighbouring float16 step; ids are exact, equal logits going
+# to the lower id.
+
+_TILE = 4096
+
+
+@functools.cache
+def _topk_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def topk_lse_tiles(x_ptr, m_ptr, s_ptr, v_ptr, i_ptr, n_cols, stride, n_tiles,
+                       K: tl.constexpr, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        tile = tl.program_id(1)
+        lane = tl.arange(0, BLOCK)
+        cols = tile * BLOCK + lane
+        x = tl.load(x_ptr + row.to(tl.int64) * stride + cols, mask=cols < n_cols,
+                    other=float("-inf")).to(tl.float32)
+        m = tl.max(x, axis=0)
+        out = row * n_tiles + tile
+        tl.store(m_ptr + out, m)
+        # a tile of -inf logits only (a masked vocabulary's padding) adds nothing
+        tl.store(s_ptr + out, tl.where(m == float("-inf"), 0.0, tl.sum(tl.exp(x - m), axis=0)))
+        for r in tl.static_range(K):
+            i = tl.argmax(x, axis=0, tie_break_left=True)
+            tl.store(v_ptr + out * K + r, tl.max(x, axis=0))
+            tl.store(i_ptr + out * K + r, tile * BLOCK + i)
+            x = tl.where(lane == i, float("-inf"), x)
+
+    return triton, topk_lse_tiles
+
+
+def topk_fits(logits: torch.Tensor, k: int) -> bool:
+    """Whether ``topk_logsumexp`` reads these logits (else use ``topk_on_device``)."""
+    return (logits.is_cuda and logits.dim() == 2 and logits.stride(1) == 1 and 1 <= k <= min(16, _TILE)
+            and logits.shape[1] >= k and logits.dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
+def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [n, V] on the GPU -> top-k ids (int32 [n, k], by falling logit, ties to the
+    lower id) and log-softmax values rounded to float16 and back to float32 ([n, k]), as
+    live/drafting.py's ``topk_on_device``. The caller checks ``topk_fits``."""
+    n, V = logits.shape
+    tiles = -(-V // _TILE)
+    dev = logits.device
+    m = torch.empty((n, tiles), dtype=torch.float32, device=dev)
+    s = torch.empty_like(m)
+    v = torch.empty((n, tiles * k), dtype=torch.float32, device=dev)
+    i = torch.empty((n, tiles * k), dtype=torch.int32, device=dev)
+    if n:
+        _, kernel = _topk_kernel()
+        kernel[(n, tiles)](logits, m, s, v, i, V, logits.stride(0), tiles, K=k, BLOCK=_TILE, num_warps=8)
+    top = m.amax(-1, keepdim=True)
+    lse = top + torch.log((s * torch.exp(m - top)).sum(-1, keepdim=True))
+    # a stable sort keeps equal logits in tile order, and each tile gave them lowest id first
+    vals, order = torch.sort(v, dim=-1, descending=True, stable=True)
+    ids = torch.gather(i, 1, order[:, :k])
+    return ids, (vals[:, :k] - lse).to(torch.float16).to(torch.float32)

@@ -4,6 +4,7 @@ it runs the kernel; elsewhere it must fall back to the reference exactly. The q/
 RoPE + cache-write kernel (GPU only) is held to a float64 computation of the same
 inputs."""
 import importlib.util
+import math
 
 import pytest
 
@@ -101,3 +102,42 @@ def test_one_kernel_norms_rotates_and_writes_the_cache_rows(n, normed):
             assert bool(((q.transpose(0, 1).double() - want[:, :H]).abs() <= tol[:, :H]).all())
         else:
             assert q is None
+
+
+def _distinct_top(n, V, dtype, seed=0):
+    """Logits [n, V] whose five largest values per row are 20, 19.5, ..., 18 (exact in
+    every dtype) at random columns, above a random body: the top-k ids are known."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, V, generator=gen) * 3
+    cols = torch.stack([torch.randperm(V, generator=gen)[:5] for _ in range(n)])
+    x.scatter_(1, cols, torch.tensor([20.0, 19.5, 19.0, 18.5, 18.0]).expand(n, -1).contiguous())
+    return x.to(dtype).cuda(), cols
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+@pytest.mark.parametrize("V", [151936, 4097, 50])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_one_read_topk_equals_the_reference_top_k(V, dtype):
+    from specreplay.live.drafting import topk_on_device
+    logits, cols = _distinct_top(37, V, dtype)
+    assert kernels.topk_fits(logits, 4)
+    ids, lps = kernels.topk_logsumexp(logits, 4)
+    want_ids, want_lps = topk_on_device(logits, 4)
+    assert ids.dtype == torch.int32 and lps.dtype == torch.float32
+    assert torch.equal(ids.long().cpu(), cols[:, :4])
+    assert torch.equal(ids, want_ids)
+    # the logsumexp adds in another order: the float16 rounding may land one step over
+    step = torch.abs(want_lps).clamp_min(2.0 ** -14) * 2.0 ** -10
+    assert bool(((lps - want_lps).abs() <= step).all())
+    assert (lps == want_lps).float().mean().item() >= 0.95
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+def test_one_read_topk_breaks_ties_to_the_lower_id_and_skips_masked_tiles():
+    V = 151936
+    flat = torch.zeros(2, V, device="cuda", dtype=torch.bfloat16)
+    flat[1, :9000] = float("-inf")  # two whole tiles and part of a third masked out
+    ids, lps = kernels.topk_logsumexp(flat, 4)
+    assert ids[0].tolist() == [0, 1, 2, 3] and ids[1].tolist() == [9000, 9001, 9002, 9003]
+    want = torch.tensor([-math.log(V), -math.log(V - 9000)]).to(torch.float16).float()
+    assert torch.equal(lps.cpu(), want[:, None].expand(2, 4))
