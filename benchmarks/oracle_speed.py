@@ -9,11 +9,11 @@ Prints ``oracle_speed decode_s=… oracle_s=… ratio=…``: decode_s sums the r
 seconds of ``fixed(b=16)`` over the prompts (the samples table's ``decode_s``, prefill
 excluded), oracle_s the wall seconds of ``Oracle.rows`` over the same outputs (target
 pass, every block size, every probe, the rows built), ratio = oracle_s / decode_s.
-floor_s is the least time the same work can take on this device: the matmul work of the
-draft's layer weights over every block row drafted and of the LM head over every head row
-(2 x parameters x rows, attention left out), at the rate of a bf16 matmul of the draft's
-own MLP shape measured in the same run (``gemm_tflops``); floor_ratio = floor_s / decode_s
-is the least ratio any implementation could reach here.
+floor_s is the matmul work of the draft's layer weights over every block row drafted and
+of the LM head over every head row (2 x parameters x rows), at the rate of one matmul of
+the draft's own MLP shape measured in the same run (``gemm_tflops``): the target pass,
+attention and host work are left out, so an oracle that drafts these rows with these
+weights takes longer unless its matmuls beat that rate. floor_ratio = floor_s / decode_s.
 A first prompt runs untimed to warm both up (``--warmup``). The prompts are those of the shipped sample
 trace (fixture token ids, which the cost twin shares).
 """
@@ -37,8 +37,9 @@ def sync(device) -> None:
 
 def gemm_rate(draft, device) -> float:
     """FLOP/s of one matmul of the draft's MLP shape (rows x hidden by hidden x
-    intermediate) in the draft's dtype: 8192 rows on a GPU (the oracle's chunks), 256 on
-    a CPU; the median of several timed repeats after a warm-up."""
+    intermediate) in the draft's dtype: 8192 rows on a GPU (the most rows of one
+    ``forward_blocks`` chunk), 256 on a CPU; the median of several timed repeats after a
+    warm-up."""
     import torch
     cfg = draft.config
     rows = 8192 if device.type == "cuda" else 256

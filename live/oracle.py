@@ -16,7 +16,9 @@ by every block size, probe and refinement pass. Probes replay draft inputs that 
   the same ``refine_block`` / ``merge_refined`` the live loop runs.
 
 Proposals are stored as the draft's top-k ids and float16-rounded log-probabilities
-(``live.drafting.topk_logprobs``), with ``true_rank`` per offset.
+(``live.drafting.topk_logprobs``; on a GPU the head's rows go through
+``models.kernels.topk_logsumexp``, whose log-probabilities may differ from it by one
+float16 step and whose equal logits come in increasing id), with ``true_rank`` per offset.
 """
 from __future__ import annotations
 
@@ -24,13 +26,15 @@ import numpy as np
 import torch
 
 from specreplay.live.drafting import block_input, merge_refined, refine_block, topk_logprobs, topk_on_device
-from specreplay.models.kernels import topk_fits, topk_logsumexp
+from specreplay.models.draft import to_device
+from specreplay.models.kernels import topk_fits, topk_logsumexp, topk_reads
 from specreplay.policies.base import CycleContext, CycleOutcome, DraftRequest, DraftView
 from specreplay.policies.spec import PolicyError, parse_policy
 from specreplay.traces.schema import RANK_BEYOND_END, RANK_NOT_IN_TOPK
 
-# Memory for the draft logits of one chunk of LM head rows.
-_LOGIT_BYTES = 1 << 30
+# Memory for the draft logits of one chunk of LM head rows (the head's output and the
+# scaled copy ``logits`` returns, and the reference top-k's float32 copy where it runs).
+_LOGIT_BYTES = 1 << 31
 
 
 def default_probe_keys(groups: list[str]) -> list[str]:
@@ -71,7 +75,7 @@ class Oracle:
         self.target, self.draft = target, draft
         self.only = None if only is None else {(int(b), str(p)) for b, p in only}
         self.backend = backend if hasattr(backend, "full_pass") else None
-        self.block_sizes = [int(b) for b in block_sizes]
+        self.block_sizes = list(dict.fromkeys(int(b) for b in block_sizes))
         if any(b < 2 for b in self.block_sizes):
             raise ValueError(f"oracle block sizes must be >= 2, got {self.block_sizes}")
         self.k = int(top_k)
@@ -170,14 +174,14 @@ class Oracle:
         if not unique:
             return _Pass(where, shape)
         anchors = [P + p for p, _ in unique]
-        ids = torch.tensor([blk for _, blk in unique], dtype=torch.long, device=self.device)
+        ids = to_device(torch.tensor([blk for _, blk in unique], dtype=torch.long), self.device)
         hidden = self.draft.forward_blocks(kv, anchors, ids)[:, 1:]
         hidden = hidden.reshape(-1, hidden.shape[-1])
         self.drafted["block_rows"] += ids.numel()
         self.drafted["head_rows"] += hidden.shape[0]
         V = self.draft.config.vocab_size
-        # the head's logits, and off the GPU the float32 copy the reference top-k makes
-        per_row = V * (hidden.element_size() + (0 if hidden.is_cuda else 4))
+        fused = topk_reads(hidden.device, hidden.dtype, V, self.k)
+        per_row = V * (2 * hidden.element_size() + (0 if fused else 4))
         chunk = max(1, _LOGIT_BYTES // per_row)
         top_ids, top_lps = [], []
         for lo in range(0, hidden.shape[0], chunk):
@@ -195,7 +199,7 @@ class Oracle:
         host[0].copy_(top_ids, non_blocking=True)
         host[1].copy_(top_lps, non_blocking=True)
         ready = torch.cuda.Event()
-        ready.record()
+        ready.record(torch.cuda.current_stream(top_ids.device))
         return _Pass(where, shape, *host, ready)
 
     def _recycle_blocks(self, sample, comp, P, S, b, plain, starts):

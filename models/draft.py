@@ -440,9 +440,10 @@ class DFlashDraftModel(nn.Module):
         """
         kv = context if isinstance(context, ContextKV) else self.context_kv(context)
         # chunk bounds are read on the host: anchors given as a list or CPU tensor cost
-        # the GPU no synchronisation
+        # the GPU no synchronisation, and they go to the GPU from pinned memory (a copy
+        # from pageable memory waits for the whole stream, passes queued before it too)
         host = torch.as_tensor(anchors).long().cpu().reshape(-1)
-        anchors = host.to(block_ids.device)
+        anchors = to_device(host, block_ids.device)
         n, b = block_ids.shape
         T = kv.length
         if n and (int(host.min()) < 0 or int(host.max()) > T):
@@ -480,6 +481,13 @@ class ContextKV:
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
         self.layers, self.length = layers, length
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on ``device``; to a GPU through pinned memory without blocking."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _shared_masks(positions: torch.Tensor, visible: int, causal: bool,

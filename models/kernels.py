@@ -21,7 +21,8 @@ import functools
 
 import torch
 
-__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits", "topk_logsumexp"]
+__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits", "topk_fits", "topk_logsumexp",
+           "topk_reads"]
 
 # Keys one program holds in registers; longer rows take the eager reference.
 MAX_COLS = 16384
@@ -193,16 +194,25 @@ def _topk_kernel():
     return triton, topk_lse_tiles
 
 
+def topk_reads(device: torch.device, dtype: torch.dtype, vocab: int, k: int) -> bool:
+    """Whether ``topk_logsumexp`` reads contiguous logits [n, vocab] of this kind."""
+    return (device.type == "cuda" and 1 <= k <= min(16, vocab)
+            and dtype in (torch.float32, torch.bfloat16, torch.float16))
+
+
 def topk_fits(logits: torch.Tensor, k: int) -> bool:
     """Whether ``topk_logsumexp`` reads these logits (else use ``topk_on_device``)."""
-    return (logits.is_cuda and logits.dim() == 2 and logits.stride(1) == 1 and 1 <= k <= min(16, _TILE)
-            and logits.shape[1] >= k and logits.dtype in (torch.float32, torch.bfloat16, torch.float16))
+    return (logits.dim() == 2 and logits.stride(1) == 1
+            and topk_reads(logits.device, logits.dtype, logits.shape[1], k))
 
 
 def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits [n, V] on the GPU -> top-k ids (int32 [n, k], by falling logit, ties to the
-    lower id) and log-softmax values rounded to float16 and back to float32 ([n, k]), as
-    live/drafting.py's ``topk_on_device``. The caller checks ``topk_fits``."""
+    """Logits [n, V] on the GPU -> top-k ids (int32 [n, k], by falling logit) and
+    log-softmax values rounded to float16 and back to float32 ([n, k]): the values of
+    live/drafting.py's ``topk_on_device`` (see above for its last bits). Equal logits
+    come in increasing id, where ``torch.topk`` leaves their order open. A row with fewer
+    than k finite logits (none in an LM head) may repeat an id at -inf. The caller checks
+    ``topk_fits``."""
     n, V = logits.shape
     tiles = -(-V // _TILE)
     dev = logits.device
@@ -212,7 +222,8 @@ def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     i = torch.empty((n, tiles * k), dtype=torch.int32, device=dev)
     if n:
         _, kernel = _topk_kernel()
-        kernel[(n, tiles)](logits, m, s, v, i, V, logits.stride(0), tiles, K=k, BLOCK=_TILE, num_warps=8)
+        with torch.cuda.device(dev):  # Triton launches on the current device
+            kernel[(n, tiles)](logits, m, s, v, i, V, logits.stride(0), tiles, K=k, BLOCK=_TILE, num_warps=8)
     top = m.amax(-1, keepdim=True)
     lse = top + torch.log((s * torch.exp(m - top)).sum(-1, keepdim=True))
     # a stable sort keeps equal logits in tile order, and each tile gave them lowest id first

@@ -94,3 +94,17 @@ def test_probes_flag_given_twice_adds_up():
     assert _probe_keys(args.probes) == ("recycle(mode=sparse, max=-1, min_margin=-1.0)",
                                         "refine(steps=2, only_below=0.5)")
     assert _probe_keys("recycle") == _probe_keys(["recycle", "recycle(mode=sparse)"])
+
+
+def test_a_block_size_given_twice_is_drafted_once(pair):
+    """--oracle-block-sizes 4,4 means block size 4: one group of rows, not two, and the
+    probes' groups once each, in the order of the first mention."""
+    target, draft = pair
+    res = Decoder(target, draft, parse_policy("fixed(b=4)"), LoopConfig(max_new_tokens=12)).run(0, PROMPTS[0])
+    probes = default_probe_keys(["recycle", "refine"])
+    once = Oracle(target, draft, [6, 4], 4, probes, 12).rows(0, res.prompt_ids, res.output_ids)[0]
+    twice = Oracle(target, draft, [6, 4, 6], 4, probes, 12).rows(0, res.prompt_ids, res.output_ids)[0]
+    key = lambda r: (r["start"], r["block_size"], r["probe"], r["prev_offset"])  # noqa: E731
+    assert [key(r) for r in twice] == [key(r) for r in once]
+    assert len({key(r) for r in twice}) == len(twice)
+    assert [r["block_size"] for r in once][0] == 6
