@@ -24,6 +24,7 @@ import torch
 from specreplay.live.drafting import draft_block, pack_topk, topk_logprobs
 from specreplay.live.profile_cli import BACKENDS
 from specreplay.live.verify import Packed, Verified, keep_committed, pack, packed_verified, prefill, verify_nodes
+from specreplay.models.draft import to_device
 from specreplay.policies.base import trie_nodes
 from specreplay.traces.schema import KV_QUANTUM, QUERY_BUCKETS, captured_shapes, kv_rows, padded_query
 
@@ -50,16 +51,6 @@ def graph_shapes(capture: bool) -> dict | None:
     """The setup's ``shapes`` (traces/schema.py): the padding a captured backend runs
     its passes at; None when the passes run at their exact sizes."""
     return captured_shapes() if capture else None
-
-
-def to_device(data, dtype, device) -> torch.Tensor:
-    """Host data (list or numpy) as a tensor on ``device`` without a host sync: a GPU copy
-    goes through pinned memory, asynchronously (a plain ``torch.tensor(..., device=cuda)``
-    waits for the device to drain its queue, which serialises host and device)."""
-    t = torch.as_tensor(data, dtype=dtype)
-    if device.type != "cuda":
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 class Staged:

@@ -174,7 +174,7 @@ class Oracle:
         if not unique:
             return _Pass(where, shape)
         anchors = [P + p for p, _ in unique]
-        ids = to_device(torch.tensor([blk for _, blk in unique], dtype=torch.long), self.device)
+        ids = to_device([blk for _, blk in unique], torch.long, self.device)
         hidden = self.draft.forward_blocks(kv, anchors, ids)[:, 1:]
         hidden = hidden.reshape(-1, hidden.shape[-1])
         self.drafted["block_rows"] += ids.numel()

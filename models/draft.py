@@ -443,7 +443,7 @@ class DFlashDraftModel(nn.Module):
         # the GPU no synchronisation, and they go to the GPU from pinned memory (a copy
         # from pageable memory waits for the whole stream, passes queued before it too)
         host = torch.as_tensor(anchors).long().cpu().reshape(-1)
-        anchors = to_device(host, block_ids.device)
+        anchors = to_device(host, torch.long, block_ids.device)
         n, b = block_ids.shape
         T = kv.length
         if n and (int(host.min()) < 0 or int(host.max()) > T):
@@ -483,9 +483,13 @@ class ContextKV:
         self.layers, self.length = layers, length
 
 
-def to_device(t: torch.Tensor, device) -> torch.Tensor:
-    """A host tensor on ``device``; to a GPU through pinned memory without blocking."""
-    if torch.device(device).type != "cuda":
+def to_device(data, dtype, device: torch.device) -> torch.Tensor:
+    """Host data (list, numpy or CPU tensor) as a tensor on ``device`` without a host
+    sync: a GPU copy goes through pinned memory, asynchronously (a plain
+    ``torch.tensor(..., device=cuda)`` waits for the device to drain its queue, which
+    serialises host and device). The live backend and the oracle use it too."""
+    t = torch.as_tensor(data, dtype=dtype)
+    if device.type != "cuda":
         return t.to(device)
     return t.pin_memory().to(device, non_blocking=True)
 

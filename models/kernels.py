@@ -191,7 +191,7 @@ def _topk_kernel():
             tl.store(i_ptr + out * K + r, tile * BLOCK + i)
             x = tl.where(lane == i, float("-inf"), x)
 
-    return triton, topk_lse_tiles
+    return topk_lse_tiles
 
 
 def topk_reads(device: torch.device, dtype: torch.dtype, vocab: int, k: int) -> bool:
@@ -221,9 +221,8 @@ def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     v = torch.empty((n, tiles * k), dtype=torch.float32, device=dev)
     i = torch.empty((n, tiles * k), dtype=torch.int32, device=dev)
     if n:
-        _, kernel = _topk_kernel()
         with torch.cuda.device(dev):  # Triton launches on the current device
-            kernel[(n, tiles)](logits, m, s, v, i, V, logits.stride(0), tiles, K=k, BLOCK=_TILE, num_warps=8)
+            _topk_kernel()[(n, tiles)](logits, m, s, v, i, V, logits.stride(0), tiles, K=k, BLOCK=_TILE, num_warps=8)
     top = m.amax(-1, keepdim=True)
     lse = top + torch.log((s * torch.exp(m - top)).sum(-1, keepdim=True))
     # a stable sort keeps equal logits in tile order, and each tile gave them lowest id first
