@@ -211,13 +211,14 @@ def check_captured(target, draft, prompt: list[int], cycles: int) -> dict:
 
 
 # Kernel families of a target forward, by kernel name (first match wins): the cuBLAS /
-# CUTLASS matmuls (weights, and attention's batched matmuls), the generated kernels of
-# the compiled elementwise stages, models/kernels.py's hand-written q/k norm + RoPE +
-# cache write and softmax, the cache's index copies, plain copies; the rest (eager
-# elementwise and reductions) is "other".
+# CUTLASS matmuls (weights, and attention's batched matmuls where the few-row kernel
+# does not run), the generated kernels of the compiled elementwise stages,
+# models/kernels.py's hand-written q/k norm + RoPE + cache write, softmax and few-row
+# attention, the cache's index copies, plain copies; the rest (eager elementwise and
+# reductions) is "other".
 KERNEL_FAMILIES = (("matmul", ("gemm", "gemv", "nvjet", "xmma", "cutlass", "cublas", "splitk")),
                    ("compiled", ("triton",)),
-                   ("handwritten", ("qk_rope_cache", "softmax_rows")),
+                   ("handwritten", ("qk_rope_cache", "softmax_rows", "attend_split", "attend_merge")),
                    ("index", ("index", "scatter", "gather")),
                    ("copy", ("copy",)))
 
@@ -337,6 +338,9 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=2, help="prompts per round (default 2)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase (default 300)")
+    ap.add_argument("--few-row-attention", action="store_true",
+                    help="captured calls take models/kernels.py's few-row attention instead of the batched "
+                         "matmuls (models/fast.py FEW_ROW_KERNEL; off by default)")
     ap.add_argument("--check", action="store_true",
                     help="only the agreement check: captured vs eager calls in bf16 on a GPU, each against "
                          f"a float32 copy (captured's max rel logit diff <= {CHECK_RATIO:g} x eager's, top-1 "
@@ -351,7 +355,9 @@ def main() -> int:
 
     import torch
 
+    import specreplay.models.fast as fast
     from specreplay.live.loop import Decoder, LoopConfig
+    fast.FEW_ROW_KERNEL = args.few_row_attention or fast.FEW_ROW_KERNEL
     from specreplay.policies import parse_policy
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))

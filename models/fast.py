@@ -16,13 +16,15 @@ them all): RoPE cos/sin come from a table indexed by position (one gather per fo
 not per layer); the boolean mask becomes one additive bias per forward; grouped-query
 attention folds each KV head's query group into the query-length axis, so attention
 reads K/V once per KV head (an explicit mask with ``enable_gqa`` falls back to the
-math kernel, which expands K/V per query head), and few query rows on a GPU take two
-batched matmuls rather than a fused kernel that would leave most of the GPU idle; the
-residual adds are fused into the output matmuls (``addmm_``) and the tapped layers'
-outputs are copied straight into one preallocated feature buffer. On a GPU the
-elementwise stages (RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated
-kernel each (``fused_stages``); the attention softmax runs as one hand-written kernel
-(models/kernels.py) where Triton is installed (see there).
+math kernel, which expands K/V per query head), and few query rows on a GPU take a
+pass whose keys are split over the GPU (or two batched matmuls) rather than a fused
+kernel that would leave most of the GPU idle; the residual adds are fused into the
+output matmuls (``addmm_``) and the tapped layers' outputs are copied straight into one
+preallocated feature buffer. On a GPU the elementwise stages (RMSNorm, q/k norm + RoPE,
+SwiGLU) may run compiled, one generated kernel each (``fused_stages``); where Triton is
+installed the attention softmax and the q/k norm + RoPE + cache write run as
+hand-written kernels, and the whole few-row attention can (``FEW_ROW_KERNEL``;
+models/kernels.py, see there).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
 G = query heads per KV head.
@@ -38,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from specreplay.models.kernels import rope_cache_fits
+from specreplay.models.kernels import few_rows_fit, rope_cache_fits
 
 __all__ = ["FastTarget", "StaticKV", "StepGraph", "unsupported_reason", "SUPPORTED_TYPES",
            "attend", "attention", "attention_bias", "fuse_linears", "rope_table", "small_attention", "EAGER",
@@ -52,14 +54,22 @@ SUPPORTED_TYPES = ("qwen3", "llama")
 # kernel is kept only as the last resort (a CPU, an odd head size).
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
-# Query rows per KV head (G x query tokens) up to which attention runs as batched
-# matmuls (``small_attention``) instead of the fused SDPA kernels. Those tile 64 query
-# rows per program, so a decode or verify step (G*q = 4..64 rows) runs on one program per
-# KV head, 8 of an H200's 132 multiprocessors: 29 us per layer over 640 keys (measured,
-# Qwen3-8B shape, bf16), a sixth of a whole forward at q = 1; the matmuls spread the
-# keys over the GPU. Prefill and other long query runs keep the fused kernels. (The
-# flash kernel, which splits keys, takes no explicit mask.)
+# Query rows per KV head (G x query tokens) up to which attention runs as the few-row
+# kernel (models/kernels.py) or batched matmuls (``small_attention``) instead of the
+# fused SDPA kernels. Those tile 64 query rows per program, so a decode or verify step
+# (G*q = 4..64 rows) runs on one program per KV head, 8 of an H200's 132
+# multiprocessors: 29 us per layer over 640 keys (measured, Qwen3-8B shape, bf16), a
+# sixth of a whole forward at q = 1; the few-row routes spread the keys over the GPU.
+# Prefill and other long query runs keep the fused kernels. (The flash kernel, which
+# splits keys, takes no explicit mask.)
 SMALL_ATTENTION_ROWS = 256
+
+# Whether captured calls take models/kernels.py's few-row attention (one pass over the
+# keys, split across the GPU) instead of ``small_attention``'s batched matmuls. Off by
+# default: its speed against them is not measured on a GPU yet; benchmarks/live_speed.py
+# --few-row-attention turns it on for that comparison (set before the first
+# ``fused_stages`` call of the process).
+FEW_ROW_KERNEL = False
 
 # Rows of the RoPE table built up front when the config names no position limit (it
 # grows with the cache beyond that).
@@ -199,13 +209,15 @@ class Stages:
     functions (``EAGER``), or their compiled versions and hand-written kernels
     (``fused_stages``). ``rope_cache`` (models/kernels.py's ``qk_rope_cache``) is None
     on the eager path: there the layer runs the eager norm + RoPE and the cache's index
-    copies, in transformers' rounding order."""
+    copies, in transformers' rounding order. ``few_rows`` (models/kernels.py's
+    ``few_row_attention``) is None there too: few query rows take ``small_attention``."""
     qk_rope: Callable
     swiglu: Callable
     rms_norm: Callable
     softmax: Callable
     name: str
     rope_cache: Callable | None = None
+    few_rows: Callable | None = None
 
 
 # per device: the compiled stages, or why they could not be used (``stages_failed``)
@@ -234,15 +246,18 @@ def fused_stages(device) -> tuple["Stages", str]:
         # 16; torch.profiler), a sixth of the whole forward. It runs as the hand-written
         # kernel of models/kernels.py where Triton is installed, eagerly (an add, a
         # softmax and a cast) where it is not.
-        softmax, which, rope_cache = masked_softmax, "eager softmax", None
+        softmax, which, rope_cache, few_rows = masked_softmax, "eager softmax", None, None
         if importlib.util.find_spec("triton") is not None:
             from specreplay.models import kernels
             softmax, rope_cache = kernels.masked_softmax, kernels.qk_rope_cache
             which = "Triton softmax and q/k norm + RoPE + cache write"
+            if FEW_ROW_KERNEL:
+                few_rows = kernels.few_row_attention
+                which = "Triton few-row attention, softmax and q/k norm + RoPE + cache write"
         _FUSED[key] = Stages(*(torch.compile(f, dynamic=True, fullgraph=True, options=opts)
                                for f in (qk_rope, swiglu, rms_norm)), softmax,
                              name=f"compiled elementwise stages (torch.compile), {which}",
-                             rope_cache=rope_cache)
+                             rope_cache=rope_cache, few_rows=few_rows)
     got = _FUSED[key]
     return (EAGER, got) if isinstance(got, str) else (got, got.name)
 
@@ -283,8 +298,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     """``attention`` on q already laid out per KV head, [1, KV, G*n, D] (the [H, n, D]
     head-major order); returns the output in the same layout."""
     if small_route(q.shape[2], q):
-        return small_attention(q[0], k[0], v[0], None if bias is None else bias[0], scale,
-                               (stages or EAGER).softmax)[None]
+        st = stages or EAGER
+        q, k, v, bias = q[0], k[0], v[0], None if bias is None else bias[0]
+        if st.few_rows is not None and few_rows_fit(q, k, v, bias):
+            return st.few_rows(q, k, v, bias, scale)[None]
+        return small_attention(q, k, v, bias, scale, st.softmax)[None]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
 
 

@@ -11,18 +11,23 @@ and the cache's index copies.
 ``topk_logsumexp``: the top-k ids and log-probabilities of many rows of logits (the
 oracle's draft LM head rows) in one read of the logits, against live/drafting.py's
 ``topk_on_device`` (a float32 copy, a logsumexp and a radix top-k).
+``few_row_attention``: the few-row attention of a decode or verify step (scores, masked
+softmax, the weighted sum of V) as one pass over the keys split across the GPU and a small
+combine, against models/fast.py's ``small_attention`` (two batched matmuls around
+``masked_softmax``).
 
 Triton is imported on first use, so the module imports anywhere (a CPU build of torch
 ships without it).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 
-__all__ = ["masked_softmax", "MAX_COLS", "qk_rope_cache", "rope_cache_fits", "topk_fits", "topk_logsumexp",
-           "topk_reads"]
+__all__ = ["few_row_attention", "few_rows_fit", "masked_softmax", "MAX_COLS", "qk_rope_cache",
+           "rope_cache_fits", "topk_fits", "topk_logsumexp", "topk_reads"]
 
 # Keys one program holds in registers; longer rows take the eager reference.
 MAX_COLS = 16384
@@ -229,3 +234,122 @@ def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     vals, order = torch.sort(v, dim=-1, descending=True, stable=True)
     ids = torch.gather(i, 1, order[:, :k])
     return ids, (vals[:, :k] - lse).to(torch.float16).to(torch.float32)
+
+
+# ---- few-row attention in one pass over the keys ---------------------------------------
+#
+# ``few_row_attention``: a verify or decode step has G*q = 4..256 query rows per KV head
+# and hundreds to thousands of keys. As two batched matmuls around a softmax that is
+# three kernels a layer, each of which reads or writes the [KV, R, S] scores, and the
+# matmuls run few programs over so few rows. Here the keys are split into chunks of
+# ``_KEYS_PER_SPLIT``; one program per (KV head, chunk, tile of rows) computes its scores
+# (float32), the masked softmax's running max and sum and its share of P @ V (flash
+# attention's online softmax, P rounded to the model dtype before it weights V, as the
+# fused SDPA kernels do), and a second kernel merges the chunks of each row and rounds
+# once. The reference rounds the normalised probabilities instead of the unnormalised
+# ones, so the two differ by about one rounding of the output (tests/test_models_kernels.py
+# holds the kernel to the reference's own distance from a float64 computation).
+
+_KEYS_PER_SPLIT = 128
+_KEY_TILE = 64
+_MAX_SPLITS = 128
+
+
+@functools.cache
+def _attention_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def attend_split(q_ptr, k_ptr, v_ptr, b_ptr, m_ptr, l_ptr, acc_ptr, R, S, s_qh, s_kh, s_vh,
+                     scale, HAS_BIAS: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        h = tl.program_id(0)
+        sp = tl.program_id(1)
+        rows = tl.program_id(2) * BLOCK_M + tl.arange(0, BLOCK_M)
+        n_splits = tl.num_programs(1)
+        d = tl.arange(0, D)
+        inside = rows < R
+        q = tl.load(q_ptr + h * s_qh + rows[:, None] * D + d[None, :], mask=inside[:, None], other=0.0)
+        m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for t in range(0, SPLIT, BLOCK_N):
+            cols = sp * SPLIT + t + tl.arange(0, BLOCK_N)
+            keys = cols < S
+            k = tl.load(k_ptr + h * s_kh + cols[:, None] * D + d[None, :], mask=keys[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            if HAS_BIAS:
+                # the bias [R, S] is shared by the KV heads
+                b = tl.load(b_ptr + rows[:, None] * S + cols[None, :], mask=inside[:, None] & keys[None, :],
+                            other=0.0)
+                s = s + b.to(tl.float32)
+            s = tl.where(keys[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            # a row that has seen no visible key yet keeps m = -inf: subtract 0 instead
+            base = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - base[:, None])
+            alpha = tl.exp(m - base)
+            l = l * alpha + tl.sum(p, axis=1)
+            v = tl.load(v_ptr + h * s_vh + cols[:, None] * D + d[None, :], mask=keys[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        out = (h * n_splits + sp) * R + rows
+        tl.store(m_ptr + out, m, mask=inside)
+        tl.store(l_ptr + out, l, mask=inside)
+        tl.store(acc_ptr + out[:, None] * D + d[None, :], acc, mask=inside[:, None])
+
+    @triton.jit
+    def attend_merge(m_ptr, l_ptr, acc_ptr, o_ptr, R, n_splits, D: tl.constexpr, SPLITS: tl.constexpr):
+        h = tl.program_id(0)
+        r = tl.program_id(1)
+        sp = tl.arange(0, SPLITS)
+        used = sp < n_splits
+        at = (h * n_splits + sp) * R + r
+        m = tl.load(m_ptr + at, mask=used, other=float("-inf"))
+        l = tl.load(l_ptr + at, mask=used, other=0.0)
+        top = tl.max(m, axis=0)
+        w = tl.where(m == float("-inf"), 0.0, tl.exp(m - top))
+        d = tl.arange(0, D)
+        acc = tl.load(acc_ptr + at[:, None] * D + d[None, :], mask=used[:, None], other=0.0)
+        o = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+        tl.store(o_ptr + (h * R + r) * D + d, o.to(o_ptr.dtype.element_ty))
+
+    return triton, attend_split, attend_merge
+
+
+def few_rows_fit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``few_row_attention`` reads these layouts (else ``small_attention`` runs)."""
+    KV, R, D = q.shape
+    S = k.shape[1]
+    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype == v.dtype
+            and D in (64, 128, 256) and q.is_contiguous() and k.shape == v.shape == (KV, S, D)
+            and k.stride(2) == 1 and k.stride(1) == D and v.stride(2) == 1 and v.stride(1) == D
+            and 0 < S <= _KEYS_PER_SPLIT * _MAX_SPLITS
+            and (bias is None or (bias.is_contiguous() and bias.numel() == R * S)))
+
+
+def few_row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+                      scale: float) -> torch.Tensor:
+    """softmax(scale * q k^T + bias) v for q [KV, R, D] (each KV head's query rows), k, v
+    [KV, S, D] (rows contiguous, heads at any stride: views of a cache), bias [1, R, S]
+    additive or None; returns [KV, R, D] in q's dtype. The caller checks ``few_rows_fit``.
+    A row must see at least one key (every query sees its own)."""
+    triton, split, merge = _attention_kernels()
+    KV, R, D = q.shape
+    S = k.shape[1]
+    splits = -(-S // _KEYS_PER_SPLIT)
+    block_m = min(64, max(16, triton.next_power_of_2(R)))
+    dev = q.device
+    m = torch.empty((KV, splits, R), dtype=torch.float32, device=dev)
+    l = torch.empty_like(m)
+    acc = torch.empty((KV, splits, R, D), dtype=torch.float32, device=dev)
+    out = torch.empty((KV, R, D), dtype=q.dtype, device=dev)
+    # Triton launches on the current device (a CPU tensor: Triton's interpreter)
+    with torch.cuda.device(dev) if q.is_cuda else contextlib.nullcontext():
+        split[(KV, splits, -(-R // block_m))](
+            q, k, v, q if bias is None else bias, m, l, acc, R, S, q.stride(0), k.stride(0), v.stride(0),
+            float(scale), HAS_BIAS=bias is not None, D=D, SPLIT=_KEYS_PER_SPLIT, BLOCK_M=block_m,
+            BLOCK_N=_KEY_TILE, num_warps=4)
+        merge[(KV, R)](m, l, acc, out, R, splits, D=D, SPLITS=triton.next_power_of_2(splits), num_warps=1)
+    return out

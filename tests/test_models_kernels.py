@@ -1,8 +1,8 @@
 """models/kernels.py: the one-kernel attention softmax equals its eager reference
 (softmax(scale * s + bias) in float32, rounded to the model dtype). On a GPU with Triton
 it runs the kernel; elsewhere it must fall back to the reference exactly. The q/k norm +
-RoPE + cache-write kernel (GPU only) is held to a float64 computation of the same
-inputs."""
+RoPE + cache-write kernel and the few-row attention (GPU only) are held to a float64
+computation of the same inputs."""
 import importlib.util
 import math
 
@@ -141,3 +141,60 @@ def test_one_read_topk_breaks_ties_to_the_lower_id_and_skips_masked_tiles():
     assert ids[0].tolist() == [0, 1, 2, 3] and ids[1].tolist() == [9000, 9001, 9002, 9003]
     want = torch.tensor([-math.log(V), -math.log(V - 9000)]).to(torch.float16).float()
     assert torch.equal(lps.cpu(), want[:, None].expand(2, 4))
+
+
+def _attention_case(kv, rows, keys, visible_share, seed=0, capacity_extra=40, dtype=torch.bfloat16):
+    """q [kv, rows, 128]; k, v [kv, keys, 128] as views of a larger cache (heads at the
+    cache's stride, rows past ``keys`` holding other values); an additive bias [1, rows,
+    keys] where each row sees key 0 and one key of its own, plus a share of the others."""
+    gen = torch.Generator().manual_seed(seed)
+    D = 128
+    q = torch.randn(kv, rows, D, generator=gen).to(dtype).cuda()
+    cache = torch.randn(2, kv, keys + capacity_extra, D, generator=gen).to(dtype).cuda()
+    k, v = cache[0, :, :keys], cache[1, :, :keys]
+    visible = torch.rand(1, rows, keys, generator=gen) < visible_share
+    visible[..., 0] = True
+    visible[0, torch.arange(rows), torch.arange(rows) % keys] = True
+    bias = torch.zeros(1, rows, keys).masked_fill_(~visible, float("-inf")).to(dtype).cuda()
+    return q, k, v, bias
+
+
+def _attention64(q, k, v, bias, scale):
+    s = torch.einsum("hrd,hsd->hrs", q.double(), k.double()) * scale
+    if bias is not None:
+        s = s + bias.double()
+    return torch.einsum("hrs,hsd->hrd", torch.softmax(s, -1), v.double())
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+@pytest.mark.parametrize("rows,keys,share", [(4, 768, 0.7), (64, 784, 0.9), (17, 65, 0.5), (100, 1300, 0.7),
+                                             (256, 2048, 0.8), (4, 1, 1.0), (16, 129, 0.02), (64, 640, 0.0)])
+def test_few_row_attention_is_as_close_to_float64_as_the_batched_matmuls(rows, keys, share):
+    """Every split of the keys, tile of rows and masked-out stretch (share 0: a row sees
+    key 0 and one more, so most chunks of its keys see nothing) merges to the attention:
+    no further from a float64 computation than the two batched matmuls it replaces."""
+    from specreplay.models.fast import small_attention
+    q, k, v, bias = _attention_case(8, rows, keys, share)
+    scale = 128 ** -0.5
+    assert kernels.few_rows_fit(q, k, v, bias)
+    for b in (bias, None):
+        got = kernels.few_row_attention(q, k, v, b, scale)
+        assert got.shape == q.shape and got.dtype == q.dtype
+        exact = _attention64(q, k, v, b, scale)
+        ref = (small_attention(q, k, v, b, scale, kernels.masked_softmax).double() - exact).abs().max().item()
+        err = (got.double() - exact).abs().max().item()
+        assert err <= 1.25 * ref + 2.0 ** -12, (err, ref)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+def test_few_row_attention_reads_no_key_it_may_not_see():
+    q, k, v, bias = _attention_case(8, 64, 700, 0.5)
+    got = kernels.few_row_attention(q, k, v, bias, 0.088)
+    hidden = (bias[0] == float("-inf")).all(0)   # keys no row sees
+    k2, v2 = k.clone(), v.clone()
+    k2[:, hidden], v2[:, hidden] = 1e4, 1e4
+    assert torch.equal(kernels.few_row_attention(q, k2, v2, bias, 0.088), got)
+    # nor a cache row past the keys (the views' rows 700.. of the same cache)
+    for t in (k, v):
+        t.as_strided((8, 740, 128), t.stride(), t.storage_offset())[:, 700:] = 1e4
+    assert torch.equal(kernels.few_row_attention(q, k, v, bias, 0.088), got)
