@@ -266,6 +266,21 @@ def forward_kernels(backend, prompt: list[int], q: int = 16) -> dict:
             "ms": {k: sum(v) for k, v in fams.items()}, "count": {k: len(v) for k, v in fams.items()}}
 
 
+def few_row_backend(target, draft):
+    """A graph backend of its own (its own caches and graphs) whose captured calls take
+    models/kernels.py's few-row attention, whatever models/fast.py FEW_ROW_KERNEL says:
+    the other side of --compare-few-row-attention."""
+    import dataclasses
+
+    from specreplay.live.backend import GraphBackend
+    from specreplay.models import kernels
+    backend = GraphBackend(target, draft, capture=True)
+    for model in (backend.fast, backend.fdraft):
+        model.stages = dataclasses.replace(model.stages, few_rows=kernels.few_row_attention)
+    backend.fusion += "; few-row attention kernel"
+    return backend
+
+
 def kernel_line(q: int, context: int, k: dict, weight_bytes: int) -> str:
     """One line of ``forward_kernels``' figures: where a forward's device time goes."""
     if "ms" not in k:
@@ -341,6 +356,9 @@ def main() -> int:
     ap.add_argument("--few-row-attention", action="store_true",
                     help="captured calls take models/kernels.py's few-row attention instead of the batched "
                          "matmuls (models/fast.py FEW_ROW_KERNEL; off by default)")
+    ap.add_argument("--compare-few-row-attention", action="store_true",
+                    help="GPU: also run the cycle and the AR step through a second graph backend whose captured "
+                         "calls take the few-row attention kernel, interleaved with the others, and print both")
     ap.add_argument("--check", action="store_true",
                     help="only the agreement check: captured vs eager calls in bf16 on a GPU, each against "
                          f"a float32 copy (captured's max rel logit diff <= {CHECK_RATIO:g} x eager's, top-1 "
@@ -361,6 +379,10 @@ def main() -> int:
     from specreplay.policies import parse_policy
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    if args.compare_few_row_attention and device.type != "cuda":
+        print("live_speed: --compare-few-row-attention needs a CUDA device (the kernel runs nowhere else)",
+              file=sys.stderr)
+        return 2
     try:
         with guard("load", args.phase_timeout):
             if args.random_shape:
@@ -384,6 +406,10 @@ def main() -> int:
             "hf": Decoder(target, draft, parse_policy(spec), LoopConfig(**cfg), backend="hf"),
             "ar": Decoder(target, draft, parse_policy("ar"), LoopConfig(**cfg), backend="graph"),
         }
+        if args.compare_few_row_attention:
+            few = few_row_backend(target, draft)
+            runs["graph_few_row"] = Decoder(target, draft, parse_policy(spec), LoopConfig(**cfg), backend=few)
+            runs["ar_few_row"] = Decoder(target, draft, parse_policy("ar"), LoopConfig(**cfg), backend=few)
         with guard("agreement check", args.phase_timeout):
             chk = check_captured(target, draft, prompts[0], 4)
         ok = chk["ok"]
@@ -421,6 +447,8 @@ def main() -> int:
         # launch took 67 us of host time before a profiled call and 544 us after it)
         with guard("kernel breakdown", args.phase_timeout):
             kernels = {q: forward_kernels(backend, prompts[0], q) for q in (1, args.block_size)}
+            if "graph_few_row" in runs:
+                few_kernels = forward_kernels(runs["graph_few_row"].backend, prompts[0], args.block_size)
     except PhaseTimeout as e:
         print(f"live_speed: {e}; lower --new-tokens/--rounds or raise --phase-timeout", file=sys.stderr)
         return 1
@@ -451,6 +479,13 @@ def main() -> int:
         (0 if emb.data_ptr() == head.data_ptr() else emb.numel() * emb.element_size())
     for q, k in kernels.items():
         print(kernel_line(q, args.context, k, target_bytes))
+    if "graph_few_row" in runs:
+        print("with the few-row attention kernel: " + kernel_line(args.block_size, args.context, few_kernels,
+                                                                 target_bytes))
+        print(f"few-row attention A/B (interleaved in this run): cycle_ms {med['graph']:.3f} (batched matmuls) "
+              f"-> {med['graph_few_row']:.3f} (kernel); ar_step_ms {med['ar']:.3f} -> {med['ar_few_row']:.3f}; "
+              f"tau {statistics.fmean(c['tau'] for c in got['graph'][3]):.2f} / "
+              f"{statistics.fmean(c['tau'] for c in got['graph_few_row'][3]):.2f}")
     print("host-device syncs per cycle: " +
           ", ".join(f"{k} {v:.2f}" if v is not None else f"{k} n/a" for k, v in syncs.items()))
     record_overhead = (tpot["graph"] - tpot["graph_norec"]) / tpot["graph_norec"]
