@@ -183,8 +183,9 @@ class DraftAttention(nn.Module):
         q = q.reshape(c, kv, g * b, D)                             # head h = kv_head * g + j
         scale = D ** -0.5
         rows = q.permute(1, 0, 2, 3).reshape(kv, c * g * b, D)
-        s_ctx = torch.matmul(rows, ctx_k[0].transpose(1, 2)).float() * scale  # [kv, c*g*b, T]
-        s_own = torch.matmul(q, k.transpose(2, 3)).float() * scale            # [c, kv, g*b, b]
+        s_ctx = _mm32(rows, ctx_k[0].transpose(1, 2)) * scale                  # [kv, c*g*b, T]
+        s_own = _mm32(q.reshape(c * kv, g * b, D), k.reshape(c * kv, b, D).transpose(1, 2)) \
+            .view(c, kv, g * b, b) * scale                                     # [c, kv, g*b, b]
         T = s_ctx.shape[-1]
         s_ctx = s_ctx.view(kv, c, g, b, T).masked_fill_(~ctx_mask[None, :, None], float("-inf"))
         s_own = s_own.view(c, kv, g, b, b).permute(1, 0, 2, 3, 4)
@@ -192,10 +193,12 @@ class DraftAttention(nn.Module):
             s_own = s_own.masked_fill(~own_mask, float("-inf"))
         p = torch.softmax(torch.cat((s_ctx, s_own), dim=-1), dim=-1).to(v.dtype)
         p_ctx, p_own = p[..., :T], p[..., T:]
-        out = torch.matmul(p_ctx.reshape(kv, c * g * b, T), ctx_v[0]).view(kv, c, g, b, D)
-        out = out + torch.matmul(p_own.permute(1, 0, 2, 3, 4).reshape(c, kv, g * b, b), v) \
+        # both parts of P @ V in float32 and one rounding of their sum, as the live
+        # draft's one product over the context and the block's rows rounds once
+        out = _mm32(p_ctx.reshape(kv, c * g * b, T), ctx_v[0]).view(kv, c, g, b, D)
+        out = out + _mm32(p_own.permute(1, 0, 2, 3, 4).reshape(c * kv, g * b, b), v.reshape(c * kv, b, D)) \
             .view(c, kv, g, b, D).permute(1, 0, 2, 3, 4)
-        out = out.permute(1, 3, 0, 2, 4).reshape(c, b, kv * g * D)  # [c, b, (kv, g, D)]
+        out = out.to(v.dtype).permute(1, 3, 0, 2, 4).reshape(c, b, kv * g * D)  # [c, b, (kv, g, D)]
         return self.o_proj(out)
 
 
@@ -481,6 +484,17 @@ class ContextKV:
 
     def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]], length: int):
         self.layers, self.length = layers, length
+
+
+def _mm32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Batched a @ b with a float32 result. On a GPU in the inputs' dtype with float32
+    accumulation and output (the live draft's attention takes its scores so,
+    models/fast.py ``small_attention``): a half-precision result rounded the scores
+    first. Elsewhere, and where gradients flow (the mixed-dtype product has none), in
+    float32, where float32 inputs give exactly ``torch.matmul``."""
+    if a.is_cuda and a.dtype != torch.float32 and not (a.requires_grad or b.requires_grad):
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
 
 
 def to_device(data, dtype, device: torch.device) -> torch.Tensor:
