@@ -7,8 +7,9 @@ matmuls around the softmax kernel that captured calls run by default
 
 Per (query tokens q, context): the keys a captured pass attends over (the context plus
 q, rounded up as the graph backend's spans are: traces/schema.py), one CUDA graph per
-route replaying the attention of every layer (each layer its own K/V, so nothing stays in
-L2 that would not in a forward), microseconds per layer of each, and each route's
+route replaying the attention of every layer (each layer its own queries and K/V, the K/V
+views of a cache as the engine reads them, so nothing stays in L2 that would not in a
+forward), microseconds per layer of each, and each route's
 largest distance from a float64 computation of the same inputs. Ends with one line,
 ``attention_speed q=16 context=512 few_row_us=… matmul_us=… ratio=…`` (ratio < 1: the
 kernel is faster), at the first context and the largest q asked for.
@@ -36,8 +37,8 @@ def main() -> int:
         print("attention_speed: --contexts and --queries take comma-separated integers, e.g. 512,1024",
               file=sys.stderr)
         return 2
-    if min(contexts + queries + [args.layers, args.kv_heads, args.groups, args.replays]) < 1:
-        print("attention_speed: every count must be at least 1", file=sys.stderr)
+    if min(contexts + queries + [args.layers, args.kv_heads, args.groups, args.replays, args.head_dim]) < 1:
+        print("attention_speed: every count and size must be at least 1", file=sys.stderr)
         return 2
 
     import importlib.util
@@ -61,9 +62,11 @@ def main() -> int:
         for q in queries:
             R, S = G * q, kv_rows(context + q, KV_QUANTUM)
             gen = torch.Generator(device=dev).manual_seed(0)
-            qh = torch.randn(KV, R, D, device=dev, generator=gen).to(torch.bfloat16)
-            ks = [torch.randn(KV, S, D, device=dev, generator=gen).to(torch.bfloat16) for _ in range(args.layers)]
-            vs = [torch.randn(KV, S, D, device=dev, generator=gen).to(torch.bfloat16) for _ in range(args.layers)]
+            qs = [torch.randn(KV, R, D, device=dev, generator=gen).to(torch.bfloat16) for _ in range(args.layers)]
+            # K/V as the engine reads them: one layer's rows 0..S-1 of a cache with room
+            # for more, so heads sit at the cache's stride
+            cache = torch.randn(args.layers, 2, KV, S + 256, D, device=dev, generator=gen).to(torch.bfloat16)
+            ks, vs = [c[0, :, :S] for c in cache], [c[1, :, :S] for c in cache]
             # the verify mask's shape: every key up to the context, the new rows causal
             visible = torch.zeros(R, S, dtype=torch.bool, device=dev)
             rows = torch.arange(R, device=dev) % q
@@ -71,17 +74,23 @@ def main() -> int:
             visible[torch.arange(R, device=dev)[:, None], context + torch.arange(q, device=dev)[None]] = \
                 torch.arange(q, device=dev)[None] <= rows[:, None]
             bias = torch.zeros(1, R, S, device=dev, dtype=torch.bfloat16).masked_fill_(~visible, float("-inf"))
-            routes = {"few_row": lambda k, v: kernels.few_row_attention(qh, k, v, bias, scale),
-                      "matmul": lambda k, v: small_attention(qh, k, v, bias, scale, kernels.masked_softmax)}
-            exact = torch.softmax(torch.einsum("hrd,hsd->hrs", qh.double(), ks[0].double()) * scale
+            if not kernels.few_rows_fit(qs[0], ks[0], vs[0], bias):
+                print(f"q={q:3d} context={context:5d}: the engine does not take the few-row kernel here "
+                      f"({R} rows, {S} keys, head dim {D}); skipped")
+                del cache
+                continue
+            routes = {"few_row": lambda qh, k, v: kernels.few_row_attention(qh, k, v, bias, scale),
+                      "matmul": lambda qh, k, v: small_attention(qh, k, v, bias, scale, kernels.masked_softmax)}
+            exact = torch.softmax(torch.einsum("hrd,hsd->hrs", qs[0].double(), ks[0].double()) * scale
                                   + bias.double(), -1) @ vs[0].double()
             us, err = {}, {}
             for name, fn in routes.items():
-                err[name] = (fn(ks[0], vs[0]).double() - exact).abs().max().item()
+                err[name] = (fn(qs[0], ks[0], vs[0]).double() - exact).abs().max().item()
+                torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    for k, v in zip(ks, vs):
-                        fn(k, v)
+                    for qh, k, v in zip(qs, ks, vs):
+                        fn(qh, k, v)
                 graph.replay()
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -95,7 +104,10 @@ def main() -> int:
                   f"{err['matmul']:.1e}), ratio {us['few_row'] / us['matmul']:.2f}")
             if context == contexts[0] and q == max(queries):
                 last = (q, context, us)
-            del ks, vs
+            del cache, ks, vs
+    if last is None:
+        print("attention_speed: the engine takes the few-row kernel at none of these shapes", file=sys.stderr)
+        return 1
     q, context, us = last
     print(f"attention_speed q={q} context={context} few_row_us={us['few_row']:.2f} matmul_us={us['matmul']:.2f} "
           f"ratio={us['few_row'] / us['matmul']:.3f}")

@@ -16,11 +16,11 @@ them all): RoPE cos/sin come from a table indexed by position (one gather per fo
 not per layer); the boolean mask becomes one additive bias per forward; grouped-query
 attention folds each KV head's query group into the query-length axis, so attention
 reads K/V once per KV head (an explicit mask with ``enable_gqa`` falls back to the
-math kernel, which expands K/V per query head), and few query rows on a GPU take a
-pass whose keys are split over the GPU (or two batched matmuls) rather than a fused
-kernel that would leave most of the GPU idle; the residual adds are fused into the
-output matmuls (``addmm_``) and the tapped layers' outputs are copied straight into one
-preallocated feature buffer. On a GPU the elementwise stages (RMSNorm, q/k norm + RoPE,
+math kernel, which expands K/V per query head), and few query rows on a GPU take two
+batched matmuls (or, with ``FEW_ROW_KERNEL``, one kernel whose keys are split over the
+GPU) rather than a fused kernel that would leave most of the GPU idle; the residual
+adds are fused into the output matmuls (``addmm_``) and the tapped layers' outputs are
+copied straight into one preallocated feature buffer. On a GPU the elementwise stages (RMSNorm, q/k norm + RoPE,
 SwiGLU) may run compiled, one generated kernel each (``fused_stages``); where Triton is
 installed the attention softmax and the q/k norm + RoPE + cache write run as
 hand-written kernels, and the whole few-row attention can (``FEW_ROW_KERNEL``;

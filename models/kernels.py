@@ -12,8 +12,8 @@ and the cache's index copies.
 oracle's draft LM head rows) in one read of the logits, against live/drafting.py's
 ``topk_on_device`` (a float32 copy, a logsumexp and a radix top-k).
 ``few_row_attention``: the few-row attention of a decode or verify step (scores, masked
-softmax, the weighted sum of V) as one pass over the keys split across the GPU and a small
-combine, against models/fast.py's ``small_attention`` (two batched matmuls around
+softmax, the weighted sum of V) as one kernel over the keys split across the GPU and a
+merge kernel, against models/fast.py's ``small_attention`` (two batched matmuls around
 ``masked_softmax``).
 
 Triton is imported on first use, so the module imports anywhere (a CPU build of torch
@@ -26,7 +26,7 @@ import functools
 
 import torch
 
-__all__ = ["few_row_attention", "few_rows_fit", "masked_softmax", "MAX_COLS", "qk_rope_cache",
+__all__ = ["few_row_attention", "few_rows_fit", "few_rows_layout", "masked_softmax", "MAX_COLS", "qk_rope_cache",
            "rope_cache_fits", "topk_fits", "topk_logsumexp", "topk_reads"]
 
 # Keys one program holds in registers; longer rows take the eager reference.
@@ -236,23 +236,27 @@ def topk_logsumexp(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return ids, (vals[:, :k] - lse).to(torch.float16).to(torch.float32)
 
 
-# ---- few-row attention in one pass over the keys ---------------------------------------
+# ---- few-row attention with the keys split across the GPU ----------------------------
 #
 # ``few_row_attention``: a verify or decode step has G*q = 4..256 query rows per KV head
 # and hundreds to thousands of keys. As two batched matmuls around a softmax that is
-# three kernels a layer, each of which reads or writes the [KV, R, S] scores, and the
-# matmuls run few programs over so few rows. Here the keys are split into chunks of
-# ``_KEYS_PER_SPLIT``; one program per (KV head, chunk, tile of rows) computes its scores
+# three kernels a layer, two of which run few programs over so few rows. Here the keys
+# are split into chunks, as many as keep about two programs per multiprocessor busy
+# (``_split``); one program per (KV head, chunk, tile of rows) computes its scores
 # (float32), the masked softmax's running max and sum and its share of P @ V (flash
 # attention's online softmax, P rounded to the model dtype before it weights V, as the
 # fused SDPA kernels do), and a second kernel merges the chunks of each row and rounds
-# once. The reference rounds the normalised probabilities instead of the unnormalised
-# ones, so the two differ by about one rounding of the output (tests/test_models_kernels.py
-# holds the kernel to the reference's own distance from a float64 computation).
+# once. The chunks' float32 partial sums are about as large as the scores the matmuls
+# write (at the few-thousand-key contexts of a step both fit in L2); what the kernel
+# saves is launches and programs idling, not bytes. The reference rounds the normalised
+# probabilities instead of the unnormalised ones, so the two differ by about one
+# rounding of the output (tests/test_models_kernels.py holds the kernel to the
+# reference's own distance from a float64 computation).
 
-_KEYS_PER_SPLIT = 128
 _KEY_TILE = 64
-_MAX_SPLITS = 128
+_MAX_SPLITS = 64
+_MAX_ROWS = 256            # models/fast.py SMALL_ATTENTION_ROWS: longer runs take SDPA
+_MAX_KEYS = 1 << 20        # keeps every offset inside int32
 
 
 @functools.cache
@@ -262,7 +266,7 @@ def _attention_kernels():
 
     @triton.jit
     def attend_split(q_ptr, k_ptr, v_ptr, b_ptr, m_ptr, l_ptr, acc_ptr, R, S, s_qh, s_kh, s_vh,
-                     scale, HAS_BIAS: tl.constexpr, D: tl.constexpr, SPLIT: tl.constexpr,
+                     scale, HAS_BIAS: tl.constexpr, D: tl.constexpr, TILES: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         h = tl.program_id(0)
         sp = tl.program_id(1)
@@ -274,8 +278,9 @@ def _attention_kernels():
         m = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        for t in range(0, SPLIT, BLOCK_N):
-            cols = sp * SPLIT + t + tl.arange(0, BLOCK_N)
+        # TILES key tiles a chunk (a compile-time count: a few variants per model shape)
+        for t in range(TILES):
+            cols = (sp * TILES + t) * BLOCK_N + tl.arange(0, BLOCK_N)
             keys = cols < S
             k = tl.load(k_ptr + h * s_kh + cols[:, None] * D + d[None, :], mask=keys[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k)) * scale
@@ -318,15 +323,49 @@ def _attention_kernels():
     return triton, attend_split, attend_merge
 
 
-def few_rows_fit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether ``few_row_attention`` reads these layouts (else ``small_attention`` runs)."""
+def few_rows_layout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``few_row_attention`` reads these shapes and strides (any device): q
+    [KV, R, D] contiguous (D a power of two, at least 16), k and v [KV, S, D] with
+    contiguous rows (heads at any stride), bias None or R x S contiguous values (shared
+    by the KV heads)."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        return False
     KV, R, D = q.shape
     S = k.shape[1]
-    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype == v.dtype
-            and D in (64, 128, 256) and q.is_contiguous() and k.shape == v.shape == (KV, S, D)
+    return (D >= 16 and D & (D - 1) == 0 and 0 < R <= _MAX_ROWS and 0 < S <= _MAX_KEYS and q.is_contiguous()
+            and tuple(k.shape) == tuple(v.shape) == (KV, S, D)
             and k.stride(2) == 1 and k.stride(1) == D and v.stride(2) == 1 and v.stride(1) == D
-            and 0 < S <= _KEYS_PER_SPLIT * _MAX_SPLITS
-            and (bias is None or (bias.is_contiguous() and bias.numel() == R * S)))
+            and (bias is None or (bias.is_contiguous() and tuple(bias.shape[-2:]) == (R, S)
+                                  and bias.numel() == R * S)))
+
+
+def few_rows_fit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``few_row_attention`` runs these inputs (else ``small_attention`` does):
+    ``few_rows_layout``, on one GPU, in bf16 or fp16 with head size 64 or 128 (the dtypes
+    and head sizes its tests cover)."""
+    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and k.dtype == q.dtype == v.dtype
+            and q.shape[-1] in (64, 128)
+            and k.device == q.device == v.device
+            and (bias is None or (bias.device == q.device and bias.is_floating_point()))
+            and few_rows_layout(q, k, v, bias))
+
+
+@functools.cache
+def _programs(device: torch.device) -> int:
+    """Programs that keep the GPU busy: two per multiprocessor (Triton's interpreter: an
+    H100's count)."""
+    if device.type != "cuda":
+        return 2 * 132
+    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split(S: int, KV: int, row_tiles: int, device: torch.device) -> tuple[int, int]:
+    """(chunks, key tiles per chunk) for S keys: enough chunks for about two programs
+    per multiprocessor, at most ``_MAX_SPLITS``; only the last chunk reaches past S."""
+    tiles = -(-S // _KEY_TILE)
+    want = -(-_programs(device) // (KV * row_tiles))
+    per = -(-tiles // max(1, min(want, _MAX_SPLITS, tiles)))
+    return -(-tiles // per), per
 
 
 def few_row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -338,18 +377,20 @@ def few_row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     triton, split, merge = _attention_kernels()
     KV, R, D = q.shape
     S = k.shape[1]
-    splits = -(-S // _KEYS_PER_SPLIT)
     block_m = min(64, max(16, triton.next_power_of_2(R)))
+    row_tiles = -(-R // block_m)
     dev = q.device
+    splits, tiles = _split(S, KV, row_tiles, dev)
     m = torch.empty((KV, splits, R), dtype=torch.float32, device=dev)
     l = torch.empty_like(m)
     acc = torch.empty((KV, splits, R, D), dtype=torch.float32, device=dev)
     out = torch.empty((KV, R, D), dtype=q.dtype, device=dev)
     # Triton launches on the current device (a CPU tensor: Triton's interpreter)
     with torch.cuda.device(dev) if q.is_cuda else contextlib.nullcontext():
-        split[(KV, splits, -(-R // block_m))](
+        split[(KV, splits, row_tiles)](
             q, k, v, q if bias is None else bias, m, l, acc, R, S, q.stride(0), k.stride(0), v.stride(0),
-            float(scale), HAS_BIAS=bias is not None, D=D, SPLIT=_KEYS_PER_SPLIT, BLOCK_M=block_m,
+            float(scale), HAS_BIAS=bias is not None, D=D, TILES=tiles, BLOCK_M=block_m,
             BLOCK_N=_KEY_TILE, num_warps=4)
-        merge[(KV, R)](m, l, acc, out, R, splits, D=D, SPLITS=triton.next_power_of_2(splits), num_warps=1)
+        width = triton.next_power_of_2(splits)
+        merge[(KV, R)](m, l, acc, out, R, splits, D=D, SPLITS=width, num_warps=1 if width <= 8 else 4)
     return out

@@ -291,34 +291,45 @@ def test_the_small_query_attention_route_keeps_greedy_equal_to_ar(pair, referenc
 
 def test_the_few_row_kernel_route_gets_each_kv_heads_rows_and_keys(pair, reference, monkeypatch):
     """Where the stages carry a few-row attention (models/kernels.py's, on a GPU), the
-    target and the draft hand it every layer's [KV, rows, D] query rows, keys, values and
-    bias in the batched matmuls' layout: with the matmuls standing in for the kernel,
-    forced on here, greedy output still equals plain AR."""
+    target and the draft hand it every layer's query rows, keys, values and bias in a
+    layout the kernel reads (``few_rows_layout``, checked on every call): with the
+    matmuls standing in for the kernel, forced on here, greedy output still equals
+    plain AR, and both models take the route."""
     import dataclasses
 
     import specreplay.models.fast as fast
     from specreplay.live.backend import backend_for
+    from specreplay.models.kernels import few_rows_layout
     target, draft = pair
     _, refs, _ = reference
-    calls = []
+    calls = {"target": [], "draft": []}
+    who = []
 
     def few_rows(q, k, v, bias, scale):
-        calls.append((q.shape, k.shape))
-        assert q.dim() == k.dim() == v.dim() == 3 and k.shape == v.shape and q.shape[0] == k.shape[0]
-        assert bias is None or bias.shape[-2:] == (q.shape[1], k.shape[1])
+        assert few_rows_layout(q, k, v, bias), (q.shape, q.stride(), k.shape, k.stride(), bias.shape)
+        calls[who[-1]].append(k.shape[0])
         return fast.small_attention(q, k, v, bias, scale)
     monkeypatch.setattr(fast, "small_route", lambda rows, q: rows <= fast.SMALL_ATTENTION_ROWS)
     monkeypatch.setattr(fast, "few_rows_fit", lambda q, k, v, bias: True)
-    monkeypatch.setattr(fast, "small_attention", fast.small_attention)
     backend = backend_for("graph", target, draft, capture=False)
-    for model in (backend.fast, backend.fdraft):
+    for name, model, method in (("target", backend.fast, "_forward"), ("draft", backend.fdraft, "_block_logits")):
         monkeypatch.setattr(model, "stages", dataclasses.replace(model.stages, few_rows=few_rows))
+        real = getattr(model, method)
+
+        def tagged(*a, _real=real, _name=name, **kw):
+            who.append(_name)
+            try:
+                return _real(*a, **kw)
+            finally:
+                who.pop()
+        monkeypatch.setattr(model, method, tagged)
     dec = Decoder(target, draft, parse_policy("fixed(b=6)"), LoopConfig(max_new_tokens=MAX_NEW), backend="graph")
     assert dec.backend is backend
     for i, (prompt, ref) in enumerate(zip(PROMPTS, refs)):
         assert dec.run(i, prompt).output_ids == ref
-    layers = len(target.model.layers)
-    assert len(calls) >= layers and {k[0] for _, k in calls} == {target.config.num_key_value_heads}
+    assert set(calls["target"]) == {target.config.num_key_value_heads}
+    assert set(calls["draft"]) == {draft.config.num_key_value_heads}
+    assert len(calls["target"]) >= len(target.model.layers) and len(calls["draft"]) >= len(draft.layers)
 
 
 def test_small_attention_is_as_close_to_float64_as_sdpa():

@@ -143,19 +143,19 @@ def test_one_read_topk_breaks_ties_to_the_lower_id_and_skips_masked_tiles():
     assert torch.equal(lps.cpu(), want[:, None].expand(2, 4))
 
 
-def _attention_case(kv, rows, keys, visible_share, seed=0, capacity_extra=40, dtype=torch.bfloat16):
-    """q [kv, rows, 128]; k, v [kv, keys, 128] as views of a larger cache (heads at the
+def _attention_case(kv, rows, keys, visible_share, seed=0, capacity_extra=40, dtype=torch.bfloat16, D=128,
+                    device="cuda"):
+    """q [kv, rows, D]; k, v [kv, keys, D] as views of a larger cache (heads at the
     cache's stride, rows past ``keys`` holding other values); an additive bias [1, rows,
     keys] where each row sees key 0 and one key of its own, plus a share of the others."""
     gen = torch.Generator().manual_seed(seed)
-    D = 128
-    q = torch.randn(kv, rows, D, generator=gen).to(dtype).cuda()
-    cache = torch.randn(2, kv, keys + capacity_extra, D, generator=gen).to(dtype).cuda()
+    q = torch.randn(kv, rows, D, generator=gen).to(dtype).to(device)
+    cache = torch.randn(2, kv, keys + capacity_extra, D, generator=gen).to(dtype).to(device)
     k, v = cache[0, :, :keys], cache[1, :, :keys]
     visible = torch.rand(1, rows, keys, generator=gen) < visible_share
     visible[..., 0] = True
     visible[0, torch.arange(rows), torch.arange(rows) % keys] = True
-    bias = torch.zeros(1, rows, keys).masked_fill_(~visible, float("-inf")).to(dtype).cuda()
+    bias = torch.zeros(1, rows, keys).masked_fill_(~visible, float("-inf")).to(dtype).to(device)
     return q, k, v, bias
 
 
@@ -167,15 +167,19 @@ def _attention64(q, k, v, bias, scale):
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
-@pytest.mark.parametrize("rows,keys,share", [(4, 768, 0.7), (64, 784, 0.9), (17, 65, 0.5), (100, 1300, 0.7),
-                                             (256, 2048, 0.8), (4, 1, 1.0), (16, 129, 0.02), (64, 640, 0.0)])
-def test_few_row_attention_is_as_close_to_float64_as_the_batched_matmuls(rows, keys, share):
-    """Every split of the keys, tile of rows and masked-out stretch (share 0: a row sees
-    key 0 and one more, so most chunks of its keys see nothing) merges to the attention:
-    no further from a float64 computation than the two batched matmuls it replaces."""
+@pytest.mark.parametrize("rows,keys,share,D,dtype", [
+    (4, 768, 0.7, 128, torch.bfloat16), (64, 784, 0.9, 128, torch.bfloat16), (17, 65, 0.5, 128, torch.bfloat16),
+    (100, 1300, 0.7, 128, torch.bfloat16), (256, 2048, 0.8, 128, torch.bfloat16), (4, 1, 1.0, 128, torch.bfloat16),
+    (16, 129, 0.02, 128, torch.bfloat16), (64, 640, 0.0, 128, torch.bfloat16), (4, 9000, 0.3, 128, torch.bfloat16),
+    (32, 700, 0.7, 64, torch.float16), (4, 3000, 0.5, 64, torch.bfloat16)])
+def test_few_row_attention_is_as_close_to_float64_as_the_batched_matmuls(rows, keys, share, D, dtype):
+    """Every split of the keys (one key tile a chunk and several), tile of rows and
+    masked-out stretch (share 0: a row sees key 0 and one more, so most chunks of its
+    keys see nothing) merges to the attention: no further from a float64 computation
+    than the two batched matmuls it replaces."""
     from specreplay.models.fast import small_attention
-    q, k, v, bias = _attention_case(8, rows, keys, share)
-    scale = 128 ** -0.5
+    q, k, v, bias = _attention_case(8, rows, keys, share, dtype=dtype, D=D)
+    scale = D ** -0.5
     assert kernels.few_rows_fit(q, k, v, bias)
     for b in (bias, None):
         got = kernels.few_row_attention(q, k, v, b, scale)
@@ -189,12 +193,49 @@ def test_few_row_attention_is_as_close_to_float64_as_the_batched_matmuls(rows, k
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
 def test_few_row_attention_reads_no_key_it_may_not_see():
     q, k, v, bias = _attention_case(8, 64, 700, 0.5)
+    bias[..., 300:500] = float("-inf")   # hidden from every row (each row's own key is < 64)
     got = kernels.few_row_attention(q, k, v, bias, 0.088)
-    hidden = (bias[0] == float("-inf")).all(0)   # keys no row sees
     k2, v2 = k.clone(), v.clone()
-    k2[:, hidden], v2[:, hidden] = 1e4, 1e4
+    k2[:, 300:500], v2[:, 300:500] = 1e4, 1e4
     assert torch.equal(kernels.few_row_attention(q, k2, v2, bias, 0.088), got)
     # nor a cache row past the keys (the views' rows 700.. of the same cache)
     for t in (k, v):
         t.as_strided((8, 740, 128), t.stride(), t.storage_offset())[:, 700:] = 1e4
     assert torch.equal(kernels.few_row_attention(q, k, v, bias, 0.088), got)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA device with Triton")
+def test_few_row_attention_replays_from_a_cuda_graph():
+    """Captured once, replayed over new query values in its static input: the eager
+    call's result (the scratch it allocates comes from the graph's pool)."""
+    q, k, v, bias = _attention_case(8, 64, 784, 0.9)
+    kernels.few_row_attention(q, k, v, bias, 0.088)  # compiles outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = kernels.few_row_attention(q, k, v, bias, 0.088)
+    q.copy_(torch.randn_like(q))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, kernels.few_row_attention(q, k, v, bias, 0.088))
+
+
+def test_the_few_row_layout_check_admits_cache_views_and_nothing_it_would_misread():
+    q, k, v, bias = _attention_case(8, 64, 300, 0.5, device="cpu")
+    assert kernels.few_rows_layout(q, k, v, bias) and kernels.few_rows_layout(q, k, v, None)
+    assert kernels.few_rows_layout(q, k, v, bias[None])          # [1, 1, R, S]: the same values
+    assert not kernels.few_rows_fit(q, k, v, bias)               # a CPU tensor: the matmuls run
+    bad = {
+        "a query per head of its own stride": (q.transpose(0, 1).contiguous().transpose(0, 1), k, v, bias),
+        "4-d queries": (q[None], k, v, bias),
+        "a bias per KV head": (q, k, v, bias.expand(8, -1, -1).contiguous()),
+        "a bias of other keys": (q, k, v, bias[..., :299].contiguous()),
+        "a bias laid out keys first": (q, k, v, bias.transpose(-1, -2).contiguous()),
+        "strided bias": (q, k, v, torch.cat((bias, bias), -1)[..., :300]),
+        "keys whose rows are not contiguous": (q, k.transpose(1, 2).contiguous().transpose(1, 2), v, bias),
+        "values of other keys": (q, k, v[:, :299], bias),
+        "head size 96": (q[..., :96].contiguous(), k[..., :96].contiguous(), v[..., :96].contiguous(), bias),
+        "more rows than the few-row route takes": (torch.zeros(8, 257, 128), k, v, None),
+    }
+    for why, args in bad.items():
+        assert not kernels.few_rows_layout(*args), why
