@@ -20,11 +20,11 @@ math kernel, which expands K/V per query head), and few query rows on a GPU take
 batched matmuls (or, with ``FEW_ROW_KERNEL``, one kernel whose keys are split over the
 GPU) rather than a fused kernel that would leave most of the GPU idle; the residual
 adds are fused into the output matmuls (``addmm_``) and the tapped layers' outputs are
-copied straight into one preallocated feature buffer. On a GPU the elementwise stages (RMSNorm, q/k norm + RoPE,
-SwiGLU) may run compiled, one generated kernel each (``fused_stages``); where Triton is
-installed the attention softmax and the q/k norm + RoPE + cache write run as
-hand-written kernels, and the whole few-row attention can (``FEW_ROW_KERNEL``;
-models/kernels.py, see there).
+copied straight into one preallocated feature buffer. On a GPU the elementwise stages
+(RMSNorm, q/k norm + RoPE, SwiGLU) may run compiled, one generated kernel each
+(``fused_stages``); where Triton is installed the attention softmax and the q/k norm +
+RoPE + cache write run as hand-written kernels, and the whole few-row attention can
+(``FEW_ROW_KERNEL``; models/kernels.py, see there).
 
 Shapes: q query rows, C cache capacity, H hidden, D head dim, V vocabulary, F features,
 G = query heads per KV head.
@@ -64,11 +64,11 @@ SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDP
 # splits keys, takes no explicit mask.)
 SMALL_ATTENTION_ROWS = 256
 
-# Whether captured calls take models/kernels.py's few-row attention (one pass over the
-# keys, split across the GPU) instead of ``small_attention``'s batched matmuls. Off by
-# default: its speed against them is not measured on a GPU yet; benchmarks/live_speed.py
-# --few-row-attention turns it on for that comparison (set before the first
-# ``fused_stages`` call of the process).
+# Whether captured calls take models/kernels.py's few-row attention (the keys split
+# across the GPU, then merged) instead of ``small_attention``'s batched matmuls. Off by
+# default: its speed against them is not measured on a GPU yet. benchmarks/live_speed.py
+# --compare-few-row-attention times both in one run; --few-row-attention sets this
+# (before the first ``fused_stages`` call of the process, which reads it).
 FEW_ROW_KERNEL = False
 
 # Rows of the RoPE table built up front when the config names no position limit (it
