@@ -353,12 +353,15 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=2, help="prompts per round (default 2)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--phase-timeout", type=float, default=300.0, help="seconds per phase (default 300)")
-    ap.add_argument("--few-row-attention", action="store_true",
-                    help="captured calls take models/kernels.py's few-row attention instead of the batched "
-                         "matmuls (models/fast.py FEW_ROW_KERNEL; off by default)")
-    ap.add_argument("--compare-few-row-attention", action="store_true",
-                    help="GPU: also run the cycle and the AR step through a second graph backend whose captured "
-                         "calls take the few-row attention kernel, interleaved with the others, and print both")
+    # one or the other: the comparison's first side is the batched matmuls
+    route = ap.add_mutually_exclusive_group()
+    route.add_argument("--few-row-attention", action="store_true",
+                       help="captured calls take models/kernels.py's few-row attention instead of the batched "
+                            "matmuls (models/fast.py FEW_ROW_KERNEL; off by default)")
+    route.add_argument("--compare-few-row-attention", action="store_true",
+                       help="GPU: also run the cycle and the AR step through a second graph backend whose "
+                            "captured calls take the few-row attention kernel, interleaved with the others, and "
+                            "print both")
     ap.add_argument("--check", action="store_true",
                     help="only the agreement check: captured vs eager calls in bf16 on a GPU, each against "
                          f"a float32 copy (captured's max rel logit diff <= {CHECK_RATIO:g} x eager's, top-1 "
@@ -375,8 +378,8 @@ def main() -> int:
 
     import specreplay.models.fast as fast
     from specreplay.live.loop import Decoder, LoopConfig
-    fast.FEW_ROW_KERNEL = args.few_row_attention or fast.FEW_ROW_KERNEL
     from specreplay.policies import parse_policy
+    fast.FEW_ROW_KERNEL = args.few_row_attention or fast.FEW_ROW_KERNEL
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     if args.compare_few_row_attention and device.type != "cuda":
